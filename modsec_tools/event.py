@@ -1,0 +1,115 @@
+"""The normalized transaction record every parser produces and every sink consumes.
+
+Text fields hold the bytes ModSecurity wrote, decoded as UTF-8 with ``surrogateescape``:
+valid UTF-8 reads naturally, and any other byte survives as a lone surrogate, so
+``value.encode("utf-8", "surrogateescape")`` gives back the exact original bytes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+#: ModSecurity severities, most severe first (index = syslog level).
+SEVERITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+def raw(text: str | None) -> bytes | None:
+    """The original bytes of a field decoded with surrogateescape."""
+    return None if text is None else text.encode("utf-8", "surrogateescape")
+
+
+@dataclass(slots=True)
+class Message:
+    """One rule message (a ``Message:`` line of section H, or an entry of ``audit_data.messages``)."""
+
+    text: str                       # the head, e.g. "Warning. Pattern match ... at ARGS:q."
+    rule_id: str | None = None
+    msg: str | None = None
+    data: str | None = None
+    severity: str | None = None
+    ver: str | None = None
+    maturity: str | None = None
+    accuracy: str | None = None
+    tags: list[str] = field(default_factory=list)
+    file: str | None = None
+    line: str | None = None
+    hostname: str | None = None
+    uri: str | None = None
+    unique_id: str | None = None
+    fields: list[tuple[str, str]] = field(default_factory=list)  # every [key "value"], in order
+
+    @property
+    def is_denial(self) -> bool:
+        return self.text.startswith("Access denied")
+
+
+@dataclass(slots=True)
+class Event:
+    """One audited transaction."""
+
+    unique_id: str
+    timestamp: dt.datetime | None            # section A / transaction.time, aware, microseconds
+    client_ip: str | None                    # after trusted-proxy resolution
+    peer_ip: str | None                      # section A address
+    peer_port: int | None
+    local_ip: str | None
+    local_port: int | None
+    source: str                              # file, serial log + offset, or index log it came from
+    request_line: str | None = None
+    method: str | None = None
+    uri: str | None = None                   # raw request-target
+    protocol: str | None = None
+    request_headers: list[tuple[str, str]] = field(default_factory=list)
+    request_body: str | None = None
+    response_status_line: str | None = None
+    response_protocol: str | None = None
+    status: int | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    apache_errors: list[str] = field(default_factory=list)  # non-ModSecurity error lines
+    trailer: list[tuple[str, str]] = field(default_factory=list)  # every section H line
+    intercepted: bool = False
+    phase: int | None = None
+    anomaly_score: int | None = None
+    scores: dict[str, int] = field(default_factory=dict)  # SQLI, XSS, ... when reported
+    engine_mode: str | None = None
+    producer: str | None = None
+    server: str | None = None
+    stopwatch_start_us: int | None = None
+    incomplete: bool = False                 # no Z boundary / truncated JSON: partial data
+    problems: list[str] = field(default_factory=list)  # non-fatal oddities noticed while parsing
+
+    def header(self, name: str) -> str | None:
+        """First request header called ``name`` (case-insensitive)."""
+        wanted = name.lower()
+        for key, value in self.request_headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    @property
+    def host(self) -> str | None:
+        return self.header("Host")
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.header("User-Agent")
+
+    @property
+    def rule_ids(self) -> list[str]:
+        return [m.rule_id for m in self.messages if m.rule_id is not None]
+
+    @property
+    def severity(self) -> str | None:
+        """Most severe severity among the messages."""
+        ranked = [m.severity for m in self.messages if m.severity in SEVERITY_RANK]
+        return min(ranked, key=SEVERITY_RANK.__getitem__) if ranked else None
+
+    @property
+    def first_message(self) -> Message | None:
+        """The message the original tool stored: the first one that carries a rule id."""
+        for message in self.messages:
+            if message.rule_id is not None:
+                return message
+        return self.messages[0] if self.messages else None

@@ -1,0 +1,130 @@
+"""The one-line event format fail2ban reads (see docs/event-log.md), and its reader.
+
+Every attacker-controlled byte is escaped so the line stays one line of printable ASCII
+whose fixed prefix, up to ``id=``, is ours alone.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .clientip import normalize_ip
+from .event import Event, raw
+
+CAPS = {"method": 32, "host": 255, "uri": 2048, "ua": 512}
+QUOTED = tuple(CAPS)
+NODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_QUOTED_SAFE = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+_QUOTED_TABLE = [chr(b) if 0x20 <= b < 0x7f else f"\\x{b:02x}" for b in range(256)]
+_QUOTED_TABLE[ord('"')] = '\\"'
+_QUOTED_TABLE[ord("\\")] = "\\\\"
+_BARE_SAFE = re.compile(r"[A-Za-z0-9@_.:,-]+")
+
+
+@dataclass(slots=True)
+class EventLine:
+    time: str
+    node: str
+    client: str
+    verdict: str
+    status: str
+    phase: str
+    score: str
+    severity: str
+    rules: list[str]
+    id: str
+    method: bytes | None
+    host: bytes | None
+    uri: bytes | None
+    ua: bytes | None
+    truncated: list[str] = field(default_factory=list)
+
+
+def from_event(event: Event, node: str, verdict: str) -> EventLine:
+    def text(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    line = EventLine(
+        time=event.timestamp.isoformat(timespec="microseconds") if event.timestamp else "-",
+        node=node, client=normalize_ip(event.client_ip) or "-", verdict=verdict,
+        status=text(event.status), phase=text(event.phase), score=text(event.anomaly_score),
+        severity=text(event.severity), rules=event.rule_ids, id=event.unique_id,
+        method=raw(event.method), host=raw(event.host), uri=raw(event.uri),
+        ua=raw(event.user_agent))
+    for name in QUOTED:
+        value = getattr(line, name)
+        if value is not None and len(value) > CAPS[name]:
+            setattr(line, name, value[:CAPS[name]])
+            line.truncated.append(name)
+    return line
+
+
+def escape_bare(value: str) -> str:
+    if _BARE_SAFE.fullmatch(value):
+        return value
+    return "".join(ch if _BARE_SAFE.fullmatch(ch) else
+                   "".join(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogateescape"))
+                   for ch in value) or "-"
+
+
+def escape_quoted(value: bytes) -> str:
+    if _QUOTED_SAFE.fullmatch(value):
+        return value.decode("ascii")
+    return "".join([_QUOTED_TABLE[b] for b in value])
+
+
+def format_line(line: EventLine) -> str:
+    if not NODE.fullmatch(line.node):
+        raise ValueError(f"node name {line.node!r} must match {NODE.pattern}")
+    rules = ",".join(line.rules) if line.rules else "-"
+    head = (f"{line.time} modsec[{line.node}]: client={escape_bare(line.client)}"
+            f" verdict={escape_bare(line.verdict)} status={escape_bare(line.status)}"
+            f" phase={escape_bare(line.phase)} score={escape_bare(line.score)}"
+            f" severity={escape_bare(line.severity)} rules={escape_bare(rules)}"
+            f" id={escape_bare(line.id)}")
+    tail = []
+    for name in QUOTED:
+        value = getattr(line, name)
+        cut = "+" if name in line.truncated else ""
+        tail.append(f'{name}=-' if value is None else f'{name}="{escape_quoted(value)}"{cut}')
+    return head + " " + " ".join(tail)
+
+
+def format_event(event: Event, node: str, verdict: str) -> str:
+    return format_line(from_event(event, node, verdict))
+
+
+_Q = r'(?:-|"((?:[^"\\]|\\.)*)"(\+?))'
+_LINE = re.compile(
+    r"(\S+) modsec\[([A-Za-z0-9._-]{1,64})\]: client=(\S+) verdict=(\S+) status=(\S+)"
+    r" phase=(\S+) score=(\S+) severity=(\S+) rules=(\S+) id=(\S+)"
+    rf" method={_Q} host={_Q} uri={_Q} ua={_Q}$")
+_UNESCAPE = re.compile(rb'\\(?:x([0-9a-f]{2})|(["\\]))')
+
+
+def _unescape_bytes(text: str) -> bytes:
+    return _UNESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]) if m.group(1) else m.group(2),
+                         text.encode("ascii"))
+
+
+def _unescape_bare(text: str) -> str:
+    return _unescape_bytes(text).decode("utf-8", "surrogateescape")
+
+
+def parse_line(text: str) -> EventLine:
+    """Read a line written by format_line; raises ValueError for anything else."""
+    match = _LINE.match(text.rstrip("\n"))
+    if match is None:
+        raise ValueError(f"not a modsec-tools event line: {text[:120]!r}")
+    groups = match.groups()
+    bare = [_unescape_bare(value) for value in groups[2:10]]
+    line = EventLine(groups[0], groups[1], bare[0], bare[1], bare[2], bare[3], bare[4],
+                     bare[5], [] if bare[6] == "-" else bare[6].split(","), bare[7],
+                     None, None, None, None)
+    for index, name in enumerate(QUOTED):
+        value, cut = groups[10 + 2 * index], groups[11 + 2 * index]
+        setattr(line, name, None if value is None else _unescape_bytes(value))
+        if cut:
+            line.truncated.append(name)
+    return line

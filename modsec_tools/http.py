@@ -1,0 +1,58 @@
+"""HTTP request and response heads as ModSecurity records them (sections B and F)."""
+from __future__ import annotations
+
+import re
+
+from .event import Event
+
+_STATUS_LINE = re.compile(r"(\S+) (\d{3})\b")
+
+
+def lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").split("\n")
+
+
+def headers(head_lines: list[str]) -> list[tuple[str, str]]:
+    """``Name: value`` pairs in order, duplicates kept, folded lines joined."""
+    found: list[tuple[str, str]] = []
+    for line in head_lines:
+        if not line:
+            continue
+        if line[0] in " \t" and found:  # obsolete line folding
+            name, value = found[-1]
+            found[-1] = (name, value + " " + line.strip())
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            found.append((name.strip(), value.strip()))
+    return found
+
+
+def apply_request_line(event: Event, request_line: str) -> None:
+    event.request_line = request_line
+    words = request_line.split(" ")
+    event.method = words[0] or None
+    if len(words) >= 3:
+        event.uri = " ".join(words[1:-1])
+        event.protocol = words[-1]
+    elif len(words) == 2:   # HTTP/0.9: "GET /path"
+        event.uri = words[1]
+        event.protocol = "HTTP/0.9"
+
+
+def apply_request_head(event: Event, text: str) -> None:
+    head = lines(text)
+    apply_request_line(event, head[0] if head else "")
+    event.request_headers = headers(head[1:])
+
+
+def apply_response_head(event: Event, text: str) -> None:
+    head = lines(text)
+    if not head or not head[0]:
+        return  # HTTP/0.9: ModSecurity writes an empty section F
+    event.response_status_line = head[0]
+    match = _STATUS_LINE.match(head[0])
+    if match:
+        event.response_protocol = match.group(1)
+        event.status = int(match.group(2))
+    event.response_headers = headers(head[1:])

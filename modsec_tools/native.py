@@ -1,0 +1,163 @@
+"""ModSecurity 2.x native audit-log entries (``--xxxxxxxx-A--`` … ``--xxxxxxxx-Z--``).
+
+Pure functions over bytes: no I/O. ``parse_native`` turns one entry into an ``Event``;
+``split_serial`` finds the entries of a Serial log held in memory.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ParseError
+from .event import Event
+from .derive import finish_event
+from .http import apply_request_head, apply_response_head, lines
+from .messages import modsecurity_part_of_apache_error, parse_message
+from .timestamps import parse_apache_time
+
+_BOUNDARY = re.compile(rb"--([0-9a-fA-F]{8,32})-A--\r?\n")
+_SECTION_A = re.compile(
+    r"\[([^\]]+)\] (\S+) (\S+) (\d+) (\S+) (\d+)")
+_INTERCEPTED = re.compile(r"Intercepted \(phase (\d)\)")
+_TRAILER_KEY = re.compile(r"([A-Za-z][A-Za-z0-9-]*): ?(.*)")
+#: Sections whose bytes are kept in the Event in full; bodies are capped (see BODY_CAP).
+BODY_CAP = 64 * 1024
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+@dataclass(slots=True)
+class Sections:
+    boundary: bytes
+    parts: dict[str, bytes]
+    complete: bool       # a Z boundary was found
+    unknown: list[str]   # section letters ModSecurity 2 does not write
+
+
+_KNOWN = set("ABCDEFGHIJKZ")
+
+
+def split_sections(entry: bytes) -> Sections:
+    """Cut an entry at its own boundary lines (a body cannot forge them: the boundary is random)."""
+    match = _BOUNDARY.match(entry)
+    if match is None:
+        raise ParseError("no section A boundary at the start of the entry")
+    boundary = match.group(1)
+    marker = b"--" + boundary + b"-"
+    parts: dict[str, bytes] = {}
+    unknown: list[str] = []
+    letter, start = "A", match.end()
+    complete = False
+    while True:
+        at = entry.find(b"\n" + marker, start - 1)
+        while at != -1 and not _is_boundary_line(entry, at + 1 + len(marker)):
+            at = entry.find(b"\n" + marker, at + 1)
+        if at == -1:
+            parts[letter] = entry[start:]
+            break
+        parts[letter] = entry[start:at + 1]
+        next_letter = chr(entry[at + 1 + len(marker)])
+        line_end = entry.find(b"\n", at + 1)
+        start = len(entry) if line_end == -1 else line_end + 1
+        if next_letter == "Z":
+            complete = True
+            break
+        if next_letter not in _KNOWN:
+            unknown.append(next_letter)
+        letter = next_letter
+    return Sections(boundary, parts, complete, unknown)
+
+
+def _is_boundary_line(entry: bytes, letter_at: int) -> bool:
+    tail = entry[letter_at:letter_at + 4]
+    return len(tail) >= 3 and 65 <= tail[0] <= 90 and tail[1:3] == b"--" and (
+        len(tail) == 3 or tail[3:4] in (b"\n", b"\r"))
+
+
+def parse_native(entry: bytes, source: str) -> Event:
+    """Parse one native-format entry. Raises ParseError when not even section A is readable."""
+    sections = split_sections(entry)
+    event = _event_from_section_a(_text(sections.parts["A"]), source)
+    parts = sections.parts
+    if "B" in parts:
+        apply_request_head(event, _text(parts["B"]))
+    if "C" in parts:
+        event.request_body = _capped_body(event, parts["C"], "C")
+    elif "I" in parts:
+        event.request_body = _capped_body(event, parts["I"], "I")
+    if "F" in parts:
+        apply_response_head(event, _text(parts["F"]))
+    if "H" in parts:
+        _apply_trailer(event, _text(parts["H"]))
+    finish_event(event)
+    if not sections.complete:
+        event.incomplete = True
+        event.problems.append("entry has no Z boundary (truncated or still being written)")
+    for letter in sections.unknown:
+        event.problems.append(f"unknown section {letter!r} ignored")
+    return event
+
+
+def _capped_body(event: Event, body: bytes, letter: str) -> str:
+    if len(body) > BODY_CAP:
+        event.problems.append(f"section {letter} is {len(body)} bytes; kept the first {BODY_CAP}")
+        body = body[:BODY_CAP]
+    return _text(body)
+
+
+def _event_from_section_a(text: str, source: str) -> Event:
+    match = _SECTION_A.match(text.strip())
+    if match is None:
+        raise ParseError(f"section A is not '[time] id ip port ip port': {text[:120]!r}")
+    stamp, unique_id, peer_ip, peer_port, local_ip, local_port = match.groups()
+    return Event(unique_id=unique_id, timestamp=parse_apache_time(stamp), client_ip=peer_ip,
+                 peer_ip=peer_ip, peer_port=int(peer_port), local_ip=local_ip,
+                 local_port=int(local_port), source=source)
+
+
+def _trailer_lines(text: str) -> list[tuple[str, str]]:
+    """``Key: value`` lines; a line that is not one continues the previous value."""
+    trailer: list[tuple[str, str]] = []
+    for line in lines(text):
+        match = _TRAILER_KEY.match(line)
+        if match:
+            trailer.append((match.group(1), match.group(2)))
+        elif trailer and line:
+            key, value = trailer[-1]
+            trailer[-1] = (key, value + "\n" + line)
+    return trailer
+
+
+def _apply_trailer(event: Event, text: str) -> None:
+    trailer = _trailer_lines(text)
+    event.trailer = trailer
+    apache_modsec: list[str] = []
+    for key, value in trailer:
+        if key == "Message":
+            event.messages.append(parse_message(value))
+        elif key == "Apache-Error":
+            inner = modsecurity_part_of_apache_error(value)
+            if inner is None:
+                event.apache_errors.append(value)
+            else:
+                apache_modsec.append(inner)
+        elif key == "Action":
+            match = _INTERCEPTED.search(value)
+            if match:
+                event.intercepted = True
+                event.phase = int(match.group(1))
+        elif key == "Engine-Mode":
+            event.engine_mode = value.strip('"')
+        elif key == "Producer":
+            event.producer = value
+        elif key == "Server":
+            event.server = value
+        elif key == "Stopwatch":
+            first = value.split(" ", 1)[0]
+            event.stopwatch_start_us = int(first) if first.isdigit() else None
+    if not event.messages and apache_modsec:
+        # Every Message: line is repeated as Apache-Error:; only use these when the
+        # Message: lines are missing (e.g. a hand-trimmed entry).
+        event.messages = [parse_message(text) for text in apache_modsec]
