@@ -6,6 +6,7 @@ right-most address that is not itself a trusted proxy is the first one nobody we
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -27,6 +28,7 @@ def parse_networks(specs: Iterable[str]) -> list[Network]:
     return networks
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_ip(text: str | None) -> str | None:
     """Canonical text of an address (compressed IPv6, IPv4-mapped unwrapped), None if invalid."""
     if not text:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .event import Event
-from .messages import anomaly_scores
+from .messages import anomaly_scores, derived_inbound_score
 
 _DENIED_CODE = re.compile(r"Access denied with (?:code (\d{3})|.*?status (\d{3}))")
 _PHASE = re.compile(r"\(phase (\d)\)")
@@ -13,7 +13,10 @@ _PHASE = re.compile(r"\(phase (\d)\)")
 def finish_event(event: Event) -> None:
     """Scores from the CRS messages; status and phase from the denial when F/H lack them
     (HTTP/0.9 requests have an empty section F)."""
-    event.anomaly_score, event.scores = anomaly_scores(event.messages)
+    event.anomaly_score, event.scores, event.score_source = anomaly_scores(event.messages)
+    if event.anomaly_score is None and _crs_scored(event):
+        event.anomaly_score = derived_inbound_score(event.messages)
+        event.score_source = "derived"
     for message in event.messages:
         if not message.is_denial:
             continue
@@ -26,3 +29,10 @@ def finish_event(event: Event) -> None:
             if phase:
                 event.phase = int(phase.group(1))
         break
+
+
+def _crs_scored(event: Event) -> bool:
+    """CRS ran its phase-2 scoring: the producer names OWASP_CRS and phase 2 took time.
+    (Requests stopped in phase 1 never reached the scoring rules: no score, not zero.)"""
+    return bool(event.producer and "OWASP_CRS" in event.producer
+                and event.stopwatch.get("p2", 0) > 0)

@@ -6,12 +6,18 @@ from collections.abc import Sequence
 from .clientip import Network, resolve_client
 from .errors import ParseError
 from .event import Event
+from .indexlog import IndexLine
 from .jsonformat import parse_json
 from .native import parse_native
 
 
-def parse_entry(data: bytes, source: str, trusted_proxies: Sequence[Network] = ()) -> Event:
-    """Parse a native or JSON entry; raises ParseError with the reason when it cannot."""
+def parse_entry(data: bytes, source: str, trusted_proxies: Sequence[Network] = (),
+                index: IndexLine | None = None) -> Event:
+    """Parse a native or JSON entry; raises ParseError with the reason when it cannot.
+
+    ``index`` is the index-log line that announced the entry: it supplies the status when
+    the entry has none (HTTP/0.9 under DetectionOnly: empty section F, no denial message).
+    """
     head = data[:64].lstrip()
     if not head:
         raise ParseError("empty entry")
@@ -22,4 +28,10 @@ def parse_entry(data: bytes, source: str, trusted_proxies: Sequence[Network] = (
     else:
         raise ParseError("neither a native (--xxxxxxxx-A--) nor a JSON audit entry")
     event.client_ip = resolve_client(event, trusted_proxies)
+    if index is not None:
+        if index.unique_id != event.unique_id:
+            raise ParseError(f"entry id {event.unique_id!r} differs from the index line's "
+                             f"{index.unique_id!r}")
+        if event.status is None:
+            event.status = index.status
     return event

@@ -19,29 +19,50 @@ def raw(text: str | None) -> bytes | None:
     return None if text is None else text.encode("utf-8", "surrogateescape")
 
 
-@dataclass(slots=True)
 class Message:
-    """One rule message (a ``Message:`` line of section H, or an entry of ``audit_data.messages``)."""
+    """One rule message (a ``Message:`` line of section H, or an entry of ``audit_data.messages``).
 
-    text: str                       # the head, e.g. "Warning. Pattern match ... at ARGS:q."
-    rule_id: str | None = None
-    msg: str | None = None
-    data: str | None = None
-    severity: str | None = None
-    ver: str | None = None
-    maturity: str | None = None
-    accuracy: str | None = None
-    tags: list[str] = field(default_factory=list)
-    file: str | None = None
-    line: str | None = None
-    hostname: str | None = None
-    uri: str | None = None
-    unique_id: str | None = None
-    fields: list[tuple[str, str]] = field(default_factory=list)  # every [key "value"], in order
+    ``fields`` holds every ``[key "value"]`` in order, duplicates included, values exactly as
+    logged; the named properties read the first occurrence of their key.
+    """
+
+    __slots__ = ("text", "fields", "_first")
+
+    def __init__(self, text: str, fields: list[tuple[str, str]] | None = None) -> None:
+        self.text = text            # the head, e.g. "Warning. Pattern match ... at ARGS:q."
+        self.fields = fields or []
+        self._first = dict(reversed(self.fields))
+
+    def get(self, key: str) -> str | None:
+        return self._first.get(key)
+
+    rule_id = property(lambda self: self._first.get("id"))
+    msg = property(lambda self: self._first.get("msg"))
+    data = property(lambda self: self._first.get("data"))
+    severity = property(lambda self: self._first.get("severity"))
+    ver = property(lambda self: self._first.get("ver"))
+    maturity = property(lambda self: self._first.get("maturity"))
+    accuracy = property(lambda self: self._first.get("accuracy"))
+    file = property(lambda self: self._first.get("file"))
+    line = property(lambda self: self._first.get("line"))
+    hostname = property(lambda self: self._first.get("hostname"))
+    uri = property(lambda self: self._first.get("uri"))
+    unique_id = property(lambda self: self._first.get("unique_id"))
+
+    @property
+    def tags(self) -> list[str]:
+        return [value for key, value in self.fields if key == "tag"]
 
     @property
     def is_denial(self) -> bool:
         return self.text.startswith("Access denied")
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Message) and self.text == other.text
+                and self.fields == other.fields)
+
+    def __repr__(self) -> str:
+        return f"Message({self.text!r}, {self.fields!r})"
 
 
 @dataclass(slots=True)
@@ -77,6 +98,8 @@ class Event:
     producer: str | None = None
     server: str | None = None
     stopwatch_start_us: int | None = None
+    stopwatch: dict[str, int] = field(default_factory=dict)  # Stopwatch2 phase timings (µs)
+    score_source: str | None = None          # "980130", "949110", ... or "derived"
     incomplete: bool = False                 # no Z boundary / truncated JSON: partial data
     problems: list[str] = field(default_factory=list)  # non-fatal oddities noticed while parsing
 

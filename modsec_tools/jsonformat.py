@@ -123,6 +123,8 @@ def _apply_audit_data(event: Event, audit: _Pairs) -> None:
     if action.get("intercepted") is True:
         event.intercepted = True
         event.phase = _int(action.get("phase"))
+    stopwatch = _section(audit, "stopwatch")
+    event.stopwatch = {str(k): v for k, v in stopwatch if isinstance(v, int)}
     event.engine_mode = _str(audit.get("engine_mode"))
     producer = audit.get("producer")
     event.producer = "; ".join(p for p in producer if isinstance(p, str)) \

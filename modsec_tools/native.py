@@ -18,8 +18,8 @@ from .timestamps import parse_apache_time
 _BOUNDARY = re.compile(rb"--([0-9a-fA-F]{8,32})-A--\r?\n")
 _SECTION_A = re.compile(
     r"\[([^\]]+)\] (\S+) (\S+) (\d+) (\S+) (\d+)")
+_TIMING = re.compile(r"\b(\w+)=(\d+)")
 _INTERCEPTED = re.compile(r"Intercepted \(phase (\d)\)")
-_TRAILER_KEY = re.compile(r"([A-Za-z][A-Za-z0-9-]*): ?(.*)")
 #: Sections whose bytes are kept in the Event in full; bodies are capped (see BODY_CAP).
 BODY_CAP = 64 * 1024
 
@@ -45,35 +45,31 @@ def split_sections(entry: bytes) -> Sections:
     if match is None:
         raise ParseError("no section A boundary at the start of the entry")
     boundary = match.group(1)
-    marker = b"--" + boundary + b"-"
+    pieces = entry[match.end():].split(b"\n--" + boundary + b"-")
     parts: dict[str, bytes] = {}
     unknown: list[str] = []
-    letter, start = "A", match.end()
+    letter, body = "A", pieces[0] + b"\n"
     complete = False
-    while True:
-        at = entry.find(b"\n" + marker, start - 1)
-        while at != -1 and not _is_boundary_line(entry, at + 1 + len(marker)):
-            at = entry.find(b"\n" + marker, at + 1)
-        if at == -1:
-            parts[letter] = entry[start:]
-            break
-        parts[letter] = entry[start:at + 1]
-        next_letter = chr(entry[at + 1 + len(marker)])
-        line_end = entry.find(b"\n", at + 1)
-        start = len(entry) if line_end == -1 else line_end + 1
-        if next_letter == "Z":
+    for piece in pieces[1:]:
+        if not _starts_boundary_tail(piece):
+            body += b"\n--" + boundary + b"-" + piece  # not a boundary line after all
+            continue
+        parts[letter] = body
+        letter, body = chr(piece[0]), piece[piece.find(b"\n") + 1:] if b"\n" in piece[:6] else b""
+        if letter == "Z":
             complete = True
             break
-        if next_letter not in _KNOWN:
-            unknown.append(next_letter)
-        letter = next_letter
+        if letter not in _KNOWN:
+            unknown.append(letter)
+    if not complete:
+        parts[letter] = body
     return Sections(boundary, parts, complete, unknown)
 
 
-def _is_boundary_line(entry: bytes, letter_at: int) -> bool:
-    tail = entry[letter_at:letter_at + 4]
-    return len(tail) >= 3 and 65 <= tail[0] <= 90 and tail[1:3] == b"--" and (
-        len(tail) == 3 or tail[3:4] in (b"\n", b"\r"))
+def _starts_boundary_tail(piece: bytes) -> bool:
+    """``X--`` then end of line: what follows ``\n--boundary-`` on a real boundary line."""
+    return (len(piece) >= 3 and 65 <= piece[0] <= 90 and piece[1:3] == b"--"
+            and piece[3:4] in (b"\n", b"\r", b""))
 
 
 def parse_native(entry: bytes, source: str) -> Event:
@@ -117,11 +113,17 @@ def _event_from_section_a(text: str, source: str) -> Event:
                  local_port=int(local_port), source=source)
 
 
+_TRAILER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*): (.*?)\r?$", re.M)
+
+
 def _trailer_lines(text: str) -> list[tuple[str, str]]:
     """``Key: value`` lines; a line that is not one continues the previous value."""
+    pairs = _TRAILER_LINE.findall(text)
+    if len(pairs) == text.count("\n") - text.count("\n\n") - (text[:1] == "\n"):
+        return pairs  # every non-empty line is a Key: value line (the usual case)
     trailer: list[tuple[str, str]] = []
     for line in lines(text):
-        match = _TRAILER_KEY.match(line)
+        match = _TRAILER_LINE.match(line)
         if match:
             trailer.append((match.group(1), match.group(2)))
         elif trailer and line:
@@ -157,6 +159,8 @@ def _apply_trailer(event: Event, text: str) -> None:
         elif key == "Stopwatch":
             first = value.split(" ", 1)[0]
             event.stopwatch_start_us = int(first) if first.isdigit() else None
+        elif key == "Stopwatch2":
+            event.stopwatch = {name: int(number) for name, number in _TIMING.findall(value)}
     if not event.messages and apache_modsec:
         # Every Message: line is repeated as Apache-Error:; only use these when the
         # Message: lines are missing (e.g. a hand-trimmed entry).
