@@ -1,0 +1,196 @@
+"""Settings: one table of keys serves the INI file, the command-line flags and the docs.
+
+Files are read like fail2ban's: ``modsec-tools.conf``, then ``modsec-tools.local`` beside it
+overrides it (section ``[modsec-tools]``); command-line flags override both.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .clientip import parse_networks
+from .event import SEVERITY_RANK
+from .eventline import NODE
+
+DEFAULT_CONFIG = "/etc/modsec-tools/modsec-tools.conf"
+SECTION = "modsec-tools"
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``64M``, ``1G`` → bytes."""
+    text = text.strip().upper()
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if factor != 1 else text
+    try:
+        value = int(number) * factor
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 65536, 64K, 64M)") from None
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
+
+
+def parse_mode(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ValueError(f"not an octal mode: {text!r} (use e.g. 0770)") from None
+
+
+def parse_node(text: str) -> str:
+    if not NODE.fullmatch(text):
+        raise ValueError(f"node {text!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+    return text
+
+
+def parse_severity(text: str) -> str:
+    if text.upper() not in SEVERITY_RANK:
+        raise ValueError(f"unknown severity {text!r}; one of {', '.join(SEVERITY_RANK)}")
+    return text.upper()
+
+
+def parse_networks_text(text: str) -> tuple:
+    return tuple(parse_networks(text.replace(" ", ",").split(",")))
+
+
+def _default_node() -> str:
+    name = socket.gethostname().split(".")[0]
+    return name if NODE.fullmatch(name) else "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    default: str
+    help: str
+    convert: Callable[[str], Any] = str
+    metavar: str = "VALUE"
+
+
+KEYS: tuple[Key, ...] = (
+    Key("storage_dir", "/var/log/apache2/modsec_audit",
+        "SecAuditLogStorageDir: the Concurrent storage tree", metavar="DIR"),
+    Key("index_log", "",
+        "SecAuditLog index file of Concurrent mode; when set, an entry is taken only once its "
+        "index line proves it complete (size and md5 checked)", metavar="FILE"),
+    Key("archive", "/var/log/modsec-tools/archive.log",
+        "consolidated Serial-format log every processed entry is appended to", metavar="FILE"),
+    Key("event_log", "/var/log/modsec-tools/events.log",
+        "one-line-per-event log that fail2ban reads (docs/event-log.md)", metavar="FILE"),
+    Key("db", "sqlite:////var/lib/modsec-tools/events.db",
+        "database: a path or sqlite:///rel, sqlite:////abs, mysql://user@host:port/db; "
+        "'none' disables it", metavar="URL"),
+    Key("db_option_file", "",
+        "MySQL option file ([client] user/password/host) for the password, so it never "
+        "appears on a command line", metavar="FILE"),
+    Key("state_dir", "/var/lib/modsec-tools",
+        "journal, spool and lock directory", metavar="DIR"),
+    Key("quarantine_dir", "/var/lib/modsec-tools/quarantine",
+        "where unreadable entries go, each with a .reason file", metavar="DIR"),
+    Key("node", "", "name of this server in the event log and database "
+        "(default: short host name)", parse_node, "NAME"),
+    Key("trusted_proxies", "",
+        "comma-separated addresses/networks of your reverse proxies; only their "
+        "X-Forwarded-For / X-Real-IP is believed", parse_networks_text, "LIST"),
+    Key("detect_min_severity", "CRITICAL",
+        "a non-intercepted rule match this severe or worse is verdict=detected",
+        parse_severity, "SEVERITY"),
+    Key("detect_min_score", "5",
+        "a non-intercepted inbound anomaly score this high is verdict=detected", int, "N"),
+    Key("settle_seconds", "5",
+        "without an index log, a file is taken once it ends with its Z boundary and has "
+        "not changed for this long", float, "SECONDS"),
+    Key("quarantine_after", "3600",
+        "an entry still incomplete after this long is quarantined as truncated",
+        float, "SECONDS"),
+    Key("max_entry_size", "64M", "larger entries are quarantined, not parsed", parse_size,
+        "SIZE"),
+    Key("batch_size", "500", "entries made durable per batch (one fsync / commit each)",
+        int, "N"),
+    Key("dir_mode", "", "watch: mode given to each new storage subdirectory (e.g. 0770)",
+        parse_mode, "MODE"),
+    Key("dir_owner", "", "watch: owner given to each new storage subdirectory", str, "USER"),
+    Key("dir_group", "", "watch: group given to each new storage subdirectory", str, "GROUP"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_dir: str
+    index_log: str
+    archive: str
+    event_log: str
+    db: str
+    db_option_file: str
+    state_dir: str
+    quarantine_dir: str
+    node: str
+    trusted_proxies: tuple
+    detect_min_severity: str
+    detect_min_score: int
+    settle_seconds: float
+    quarantine_after: float
+    max_entry_size: int
+    batch_size: int
+    dir_mode: int | None
+    dir_owner: str
+    dir_group: str
+    sources: tuple[str, ...] = ()   # the files the settings came from
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the key and the file."""
+
+
+def read_files(path: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Raw values from ``path`` (or the default) and its ``.local``; missing files are fine
+    for the default location, an explicitly named missing file is an error."""
+    main = path or DEFAULT_CONFIG
+    if path and not os.path.exists(path):
+        raise ConfigError(f"{path}: no such configuration file")
+    local = os.path.splitext(main)[0] + ".local"
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        read = tuple(parser.read([main, local], encoding="utf-8"))
+    except configparser.Error as exc:
+        raise ConfigError(f"configuration syntax: {exc}") from None
+    values = dict(parser[SECTION]) if parser.has_section(SECTION) else {}
+    known = {key.name for key in KEYS}
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"{'/'.join(read)}: unknown key {name!r} in [{SECTION}]")
+    return values, read
+
+
+def build(values: dict[str, str], overrides: dict[str, str | None],
+          sources: tuple[str, ...] = ()) -> Settings:
+    """Convert and check every key: file values, then command-line overrides."""
+    converted: dict[str, Any] = {}
+    for key in KEYS:
+        text = overrides.get(key.name)
+        origin = "command line"
+        if text is None:
+            text = values.get(key.name, key.default)
+            origin = "/".join(sources) or "default"
+        if key.name == "node" and not text:
+            text = _default_node()
+        try:
+            converted[key.name] = key.convert(text)
+        except ValueError as exc:
+            raise ConfigError(f"{key.name} ({origin}): {exc}") from None
+    return Settings(**converted, sources=sources)
+
+
+def load(path: str | None = None, overrides: dict[str, str | None] | None = None) -> Settings:
+    values, sources = read_files(path)
+    return build(values, overrides or {}, sources)
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings) if f.name != "sources"]
