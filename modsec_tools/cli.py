@@ -97,13 +97,59 @@ def build_parser() -> argparse.ArgumentParser:
                             "detect_min_score", "max_entry_size"))
     parse.set_defaults(handler=cmd_parse)
 
-    for register in _EXTRA_COMMANDS:
-        register(commands, _settings_flags)
+    ingest = commands.add_parser(
+        "ingest", help="process every complete entry now, then exit (cron)",
+        description=INGEST_HELP, epilog=INGEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ingest.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress bar on a terminal (default: auto)")
+    _settings_flags(ingest, PIPELINE_SETTINGS)
+    ingest.set_defaults(handler=cmd_ingest)
+
+    db = commands.add_parser("db", help="create or upgrade the database schema",
+                             description="Create (init) or upgrade (migrate) the schema. "
+                             "Both are idempotent: they apply only what is missing.")
+    db.add_argument("action", choices=("init", "migrate", "status"))
+    _settings_flags(db, ("db", "db_option_file"))
+    db.set_defaults(handler=cmd_db)
+
+    check = commands.add_parser(
+        "config", help="check the configuration",
+        description="'config check' validates every setting, the directories and their "
+        "permissions, and connects to the database; 'config show' prints the settings.")
+    check.add_argument("action", choices=("check", "show"))
+    _settings_flags(check, PIPELINE_SETTINGS)
+    check.set_defaults(handler=cmd_config)
     return parser
 
 
-#: Later commands (ingest, watch, db, config) register themselves here.
-_EXTRA_COMMANDS: list = []
+PIPELINE_SETTINGS = ("storage_dir", "index_log", "archive", "event_log", "db",
+                     "db_option_file", "state_dir", "quarantine_dir", "node",
+                     "trusted_proxies", "detect_min_severity", "detect_min_score",
+                     "settle_seconds", "quarantine_after", "max_entry_size", "batch_size")
+
+INGEST_HELP = """\
+Process every complete entry of the storage tree: append it to the archive, write its line
+to the event log, store it in the database, then delete the file. Safe to run from cron
+while 'watch' is not running (one instance at a time), and safe to kill at any moment: the
+next run completes the interrupted batch without losing or duplicating anything.
+
+An entry is complete when its index-log line was written (--index-log), or when it ends
+with its Z boundary (JSON: parses whole) and has not changed for --settle-seconds.
+Unreadable, truncated, oversized entries and anything that is not a regular entry file
+(symlinks, FIFOs, hard links) are moved to --quarantine-dir with a .reason file; nothing is
+deleted before it is archived (or quarantined).
+"""
+
+INGEST_EPILOG = """\
+examples:
+  modsec-tools ingest
+  modsec-tools ingest --storage-dir /var/log/apache2/modsec_audit \\
+      --index-log /var/log/apache2/modsec_audit.log --db mysql://modsec@db1/modsec \\
+      --db-option-file /etc/modsec-tools/my.cnf
+
+The summary line at the end reports entries, bytes, rate, quarantined and spooled entries.
+"""
 
 
 def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -137,6 +183,88 @@ def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
             else:
                 out.write(format_event(event, settings.node, verdict) + "\n")
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
+    from .ingest import Pipeline
+    from .lock import AlreadyRunning, InstanceLock
+    try:
+        lock = InstanceLock(settings.state_dir).acquire()
+    except AlreadyRunning as exc:
+        logging.error("%s", exc)
+        return EXIT_SOME_FAILED
+    try:
+        pipeline = Pipeline(settings)
+        try:
+            show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+            stats = pipeline.run_once(progress=_progress if show else None)
+        finally:
+            pipeline.close()
+    finally:
+        lock.release()
+    logging.getLogger("modsec_tools").log(logging.WARNING if stats.errors else logging.INFO,
+                                          "ingest: %s", stats.summary())
+    if not args.verbose and sys.stderr.isatty():
+        print(f"modsec-tools ingest: {stats.summary()}", file=sys.stderr)
+    return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+
+
+def _progress(work: list) -> object:
+    """Yield the work items while drawing a one-line progress bar on stderr."""
+    total = len(work)
+    if total < 200:
+        yield from work
+        return
+    for done, item in enumerate(work, 1):
+        if done % 100 == 0 or done == total:
+            filled = int(30 * done / total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            sys.stderr.flush()
+        yield item
+    sys.stderr.write("\n")
+
+
+def _database(settings: config.Settings):
+    from .database import Database, parse_target
+    target = parse_target(settings.db, settings.db_option_file)
+    return None if target.kind == "none" else Database(target)
+
+
+def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
+    from .database import SCHEMA_VERSION, DatabaseError
+    db = _database(settings)
+    if db is None:
+        logging.error("no database configured (db = none)")
+        return EXIT_USAGE
+    try:
+        if args.action == "status":
+            print(f"{db.target.describe()}: schema {db.version()} "
+                  f"(this modsec-tools: {SCHEMA_VERSION})")
+            return EXIT_OK
+        applied = db.migrate()
+        print(f"{db.target.describe()}: " + (f"applied schema {applied}" if applied
+                                             else f"schema {db.version()} is current"))
+        return EXIT_OK
+    except DatabaseError as exc:
+        logging.error("%s", exc)
+        return EXIT_SOME_FAILED
+    finally:
+        db.close()
+
+
+def cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.action == "show":
+        for name in config.setting_names():
+            print(f"{name} = {getattr(settings, name)}")
+        print(f"# read from: {', '.join(settings.sources) or 'defaults only'}")
+        return EXIT_OK
+    from .configcheck import check
+    problems = check(settings)
+    for level, text in problems:
+        print(f"{level}: {text}")
+    errors = sum(1 for level, _ in problems if level == "error")
+    print(f"configuration: {errors} error(s), {len(problems) - errors} warning(s)")
+    return EXIT_SOME_FAILED if errors else EXIT_OK
 
 
 def _setup_logging(verbosity: int) -> None:

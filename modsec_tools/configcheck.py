@@ -1,0 +1,61 @@
+"""``modsec-tools config check``: every problem a sysadmin would otherwise find at 3 a.m."""
+from __future__ import annotations
+
+import os
+
+from .config import Settings
+from .database import Database, DatabaseError, parse_target
+
+
+def _directory(path: str, what: str, must_write: bool) -> list[tuple[str, str]]:
+    if not os.path.exists(path):
+        parent = os.path.dirname(path.rstrip("/")) or "/"
+        if must_write and os.access(parent, os.W_OK):
+            return [("warning", f"{what} {path} does not exist yet (it will be created)")]
+        return [("error", f"{what} {path} does not exist")]
+    if not os.path.isdir(path):
+        return [("error", f"{what} {path} is not a directory")]
+    if must_write and not os.access(path, os.W_OK):
+        return [("error", f"{what} {path} is not writable by uid {os.geteuid()}")]
+    if os.stat(path).st_mode & 0o002 and what != "storage_dir":
+        return [("warning", f"{what} {path} is world-writable; use 0750 or tighter")]
+    return []
+
+
+def _output_file(path: str, what: str) -> list[tuple[str, str]]:
+    directory = os.path.dirname(path) or "."
+    if os.path.exists(path) and not os.path.isfile(path):
+        return [("error", f"{what} {path} exists and is not a regular file")]
+    if os.path.islink(path):
+        return [("error", f"{what} {path} is a symbolic link; it will not be followed")]
+    return _directory(directory, f"{what} directory", must_write=True)
+
+
+def check(settings: Settings) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    problems += _directory(settings.storage_dir, "storage_dir", must_write=True)
+    if settings.index_log and not os.path.isfile(settings.index_log):
+        problems.append(("error", f"index_log {settings.index_log} is not a file"))
+    problems += _output_file(settings.archive, "archive")
+    problems += _output_file(settings.event_log, "event_log")
+    problems += _directory(settings.state_dir, "state_dir", must_write=True)
+    problems += _directory(settings.quarantine_dir, "quarantine_dir", must_write=True)
+    try:
+        target = parse_target(settings.db, settings.db_option_file)
+    except ValueError as exc:
+        return problems + [("error", f"db: {exc}")]
+    if settings.db_option_file and not os.access(settings.db_option_file, os.R_OK):
+        problems.append(("error", f"db_option_file {settings.db_option_file} is not readable"))
+    if target.kind != "none":
+        db = Database(target)
+        try:
+            db.connect()
+            version = db.version()
+            if version == 0:
+                problems.append(("warning", f"{target.describe()}: no schema yet; "
+                                 "run 'modsec-tools db init' (ingest also creates it)"))
+        except DatabaseError as exc:
+            problems.append(("error", f"database: {exc}"))
+        finally:
+            db.close()
+    return problems

@@ -1,0 +1,427 @@
+"""The ingest pipeline: storage tree → parser → archive, event log, database → delete.
+
+One code path serves ``modsec-tools ingest`` (everything complete now, then exit) and
+``modsec-tools watch`` (the same batches, fed by inotify). docs/ingest.md explains the
+exactly-once protocol; in short, per batch:
+
+1. journal ``batch`` record (files, sink sizes before) — fsync
+2. archive append — fdatasync;  3. event-log append — fdatasync
+4. database insert (idempotent) — commit, or spool the rows durably if it is down
+5. journal ``done`` record — fsync;  6. unlink the files
+
+A crash anywhere leaves at most the last batch unfinished, with all its files still present;
+start-up completes it, appending only what the sinks lack.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .appendfile import AppendFile, Position
+from .config import Settings
+from .database import Database, DatabaseError, Row, event_row, parse_target
+from .entry import parse_entry
+from .errors import ParseError
+from .event import Event
+from .eventline import format_event
+from .indexlog import IndexLine, parse_index_line, verify
+from .journal import Journal, RecordLog
+from .safefs import FileData, UnsafeFile
+from .storage import EntryRef, Oddity, StorageTree
+from .verdict import VerdictPolicy
+
+log = logging.getLogger(__name__)
+
+#: Without an index line, an entry that looks complete is still given this long, so a
+#: rotated index log (whose lines we never saw) does not strand its entries.
+UNINDEXED_GRACE = 60.0
+SCAN, INDEXED, CLOSED = "scan", "index", "closed"
+
+
+@dataclass(slots=True)
+class Stats:
+    entries: int = 0
+    bytes: int = 0
+    quarantined: int = 0
+    spooled: int = 0
+    batches: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (f"{self.entries} entries ({self.bytes / 1e6:.1f} MB) in {elapsed:.1f} s, "
+                f"{self.entries / elapsed:.0f} entries/s; {self.quarantined} quarantined; "
+                f"{self.spooled} spooled for the database; {self.errors} errors")
+
+
+@dataclass(slots=True)
+class Prepared:
+    ref: EntryRef
+    file: FileData
+    event: Event
+    line: bytes
+
+
+# -- the database with its spool --------------------------------------------------------------
+def _encode(value):
+    return {"b": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
+
+
+def _decode(value):
+    return base64.b64decode(value["b"]) if isinstance(value, dict) else value
+
+
+class DatabaseSink:
+    """Inserts rows, or spools them durably while the database is unreachable."""
+
+    def __init__(self, db: Database, node: str, spool_path: str) -> None:
+        self.db = db
+        self.node = node
+        self.spool = RecordLog(spool_path)
+        self.retry_at = 0.0
+        self.backoff = 1.0
+        self.down = False
+
+    def write(self, rows: list[Row]) -> int:
+        """Returns how many rows went to the spool instead of the database (0 when stored)."""
+        if self._available():
+            try:
+                self._replay()
+                self.db.insert(self.node, rows)
+                self._up()
+                return 0
+            except DatabaseError as exc:
+                self._failed(exc)
+        self.spool.append({"rows": [[r.unique_id, [_encode(v) for v in r.event],
+                                     [[_encode(v) for v in m] for m in r.matches]]
+                                    for r in rows]})
+        return len(rows)
+
+    def _available(self) -> bool:
+        return not self.down or time.monotonic() >= self.retry_at
+
+    def _replay(self) -> None:
+        if not self.spool.records:
+            return
+        count = 0
+        for record in self.spool.records:
+            rows = [Row(uid, tuple(_decode(v) for v in event), [tuple(_decode(v) for v in m)
+                                                                 for m in matches])
+                    for uid, event, matches in record["rows"]]
+            self.db.insert(self.node, rows)
+            count += len(rows)
+        self.spool.reset()
+        log.warning("database: replayed %d spooled events", count)
+
+    def flush(self) -> None:
+        """Try to empty the spool now (the database may be back)."""
+        if self.spool.records and self._available():
+            try:
+                self._replay()
+                self._up()
+            except DatabaseError as exc:
+                self._failed(exc)
+
+    def _up(self) -> None:
+        if self.down:
+            log.warning("database is back: %s", self.db.target.describe())
+        self.down, self.backoff = False, 1.0
+
+    def _failed(self, exc: DatabaseError) -> None:
+        if not self.down:
+            log.error("database unreachable, spooling events to %s: %s", self.spool.path, exc)
+        self.down = True
+        self.retry_at = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, 60.0)
+
+    def close(self) -> None:
+        self.db.close()
+        self.spool.close()
+
+
+# -- the index log ----------------------------------------------------------------------------
+class IndexFollower:
+    """Reads complete new lines of the index log from a saved (inode, offset)."""
+
+    def __init__(self, path: str, cursor: list[int] | None) -> None:
+        self.path = path
+        self.inode, self.offset = (cursor or (0, 0))
+        self.pending = b""
+
+    def read(self) -> list[IndexLine]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        try:
+            info = os.fstat(fd)
+            if info.st_ino != self.inode or info.st_size < self.offset:
+                self.inode, self.offset, self.pending = info.st_ino, 0, b""  # rotated
+            data = os.pread(fd, info.st_size - self.offset, self.offset)
+        finally:
+            os.close(fd)
+        self.offset += len(data)
+        data = self.pending + data
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]  # a line being written: finish it next time
+        lines: list[IndexLine] = []
+        for raw_line in data[:cut].splitlines():
+            if not raw_line.strip():
+                continue
+            try:
+                lines.append(parse_index_line(raw_line.decode("utf-8", "surrogateescape")))
+            except ParseError as exc:
+                log.warning("%s: %s", self.path, exc)
+        return lines
+
+    @property
+    def cursor(self) -> list[int]:
+        return [self.inode, self.offset - len(self.pending)]
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+class Pipeline:
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        self.settings = settings
+        self.tree = StorageTree(settings.storage_dir)
+        self.policy = VerdictPolicy(settings.detect_min_severity, settings.detect_min_score)
+        state = settings.state_dir
+        self.journal = Journal(os.path.join(state, "journal"))
+        self.archive = AppendFile(settings.archive)
+        self.event_log = AppendFile(settings.event_log)
+        if db is None:
+            target = parse_target(settings.db, settings.db_option_file)
+            db = Database(target) if target.kind != "none" else None
+        self.db = DatabaseSink(db, settings.node, os.path.join(state, "db-spool")) if db else None
+        self.index = (IndexFollower(settings.index_log, self.journal.last("index"))
+                      if settings.index_log else None)
+        self.proven: dict[str, IndexLine] = {}      # relpath → its index line
+        self.reported: set[str] = set()             # oddities already logged
+        self.stats = Stats()
+        self.recover()
+
+    # -- start-up ------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Finish what a crash interrupted: the last batch, and its deletions."""
+        last_batch = next((r for r in reversed(self.journal.records) if r["type"] == "batch"),
+                          None)
+        if last_batch is None:
+            return
+        if self.journal.unfinished() is not None:
+            log.warning("completing batch %d interrupted by a crash (%d files)",
+                        last_batch["seq"], len(last_batch["files"]))
+            prepared = self._reload(last_batch)
+            self._apply(last_batch, prepared)
+            self.journal.append({"type": "done", "seq": last_batch["seq"]})
+        self._delete(last_batch)
+
+    def _reload(self, record: dict) -> list[Prepared]:
+        prepared = []
+        for relpath, inode, device, size, crc, indexed_status in record["files"]:
+            ref = EntryRef.from_relpath(relpath)
+            try:
+                file = self.tree.read(ref, self.settings.max_entry_size)
+                event = parse_entry(file.data, relpath, self.settings.trusted_proxies)
+                if event.status is None:
+                    event.status = indexed_status
+            except (OSError, ParseError) as exc:
+                log.error("%s: journaled but unreadable on recovery (%s); skipped", relpath, exc)
+                continue
+            if (file.stat.st_ino, file.stat.st_dev) != (inode, device) or zlib.crc32(
+                    file.data) != crc:
+                log.error("%s changed since it was journaled; skipped", relpath)
+                continue
+            prepared.append(self._prepared(ref, file, event))
+        return prepared
+
+    # -- finding work --------------------------------------------------------------------------
+    def read_index(self) -> None:
+        if self.index is None:
+            return
+        for line in self.index.read():
+            self.proven[line.relpath] = line
+
+    def scan(self) -> Iterator[tuple[EntryRef, str]]:
+        """Entries the tree holds now, with the proof of completeness each has."""
+        for found in self.tree.scan():
+            if isinstance(found, Oddity):
+                self._oddity(found)
+                continue
+            relpath = found.ref.relpath
+            yield found.ref, INDEXED if relpath in self.proven else SCAN
+
+    def _oddity(self, oddity: Oddity) -> None:
+        if oddity.movable:
+            self._quarantine(oddity.ref, oddity.reason)
+        elif oddity.ref.relpath not in self.reported:
+            self.reported.add(oddity.ref.relpath)
+            log.warning("%s: %s; left alone", oddity.ref.relpath, oddity.reason)
+
+    # -- preparing entries ---------------------------------------------------------------------
+    def prepare(self, ref: EntryRef, proof: str) -> Prepared | None:
+        """Read and parse one entry; None when it is not ready yet, gone or quarantined."""
+        settings = self.settings
+        index = self.proven.get(ref.relpath)
+        try:
+            file = self.tree.read(ref, settings.max_entry_size)
+        except UnsafeFile as exc:
+            self._quarantine(ref, str(exc))
+            return None
+        except FileNotFoundError:
+            self.proven.pop(ref.relpath, None)
+            return None
+        except OSError as exc:
+            self.stats.errors += 1
+            log.error("%s: cannot read: %s", ref.relpath, exc.strerror or exc)
+            return None
+        age = time.time() - file.stat.st_mtime
+        if file.truncated:
+            self._quarantine(ref, f"larger than max_entry_size ({settings.max_entry_size} bytes)")
+            return None
+        problem = None
+        event = None
+        try:
+            if index is not None:
+                verify(file.data, index)
+            event = parse_entry(file.data, ref.relpath, settings.trusted_proxies, index)
+            if event.incomplete:
+                problem = "; ".join(event.problems) or "incomplete entry"
+        except ParseError as exc:
+            problem = str(exc)
+        if problem is not None:
+            final = proof != SCAN or age >= settings.quarantine_after
+            if final:
+                self._quarantine(ref, problem)
+            return None
+        assert event is not None
+        wait = settings.settle_seconds if index is not None or proof != SCAN else max(
+            settings.settle_seconds, UNINDEXED_GRACE if self.index else 0.0)
+        if proof == SCAN and index is None and age < wait:
+            return None
+        return self._prepared(ref, file, event)
+
+    def _prepared(self, ref: EntryRef, file: FileData, event: Event) -> Prepared:
+        line = format_event(event, self.settings.node, self.policy.verdict(event))
+        return Prepared(ref, file, event, line.encode("ascii") + b"\n")
+
+    def _quarantine(self, ref: EntryRef, reason: str) -> None:
+        try:
+            where = self.tree.quarantine(ref, self.settings.quarantine_dir, reason)
+        except OSError as exc:
+            self.stats.errors += 1
+            log.error("%s: cannot quarantine (%s): %s", ref.relpath, reason, exc)
+            return
+        if where:
+            self.stats.quarantined += 1
+            self.proven.pop(ref.relpath, None)
+            log.warning("%s: quarantined to %s: %s", ref.relpath, where, reason)
+
+    # -- committing a batch --------------------------------------------------------------------
+    def commit(self, batch: list[Prepared]) -> None:
+        if not batch:
+            return
+        record = {
+            "type": "batch", "seq": self.journal.next_seq(),
+            "archive": _pos(self.archive.position()), "events": _pos(self.event_log.position()),
+            # The index line's status is kept: HTTP/0.9 entries may have no other.
+            "files": [[p.ref.relpath, p.file.stat.st_ino, p.file.stat.st_dev,
+                       len(p.file.data), zlib.crc32(p.file.data), p.event.status]
+                      for p in batch],
+        }
+        self.journal.append(record)
+        self._apply(record, batch, fresh=True)
+        done: dict = {"type": "done", "seq": record["seq"]}
+        for p in batch:
+            self.proven.pop(p.ref.relpath, None)
+        if self.index is not None and not self.proven:
+            done["index"] = self.index.cursor  # every line read so far is processed
+        self.journal.append(done)
+        self._delete(record, batch)
+        self.stats.entries += len(batch)
+        self.stats.bytes += sum(len(p.file.data) for p in batch)
+        self.stats.batches += 1
+        self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
+
+    def _apply(self, record: dict, batch: list[Prepared], fresh: bool = False) -> None:
+        archive = b"".join(_archived(p.file.data) for p in batch)
+        lines = b"".join(p.line for p in batch)
+        if fresh:
+            self.archive.append(archive)
+            self.archive.sync()
+            self.event_log.append(lines)
+            self.event_log.sync()
+        else:
+            self.archive.complete_batch(Position(*record["archive"]), archive)
+            self.event_log.complete_batch(Position(*record["events"]), lines)
+        if self.db is not None:
+            rows = [event_row(p.event, self.settings.node, self.policy.verdict(p.event))
+                    for p in batch]
+            self.stats.spooled += self.db.write(rows)
+
+    def _delete(self, record: dict, batch: list[Prepared] | None = None) -> None:
+        stats = {p.ref.relpath: p.file.stat for p in batch} if batch else {}
+        for relpath, inode, device, *_ in record["files"]:
+            expect = stats.get(relpath)
+            if expect is None:
+                expect = os.stat_result((0, inode, device, 0, 0, 0, 0, 0, 0, 0))
+            try:
+                self.tree.remove(EntryRef.from_relpath(relpath), expect)
+            except OSError as exc:
+                self.stats.errors += 1
+                log.error("%s: cannot delete: %s", relpath, exc.strerror or exc)
+
+    # -- driving -------------------------------------------------------------------------------
+    def process(self, work: Iterable[tuple[EntryRef, str]]) -> None:
+        """Prepare and commit ``work`` in batches of ``batch_size``."""
+        batch: list[Prepared] = []
+        seen: set[str] = set()
+        for ref, proof in work:
+            if ref.relpath in seen:
+                continue
+            seen.add(ref.relpath)
+            prepared = self.prepare(ref, proof)
+            if prepared is not None:
+                batch.append(prepared)
+            if len(batch) >= self.settings.batch_size:
+                self.commit(batch)
+                batch = []
+        self.commit(batch)
+
+    def run_once(self, progress=None) -> Stats:
+        """Everything complete now: index lines first (already proven), then the tree."""
+        self.read_index()
+        work = list(self.scan())
+        work.sort(key=lambda item: item[0].name)  # ModSecurity's names sort by time
+        if progress is not None:
+            work = progress(work)
+        self.process(work)
+        if self.db is not None:
+            self.db.flush()
+        self.tree.remove_empty_dirs()
+        return self.stats
+
+    def reopen_logs(self) -> None:
+        self.archive.reopen()
+        self.event_log.reopen()
+
+    def close(self) -> None:
+        self.archive.close()
+        self.event_log.close()
+        self.journal.close()
+        if self.db is not None:
+            self.db.close()
+
+
+def _pos(position: Position) -> list[int]:
+    return [position.inode, position.size]
+
+
+def _archived(data: bytes) -> bytes:
+    """Entries go into the archive whole, each ending with a newline (Serial format)."""
+    return data if data.endswith(b"\n") else data + b"\n"

@@ -1,0 +1,119 @@
+"""Crash-safe record files: the ingest journal and the database spool.
+
+The journal makes ingest exactly-once across kill -9. Before a batch touches any sink, a
+``batch`` record (its files, the sinks' sizes before it) is appended and fsync'd; once every
+sink has the batch, a ``done`` record follows, and only then are the files deleted. On start-up
+only the last batch can lack its ``done``; its files still exist, so it is completed from them.
+
+The spool holds database rows while the database is unreachable, replayed when it returns.
+
+Framing: ``MTJ1`` + payload length (u32) + CRC-32 (u32) + JSON payload. A torn tail (crash
+mid-write) fails its CRC and is cut off: it never took effect.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from typing import Any
+
+MAGIC = b"MTJ1"
+HEADER = struct.Struct("<4sII")
+COMPACT_AT = 4 * 1024 * 1024
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _frame(record: dict[str, Any]) -> bytes:
+    payload = json.dumps(record, separators=(",", ":")).encode()
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+class RecordLog:
+    """Append-only file of framed JSON records, all loaded into ``records`` on open."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        self.records, good_end = self._load()
+        if good_end != os.fstat(self.fd).st_size:
+            os.ftruncate(self.fd, good_end)
+            os.fsync(self.fd)
+        os.lseek(self.fd, 0, os.SEEK_END)
+
+    def _load(self) -> tuple[list[dict[str, Any]], int]:
+        data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+        records: list[dict[str, Any]] = []
+        offset = 0
+        while offset + HEADER.size <= len(data):
+            magic, length, crc = HEADER.unpack_from(data, offset)
+            payload = data[offset + HEADER.size:offset + HEADER.size + length]
+            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            records.append(json.loads(payload))
+            offset += HEADER.size + length
+        return records, offset
+
+    def append(self, record: dict[str, Any], sync: bool = True) -> None:
+        view = memoryview(_frame(record))
+        while view:
+            view = view[os.write(self.fd, view):]
+        if sync:
+            os.fdatasync(self.fd)
+        self.records.append(record)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def reset(self, records: list[dict[str, Any]] = ()) -> None:
+        """Atomically replace the whole file with ``records`` (write, fsync, rename)."""
+        temporary = self.path + ".new"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"".join(_frame(r) for r in records))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+        _fsync_dir(self.path)
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.records = list(records)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Journal(RecordLog):
+    def unfinished(self) -> dict[str, Any] | None:
+        """The last batch record if no ``done`` followed it."""
+        for record in reversed(self.records):
+            if record["type"] == "done":
+                return None
+            if record["type"] == "batch":
+                return record
+        return None
+
+    def last(self, key: str) -> Any:
+        """The most recent value of ``key`` in any record (e.g. the index-log cursor)."""
+        for record in reversed(self.records):
+            if key in record:
+                return record[key]
+        return None
+
+    def next_seq(self) -> int:
+        return (self.last("seq") or 0) + 1
+
+    def compact(self, keep: dict[str, Any]) -> None:
+        """When large and nothing is unfinished, start over with one checkpoint record."""
+        if self.size() >= COMPACT_AT and self.unfinished() is None:
+            self.reset([{"type": "checkpoint", **keep}])

@@ -1,0 +1,310 @@
+"""The Concurrent storage tree: finding entry files, reading, deleting and quarantining them.
+
+The tree is writable by web users, and we may run as root, so every step works on directory
+descriptors opened with O_NOFOLLOW, checks what it opened with fstat, and only touches names
+that match ModSecurity's layout (``[<user>/]YYYYMMDD/YYYYMMDD-HHMM/YYYYMMDD-HHMMSS-<id>``).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .safefs import UnsafeFile, open_dir_at, open_dir_path, read_file_at
+from .sources import DAY_DIR, ENTRY_NAME, MINUTE_DIR
+
+log = logging.getLogger(__name__)
+USER_DIR_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRef:
+    """A name in the tree, relative to the storage dir: ``dirs`` then ``name``."""
+
+    dirs: tuple[str, ...]
+    name: str
+
+    @property
+    def relpath(self) -> str:
+        return "/" + "/".join((*self.dirs, self.name))
+
+    @property
+    def unique_id(self) -> str:
+        return self.name.split("-", 2)[2]
+
+    @classmethod
+    def from_relpath(cls, relpath: str) -> "EntryRef":
+        *dirs, name = relpath.strip("/").split("/")
+        return cls(tuple(dirs), name)
+
+
+def layout_ok(dirs: tuple[str, ...], name: str) -> bool:
+    if len(dirs) not in (2, 3) or not ENTRY_NAME.fullmatch(name):
+        return False
+    day, minute = dirs[-2:]
+    if len(dirs) == 3 and not _user_dir_ok(dirs[0]):
+        return False
+    return bool(DAY_DIR.fullmatch(day) and MINUTE_DIR.fullmatch(minute)
+                and minute.startswith(day))
+
+
+def _user_dir_ok(name: str) -> bool:
+    return 0 < len(name) <= USER_DIR_MAX and name not in (".", "..") and "/" not in name
+
+
+@dataclass(slots=True)
+class Candidate:
+    ref: EntryRef
+    mtime: float
+    size: int
+
+
+@dataclass(slots=True)
+class Oddity:
+    """Something in the tree that is not an entry file; reported, and quarantined if a file."""
+
+    ref: EntryRef
+    reason: str
+    movable: bool   # a non-directory name we may move into quarantine
+
+
+class StorageTree:
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    # -- discovery -----------------------------------------------------------------------
+    def scan(self) -> Iterator[Candidate | Oddity]:
+        """Every entry file (oldest minute first) and every odd name at entry depth."""
+        try:
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.error("cannot open storage directory %s: %s", self.root, exc.strerror)
+            return
+        try:
+            yield from self._scan_dir(root_fd, ())
+        finally:
+            os.close(root_fd)
+
+    def _scan_dir(self, fd: int, dirs: tuple[str, ...]) -> Iterator[Candidate | Oddity]:
+        try:
+            names = sorted(os.listdir(fd))
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self._show(dirs), exc.strerror)
+            return
+        depth = len(dirs)
+        for name in names:
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            child = (*dirs, name)
+            if stat.S_ISDIR(info.st_mode):
+                if self._descend(child):
+                    yield from self._scan_child(fd, name, child)
+                elif self._is_minute_dir(dirs) and ENTRY_NAME.fullmatch(name):
+                    yield Oddity(EntryRef(dirs, name), "directory named like an entry", False)
+                continue
+            if depth in (2, 3) and self._is_minute_dir(dirs):
+                if stat.S_ISREG(info.st_mode) and ENTRY_NAME.fullmatch(name):
+                    yield Candidate(EntryRef(dirs, name), info.st_mtime, info.st_size)
+                else:
+                    kind = _kind(info.st_mode)
+                    yield Oddity(EntryRef(dirs, name), f"{kind}, not an entry file", True)
+
+    def _scan_child(self, fd: int, name: str, child: tuple[str, ...]):
+        try:
+            child_fd = open_dir_at(fd, name)
+        except OSError:
+            return  # swapped for a symlink since the stat: not followed
+        try:
+            yield from self._scan_dir(child_fd, child)
+        finally:
+            os.close(child_fd)
+
+    @staticmethod
+    def _is_minute_dir(dirs: tuple[str, ...]) -> bool:
+        return len(dirs) >= 2 and bool(MINUTE_DIR.fullmatch(dirs[-1])) and bool(
+            DAY_DIR.fullmatch(dirs[-2]))
+
+    @staticmethod
+    def _descend(child: tuple[str, ...]) -> bool:
+        """Only directories that can belong to the layout: [user/]day/minute."""
+        last = child[-1]
+        if len(child) == 1:
+            return DAY_DIR.fullmatch(last) is not None or _user_dir_ok(last)
+        if len(child) == 2:
+            return (DAY_DIR.fullmatch(last) is not None
+                    or (MINUTE_DIR.fullmatch(last) is not None and DAY_DIR.fullmatch(child[0])
+                        is not None))
+        if len(child) == 3:
+            return MINUTE_DIR.fullmatch(last) is not None and DAY_DIR.fullmatch(child[1]) \
+                is not None
+        return False
+
+    # -- file operations -------------------------------------------------------------------
+    def open_parent(self, ref: EntryRef) -> int:
+        return open_dir_path(self.root, list(ref.dirs))
+
+    def read(self, ref: EntryRef, max_size: int):
+        """(FileData) of an entry; raises UnsafeFile / OSError / FileNotFoundError."""
+        fd = self.open_parent(ref)
+        try:
+            return read_file_at(fd, ref.name, max_size)
+        finally:
+            os.close(fd)
+
+    def remove(self, ref: EntryRef, expect: os.stat_result | None) -> bool:
+        """Unlink an entry we processed, unless the name now holds something else."""
+        try:
+            fd = self.open_parent(ref)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                now = os.stat(ref.name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if expect is not None and (now.st_ino, now.st_dev) != (expect.st_ino, expect.st_dev):
+                log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
+                return False
+            os.unlink(ref.name, dir_fd=fd)
+            return True
+        finally:
+            os.close(fd)
+
+    def quarantine(self, ref: EntryRef, quarantine_dir: str, reason: str) -> str | None:
+        """Move the name (never what a link points to) into quarantine with a .reason file."""
+        os.makedirs(quarantine_dir, mode=0o700, exist_ok=True)
+        target = "_".join((*ref.dirs, ref.name)).lstrip(".") or "entry"
+        try:
+            fd = self.open_parent(ref)
+        except OSError as exc:
+            log.error("cannot quarantine %s: %s", ref.relpath, exc.strerror)
+            return None
+        qfd = os.open(quarantine_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            target = _free_name(qfd, target)
+            try:
+                os.rename(ref.name, target, src_dir_fd=fd, dst_dir_fd=qfd)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _copy_across(fd, ref.name, qfd, target)
+            _write_reason(qfd, target + ".reason", ref.relpath, reason)
+            os.fsync(qfd)
+            return os.path.join(quarantine_dir, target)
+        finally:
+            os.close(qfd)
+            os.close(fd)
+
+    def remove_empty_dirs(self, keep_recent: float = 180.0) -> int:
+        """rmdir empty minute/day/user directories, except recent ones ModSecurity may be
+        about to write into (the newest minute of each day and anything touched recently)."""
+        removed = 0
+        now = time.time()
+        try:
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return 0
+        try:
+            removed = self._prune(root_fd, (), now, keep_recent)
+        finally:
+            os.close(root_fd)
+        return removed
+
+    def _prune(self, fd: int, dirs: tuple[str, ...], now: float, keep_recent: float) -> int:
+        removed = 0
+        try:
+            names = sorted(os.listdir(fd))
+        except OSError:
+            return 0
+        subdirs = []
+        for name in names:
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(info.st_mode) and self._descend((*dirs, name)):
+                subdirs.append((name, info))
+        newest = subdirs[-1][0] if subdirs else None
+        for name, info in subdirs:
+            child = (*dirs, name)
+            if not self._is_minute_dir(child):
+                try:
+                    child_fd = open_dir_at(fd, name)
+                except OSError:
+                    continue
+                try:
+                    removed += self._prune(child_fd, child, now, keep_recent)
+                finally:
+                    os.close(child_fd)
+            if name == newest or now - info.st_mtime < keep_recent:
+                continue
+            try:
+                os.rmdir(name, dir_fd=fd)
+                removed += 1
+            except OSError:
+                pass  # not empty (or already gone): fine
+        return removed
+
+    def _show(self, dirs: tuple[str, ...]) -> str:
+        return os.path.join(self.root, *dirs)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISREG(mode):
+        return "regular file with a name ModSecurity does not write"
+    return "unknown file type"
+
+
+def _free_name(dir_fd: int, name: str) -> str:
+    candidate, counter = name, 0
+    while True:
+        try:
+            os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return candidate
+        counter += 1
+        candidate = f"{name}.{counter}"
+
+
+def _copy_across(src_dir: int, name: str, dst_dir: int, target: str) -> None:
+    """Quarantine across file systems: copy a regular file's bytes, then unlink the name.
+    Anything but a regular file is only unlinked after its description is recorded."""
+    try:
+        data = read_file_at(src_dir, name, 1 << 30, require_single_link=False).data
+    except UnsafeFile:
+        data = b""
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                  dir_fd=dst_dir)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+        os.fsync(out)
+    finally:
+        os.close(out)
+    os.unlink(name, dir_fd=src_dir)
+
+
+def _write_reason(dir_fd: int, name: str, relpath: str, reason: str) -> None:
+    text = f"path: {relpath}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        os.write(fd, text.encode("utf-8", "backslashreplace"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
