@@ -66,11 +66,16 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
            json.dumps(event.scores) if event.scores else None, event.severity,
            ",".join(event.rule_ids), primary, event.engine_mode, event.producer, event.server,
            event.source, int(event.incomplete))
-    matches = [(seq, m.rule_id, m.severity, raw(m.msg), raw(m.data), raw(m.text), m.ver,
-                m.maturity, m.accuracy, m.file, m.line,
-                json.dumps(m.tags, ensure_ascii=False) if m.tags else None)
-               for seq, m in enumerate(event.messages)]
+    matches = [_match_row(seq, m) for seq, m in enumerate(event.messages)]
     return Row(event.unique_id, row, matches)
+
+
+def _match_row(seq: int, message) -> tuple:
+    get = message.get
+    tags = message.tags
+    return (seq, get("id"), get("severity"), raw(get("msg")), raw(get("data")),
+            raw(message.text), get("ver"), get("maturity"), get("accuracy"), get("file"),
+            get("line"), json.dumps(tags, ensure_ascii=False) if tags else None)
 
 
 # -- schema ------------------------------------------------------------------------------------

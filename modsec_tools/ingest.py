@@ -220,6 +220,7 @@ class Pipeline:
             self._apply(last_batch, prepared)
             self.journal.append({"type": "done", "seq": last_batch["seq"]})
         self._delete(last_batch)
+        self.tree.release()
 
     def _reload(self, record: dict) -> list[Prepared]:
         prepared = []
@@ -343,6 +344,7 @@ class Pipeline:
             done["index"] = self.index.cursor  # every line read so far is processed
         self.journal.append(done)
         self._delete(record, batch)
+        self.tree.release()
         self.stats.entries += len(batch)
         self.stats.bytes += sum(len(p.file.data) for p in batch)
         self.stats.batches += 1

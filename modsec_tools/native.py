@@ -113,7 +113,7 @@ def _event_from_section_a(text: str, source: str) -> Event:
                  local_port=int(local_port), source=source)
 
 
-_TRAILER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*): (.*?)\r?$", re.M)
+_TRAILER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*): ([^\r\n]*)", re.M)
 
 
 def _trailer_lines(text: str) -> list[tuple[str, str]]:

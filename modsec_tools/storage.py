@@ -75,6 +75,13 @@ class Oddity:
 class StorageTree:
     def __init__(self, root: str) -> None:
         self.root = root
+        self._dir_fds: dict[tuple[str, ...], int] = {}
+
+    def release(self) -> None:
+        """Close the directory descriptors cached since the last release (end of a batch)."""
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
 
     # -- discovery -----------------------------------------------------------------------
     def scan(self) -> Iterator[Candidate | Oddity]:
@@ -146,42 +153,41 @@ class StorageTree:
         return False
 
     # -- file operations -------------------------------------------------------------------
-    def open_parent(self, ref: EntryRef) -> int:
-        return open_dir_path(self.root, list(ref.dirs))
+    def parent_fd(self, ref: EntryRef) -> int:
+        """A cached descriptor of the entry's directory, opened without following links.
+
+        Holding the descriptor pins the real directory: swapping its name for a symlink
+        afterwards changes nothing for reads and unlinks made through it.
+        """
+        fd = self._dir_fds.get(ref.dirs)
+        if fd is None:
+            fd = open_dir_path(self.root, list(ref.dirs))
+            self._dir_fds[ref.dirs] = fd
+        return fd
 
     def read(self, ref: EntryRef, max_size: int):
         """(FileData) of an entry; raises UnsafeFile / OSError / FileNotFoundError."""
-        fd = self.open_parent(ref)
-        try:
-            return read_file_at(fd, ref.name, max_size)
-        finally:
-            os.close(fd)
+        return read_file_at(self.parent_fd(ref), ref.name, max_size)
 
     def remove(self, ref: EntryRef, expect: os.stat_result | None) -> bool:
         """Unlink an entry we processed, unless the name now holds something else."""
         try:
-            fd = self.open_parent(ref)
+            fd = self.parent_fd(ref)
+            now = os.stat(ref.name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        try:
-            try:
-                now = os.stat(ref.name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            if expect is not None and (now.st_ino, now.st_dev) != (expect.st_ino, expect.st_dev):
-                log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
-                return False
-            os.unlink(ref.name, dir_fd=fd)
-            return True
-        finally:
-            os.close(fd)
+        if expect is not None and (now.st_ino, now.st_dev) != (expect.st_ino, expect.st_dev):
+            log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
+            return False
+        os.unlink(ref.name, dir_fd=fd)
+        return True
 
     def quarantine(self, ref: EntryRef, quarantine_dir: str, reason: str) -> str | None:
         """Move the name (never what a link points to) into quarantine with a .reason file."""
         os.makedirs(quarantine_dir, mode=0o700, exist_ok=True)
         target = "_".join((*ref.dirs, ref.name)).lstrip(".") or "entry"
         try:
-            fd = self.open_parent(ref)
+            fd = self.parent_fd(ref)
         except OSError as exc:
             log.error("cannot quarantine %s: %s", ref.relpath, exc.strerror)
             return None
@@ -199,11 +205,11 @@ class StorageTree:
             return os.path.join(quarantine_dir, target)
         finally:
             os.close(qfd)
-            os.close(fd)
 
     def remove_empty_dirs(self, keep_recent: float = 180.0) -> int:
         """rmdir empty minute/day/user directories, except recent ones ModSecurity may be
         about to write into (the newest minute of each day and anything touched recently)."""
+        self.release()  # rmdir must not race our own cached descriptors' names
         removed = 0
         now = time.time()
         try:
