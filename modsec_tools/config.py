@@ -103,7 +103,7 @@ KEYS: tuple[Key, ...] = (
         parse_severity, "SEVERITY"),
     Key("detect_min_score", "5",
         "a non-intercepted inbound anomaly score this high is verdict=detected", int, "N"),
-    Key("settle_seconds", "5",
+    Key("settle_seconds", "2",
         "without an index log, a file is taken once it ends with its Z boundary and has "
         "not changed for this long", float, "SECONDS"),
     Key("quarantine_after", "3600",

@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 #: Without an index line, an entry that looks complete is still given this long, so a
 #: rotated index log (whose lines we never saw) does not strand its entries.
 UNINDEXED_GRACE = 60.0
-SCAN, INDEXED, CLOSED = "scan", "index", "closed"
+#: How we know an entry is complete: found by a scan (it must end with its Z boundary or
+#: parse as JSON, and have settled), its index line, its IN_CLOSE_WRITE, or found in a
+#: directory that just appeared (complete ones are taken at once; the others will close).
+SCAN, INDEXED, CLOSED, FRESH = "scan", "index", "closed", "fresh"
 
 
 @dataclass(slots=True)
@@ -296,7 +299,7 @@ class Pipeline:
         except ParseError as exc:
             problem = str(exc)
         if problem is not None:
-            final = proof != SCAN or age >= settings.quarantine_after
+            final = proof in (INDEXED, CLOSED) or age >= settings.quarantine_after
             if final:
                 self._quarantine(ref, problem)
             return None
