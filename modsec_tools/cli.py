@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 PIPELINE_SETTINGS = ("storage_dir", "index_log", "archive", "event_log", "db",
                      "db_option_file", "state_dir", "quarantine_dir", "node",
                      "trusted_proxies", "detect_min_severity", "detect_min_score",
-                     "settle_seconds", "quarantine_after", "max_entry_size", "batch_size")
+                     "settle_seconds", "quarantine_after", "max_entry_size", "batch_size",
+                     "workers")
 
 WATCH_HELP = """\
 Watch the storage tree with inotify and process each entry as soon as ModSecurity closes

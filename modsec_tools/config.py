@@ -59,6 +59,15 @@ def parse_networks_text(text: str) -> tuple:
     return tuple(parse_networks(text.replace(" ", ",").split(",")))
 
 
+def parse_workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1 if (os.cpu_count() or 1) > 1 else 0
+    value = int(text)
+    if value < 0:
+        raise ValueError("workers must be 0 or more")
+    return value
+
+
 def _default_node() -> str:
     name = socket.gethostname().split(".")[0]
     return name if NODE.fullmatch(name) else "localhost"
@@ -113,6 +122,8 @@ KEYS: tuple[Key, ...] = (
         "SIZE"),
     Key("batch_size", "500", "entries made durable per batch (one fsync / commit each)",
         int, "N"),
+    Key("workers", "auto", "processes that read and parse entries in parallel for large "
+        "backlogs ('auto': one per CPU; 0: none)", parse_workers, "N"),
     Key("dir_mode", "", "watch: mode given to each new storage subdirectory (e.g. 0770)",
         parse_mode, "MODE"),
     Key("dir_owner", "", "watch: owner given to each new storage subdirectory", str, "USER"),
@@ -138,6 +149,7 @@ class Settings:
     quarantine_after: float
     max_entry_size: int
     batch_size: int
+    workers: int
     dir_mode: int | None
     dir_owner: str
     dir_group: str

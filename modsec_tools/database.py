@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -56,7 +57,7 @@ def _utc(stamp: dt.datetime | None) -> tuple[str | None, int | None]:
 
 def event_row(event: Event, node: str, verdict: str) -> Row:
     created, offset = _utc(event.timestamp)
-    primary = next((i for i, m in enumerate(event.messages) if m.rule_id is not None),
+    primary = next((i for i, m in enumerate(event.messages) if "id" in m.first),
                    0 if event.messages else None)
     row = (node, event.unique_id, created, offset, event.client_ip, event.peer_ip,
            event.peer_port, event.local_ip, event.local_port, raw(event.method),
@@ -71,11 +72,21 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
 
 
 def _match_row(seq: int, message) -> tuple:
-    get = message.get
+    get = message.first.get
     tags = message.tags
     return (seq, get("id"), get("severity"), raw(get("msg")), raw(get("data")),
             raw(message.text), get("ver"), get("maturity"), get("accuracy"), get("file"),
-            get("line"), json.dumps(tags, ensure_ascii=False) if tags else None)
+            get("line"), _json_list(tags) if tags else None)
+
+
+_PLAIN = re.compile(r'[ !#-\[\]-~]*')
+
+
+def _json_list(items: list[str]) -> bytes:
+    """JSON of a list of strings; tags are plain ASCII, which is built without json.dumps."""
+    if _PLAIN.fullmatch("".join(items)):
+        return ('["' + '","'.join(items) + '"]').encode()
+    return json.dumps(items, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 
 # -- schema ------------------------------------------------------------------------------------

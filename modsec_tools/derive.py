@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .event import Event
+from .event import SEVERITIES, SEVERITY_RANK, Event
 from .messages import anomaly_scores, derived_inbound_score
 
 _DENIED_CODE = re.compile(r"Access denied with (?:code (\d{3})|.*?status (\d{3}))")
@@ -13,6 +13,13 @@ _PHASE = re.compile(r"\(phase (\d)\)")
 def finish_event(event: Event) -> None:
     """Scores from the CRS messages; status and phase from the denial when F/H lack them
     (HTTP/0.9 requests have an empty section F)."""
+    event.host = event.header("Host")
+    event.user_agent = event.header("User-Agent")
+    event.rule_ids = [rule for rule in (m.first.get("id") for m in event.messages)
+                      if rule is not None]
+    ranked = [rank for rank in (SEVERITY_RANK.get(m.first.get("severity"))
+                                for m in event.messages) if rank is not None]
+    event.severity = SEVERITIES[min(ranked)] if ranked else None
     event.anomaly_score, event.scores, event.score_source = anomaly_scores(event.messages)
     if event.anomaly_score is None and _crs_scored(event):
         event.anomaly_score = derived_inbound_score(event.messages)

@@ -26,28 +26,28 @@ class Message:
     logged; the named properties read the first occurrence of their key.
     """
 
-    __slots__ = ("text", "fields", "_first")
+    __slots__ = ("text", "fields", "first")
 
     def __init__(self, text: str, fields: list[tuple[str, str]] | None = None) -> None:
         self.text = text            # the head, e.g. "Warning. Pattern match ... at ARGS:q."
         self.fields = fields or []
-        self._first = dict(reversed(self.fields))
+        self.first = dict(reversed(self.fields))  # key → its first value
 
     def get(self, key: str) -> str | None:
-        return self._first.get(key)
+        return self.first.get(key)
 
-    rule_id = property(lambda self: self._first.get("id"))
-    msg = property(lambda self: self._first.get("msg"))
-    data = property(lambda self: self._first.get("data"))
-    severity = property(lambda self: self._first.get("severity"))
-    ver = property(lambda self: self._first.get("ver"))
-    maturity = property(lambda self: self._first.get("maturity"))
-    accuracy = property(lambda self: self._first.get("accuracy"))
-    file = property(lambda self: self._first.get("file"))
-    line = property(lambda self: self._first.get("line"))
-    hostname = property(lambda self: self._first.get("hostname"))
-    uri = property(lambda self: self._first.get("uri"))
-    unique_id = property(lambda self: self._first.get("unique_id"))
+    rule_id = property(lambda self: self.first.get("id"))
+    msg = property(lambda self: self.first.get("msg"))
+    data = property(lambda self: self.first.get("data"))
+    severity = property(lambda self: self.first.get("severity"))
+    ver = property(lambda self: self.first.get("ver"))
+    maturity = property(lambda self: self.first.get("maturity"))
+    accuracy = property(lambda self: self.first.get("accuracy"))
+    file = property(lambda self: self.first.get("file"))
+    line = property(lambda self: self.first.get("line"))
+    hostname = property(lambda self: self.first.get("hostname"))
+    uri = property(lambda self: self.first.get("uri"))
+    unique_id = property(lambda self: self.first.get("unique_id"))
 
     @property
     def tags(self) -> list[str]:
@@ -98,6 +98,11 @@ class Event:
     producer: str | None = None
     server: str | None = None
     stopwatch_start_us: int | None = None
+    # Derived once by derive.finish_event (the parsers call it), read many times by sinks:
+    host: str | None = None                  # Host header
+    user_agent: str | None = None            # User-Agent header
+    rule_ids: list[str] = field(default_factory=list)   # in order of appearance
+    severity: str | None = None              # most severe among the messages
     stopwatch: dict[str, int] = field(default_factory=dict)  # Stopwatch2 phase timings (µs)
     score_source: str | None = None          # "980130", "949110", ... or "derived"
     incomplete: bool = False                 # no Z boundary / truncated JSON: partial data
@@ -110,24 +115,6 @@ class Event:
             if key.lower() == wanted:
                 return value
         return None
-
-    @property
-    def host(self) -> str | None:
-        return self.header("Host")
-
-    @property
-    def user_agent(self) -> str | None:
-        return self.header("User-Agent")
-
-    @property
-    def rule_ids(self) -> list[str]:
-        return [m.rule_id for m in self.messages if m.rule_id is not None]
-
-    @property
-    def severity(self) -> str | None:
-        """Most severe severity among the messages."""
-        ranked = [m.severity for m in self.messages if m.severity in SEVERITY_RANK]
-        return min(ranked, key=SEVERITY_RANK.__getitem__) if ranked else None
 
     @property
     def first_message(self) -> Message | None:

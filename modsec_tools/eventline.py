@@ -78,11 +78,14 @@ def format_line(line: EventLine) -> str:
     if not NODE.fullmatch(line.node):
         raise ValueError(f"node name {line.node!r} must match {NODE.pattern}")
     rules = ",".join(line.rules) if line.rules else "-"
-    head = (f"{line.time} modsec[{line.node}]: client={escape_bare(line.client)}"
-            f" verdict={escape_bare(line.verdict)} status={escape_bare(line.status)}"
-            f" phase={escape_bare(line.phase)} score={escape_bare(line.score)}"
-            f" severity={escape_bare(line.severity)} rules={escape_bare(rules)}"
-            f" id={escape_bare(line.id)}")
+    bare = [line.client, line.verdict, line.status, line.phase, line.score, line.severity,
+            rules, line.id]
+    if not _BARE_SAFE.fullmatch("".join(bare)):  # the usual case needs no escaping at all
+        bare = [escape_bare(value) for value in bare]
+    client, verdict, status, phase, score, severity, rules, unique_id = bare
+    head = (f"{line.time} modsec[{line.node}]: client={client} verdict={verdict}"
+            f" status={status} phase={phase} score={score} severity={severity}"
+            f" rules={rules} id={unique_id}")
     tail = []
     for name in QUOTED:
         value = getattr(line, name)

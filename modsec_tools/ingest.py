@@ -24,27 +24,23 @@ from dataclasses import dataclass, field
 
 from .appendfile import AppendFile, Position
 from .config import Settings
-from .database import Database, DatabaseError, Row, event_row, parse_target
+from .database import Database, DatabaseError, Row, parse_target
 from .entry import parse_entry
 from .errors import ParseError
-from .event import Event
-from .eventline import format_event
-from .indexlog import IndexLine, parse_index_line, verify
+from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SCAN,
+                      ExaminerPool, Outcome, Rules, examine, render)
+from .indexlog import IndexLine, parse_index_line
 from .journal import Journal, RecordLog
-from .safefs import FileData, UnsafeFile
 from .storage import EntryRef, Oddity, StorageTree
 from .verdict import VerdictPolicy
 
+__all__ = ["Pipeline", "Stats", "SCAN", "INDEXED", "CLOSED", "FRESH"]
+
 log = logging.getLogger(__name__)
 
-#: Without an index line, an entry that looks complete is still given this long, so a
-#: rotated index log (whose lines we never saw) does not strand its entries.
-UNINDEXED_GRACE = 60.0
-#: How we know an entry is complete: found by a scan (it must end with its Z boundary or
-#: parse as JSON, and have settled), its index line, its IN_CLOSE_WRITE, or found in a
-#: directory that just appeared (complete ones are taken at once; the others will close).
-SCAN, INDEXED, CLOSED, FRESH = "scan", "index", "closed", "fresh"
-
+#: Fewer entries than this are examined in-process: a worker round trip would only add
+#: latency to the small batches of a live watch.
+PARALLEL_FROM = 128
 
 @dataclass(slots=True)
 class Stats:
@@ -61,14 +57,6 @@ class Stats:
         return (f"{self.entries} entries ({self.bytes / 1e6:.1f} MB) in {elapsed:.1f} s, "
                 f"{self.entries / elapsed:.0f} entries/s; {self.quarantined} quarantined; "
                 f"{self.spooled} spooled for the database; {self.errors} errors")
-
-
-@dataclass(slots=True)
-class Prepared:
-    ref: EntryRef
-    file: FileData
-    event: Event
-    line: bytes
 
 
 # -- the database with its spool --------------------------------------------------------------
@@ -193,7 +181,11 @@ class Pipeline:
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
         self.tree = StorageTree(settings.storage_dir)
-        self.policy = VerdictPolicy(settings.detect_min_severity, settings.detect_min_score)
+        self.rules = Rules(settings.node,
+                           VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
+                           tuple(settings.trusted_proxies), settings.max_entry_size,
+                           settings.settle_seconds, settings.quarantine_after,
+                           bool(settings.index_log))
         state = settings.state_dir
         self.journal = Journal(os.path.join(state, "journal"))
         self.archive = AppendFile(settings.archive)
@@ -207,6 +199,7 @@ class Pipeline:
         self.proven: dict[str, IndexLine] = {}      # relpath → its index line
         self.reported: set[str] = set()             # oddities already logged
         self.stats = Stats()
+        self.pool: ExaminerPool | None = None
         self.recover()
 
     # -- start-up ------------------------------------------------------------------------------
@@ -219,21 +212,19 @@ class Pipeline:
         if self.journal.unfinished() is not None:
             log.warning("completing batch %d interrupted by a crash (%d files)",
                         last_batch["seq"], len(last_batch["files"]))
-            prepared = self._reload(last_batch)
-            self._apply(last_batch, prepared)
+            self._apply(last_batch, self._reload(last_batch))
             self.journal.append({"type": "done", "seq": last_batch["seq"]})
         self._delete(last_batch)
         self.tree.release()
 
-    def _reload(self, record: dict) -> list[Prepared]:
-        prepared = []
+    def _reload(self, record: dict) -> list[Outcome]:
+        """The journaled batch's entries, rendered again from their files."""
+        batch = []
         for relpath, inode, device, size, crc, indexed_status in record["files"]:
             ref = EntryRef.from_relpath(relpath)
             try:
                 file = self.tree.read(ref, self.settings.max_entry_size)
                 event = parse_entry(file.data, relpath, self.settings.trusted_proxies)
-                if event.status is None:
-                    event.status = indexed_status
             except (OSError, ParseError) as exc:
                 log.error("%s: journaled but unreadable on recovery (%s); skipped", relpath, exc)
                 continue
@@ -241,8 +232,10 @@ class Pipeline:
                     file.data) != crc:
                 log.error("%s changed since it was journaled; skipped", relpath)
                 continue
-            prepared.append(self._prepared(ref, file, event))
-        return prepared
+            if event.status is None:
+                event.status = indexed_status
+            batch.append(render(ref, file.data, file.stat, event, self.rules))
+        return batch
 
     # -- finding work --------------------------------------------------------------------------
     def read_index(self) -> None:
@@ -267,52 +260,20 @@ class Pipeline:
             self.reported.add(oddity.ref.relpath)
             log.warning("%s: %s; left alone", oddity.ref.relpath, oddity.reason)
 
-    # -- preparing entries ---------------------------------------------------------------------
-    def prepare(self, ref: EntryRef, proof: str) -> Prepared | None:
-        """Read and parse one entry; None when it is not ready yet, gone or quarantined."""
-        settings = self.settings
-        index = self.proven.get(ref.relpath)
-        try:
-            file = self.tree.read(ref, settings.max_entry_size)
-        except UnsafeFile as exc:
-            self._quarantine(ref, str(exc))
-            return None
-        except FileNotFoundError:
+    # -- examining entries ---------------------------------------------------------------------
+    def settle(self, outcome: Outcome) -> Outcome | None:
+        """Carry out an examination's decision; the outcome when the entry is ready."""
+        ref = outcome.ref
+        if outcome.kind == READY:
+            return outcome
+        if outcome.kind == QUARANTINE:
+            self._quarantine(ref, outcome.reason)
+        elif outcome.kind == GONE:
             self.proven.pop(ref.relpath, None)
-            return None
-        except OSError as exc:
+        elif outcome.kind == ERROR:
             self.stats.errors += 1
-            log.error("%s: cannot read: %s", ref.relpath, exc.strerror or exc)
-            return None
-        age = time.time() - file.stat.st_mtime
-        if file.truncated:
-            self._quarantine(ref, f"larger than max_entry_size ({settings.max_entry_size} bytes)")
-            return None
-        problem = None
-        event = None
-        try:
-            if index is not None:
-                verify(file.data, index)
-            event = parse_entry(file.data, ref.relpath, settings.trusted_proxies, index)
-            if event.incomplete:
-                problem = "; ".join(event.problems) or "incomplete entry"
-        except ParseError as exc:
-            problem = str(exc)
-        if problem is not None:
-            final = proof in (INDEXED, CLOSED) or age >= settings.quarantine_after
-            if final:
-                self._quarantine(ref, problem)
-            return None
-        assert event is not None
-        wait = settings.settle_seconds if index is not None or proof != SCAN else max(
-            settings.settle_seconds, UNINDEXED_GRACE if self.index else 0.0)
-        if proof == SCAN and index is None and age < wait:
-            return None
-        return self._prepared(ref, file, event)
-
-    def _prepared(self, ref: EntryRef, file: FileData, event: Event) -> Prepared:
-        line = format_event(event, self.settings.node, self.policy.verdict(event))
-        return Prepared(ref, file, event, line.encode("ascii") + b"\n")
+            log.error("%s: %s", ref.relpath, outcome.reason)
+        return None
 
     def _quarantine(self, ref: EntryRef, reason: str) -> None:
         try:
@@ -327,16 +288,14 @@ class Pipeline:
             log.warning("%s: quarantined to %s: %s", ref.relpath, where, reason)
 
     # -- committing a batch --------------------------------------------------------------------
-    def commit(self, batch: list[Prepared]) -> None:
+    def commit(self, batch: list[Outcome]) -> None:
         if not batch:
             return
         record = {
             "type": "batch", "seq": self.journal.next_seq(),
             "archive": _pos(self.archive.position()), "events": _pos(self.event_log.position()),
-            # The index line's status is kept: HTTP/0.9 entries may have no other.
-            "files": [[p.ref.relpath, p.file.stat.st_ino, p.file.stat.st_dev,
-                       len(p.file.data), zlib.crc32(p.file.data), p.event.status]
-                      for p in batch],
+            "files": [[p.ref.relpath, p.inode, p.device, len(p.data), zlib.crc32(p.data),
+                       p.status] for p in batch],
         }
         self.journal.append(record)
         self._apply(record, batch, fresh=True)
@@ -346,15 +305,15 @@ class Pipeline:
         if self.index is not None and not self.proven:
             done["index"] = self.index.cursor  # every line read so far is processed
         self.journal.append(done)
-        self._delete(record, batch)
+        self._delete(record)
         self.tree.release()
         self.stats.entries += len(batch)
-        self.stats.bytes += sum(len(p.file.data) for p in batch)
+        self.stats.bytes += sum(len(p.data) for p in batch)
         self.stats.batches += 1
         self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
 
-    def _apply(self, record: dict, batch: list[Prepared], fresh: bool = False) -> None:
-        archive = b"".join(_archived(p.file.data) for p in batch)
+    def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
+        archive = b"".join(_archived(p.data) for p in batch)
         lines = b"".join(p.line for p in batch)
         if fresh:
             self.archive.append(archive)
@@ -365,38 +324,46 @@ class Pipeline:
             self.archive.complete_batch(Position(*record["archive"]), archive)
             self.event_log.complete_batch(Position(*record["events"]), lines)
         if self.db is not None:
-            rows = [event_row(p.event, self.settings.node, self.policy.verdict(p.event))
-                    for p in batch]
-            self.stats.spooled += self.db.write(rows)
+            self.stats.spooled += self.db.write([p.row for p in batch])
 
-    def _delete(self, record: dict, batch: list[Prepared] | None = None) -> None:
-        stats = {p.ref.relpath: p.file.stat for p in batch} if batch else {}
+    def _delete(self, record: dict) -> None:
         for relpath, inode, device, *_ in record["files"]:
-            expect = stats.get(relpath)
-            if expect is None:
-                expect = os.stat_result((0, inode, device, 0, 0, 0, 0, 0, 0, 0))
             try:
-                self.tree.remove(EntryRef.from_relpath(relpath), expect)
+                self.tree.remove(EntryRef.from_relpath(relpath), (inode, device))
             except OSError as exc:
                 self.stats.errors += 1
                 log.error("%s: cannot delete: %s", relpath, exc.strerror or exc)
 
     # -- driving -------------------------------------------------------------------------------
     def process(self, work: Iterable[tuple[EntryRef, str]]) -> None:
-        """Prepare and commit ``work`` in batches of ``batch_size``."""
-        batch: list[Prepared] = []
-        seen: set[str] = set()
+        """Examine ``work`` (in worker processes when it is large) and commit it in batches
+        of ``batch_size``, in order."""
+        items, seen = [], set()
         for ref, proof in work:
-            if ref.relpath in seen:
-                continue
-            seen.add(ref.relpath)
-            prepared = self.prepare(ref, proof)
-            if prepared is not None:
-                batch.append(prepared)
+            if ref.relpath not in seen:
+                seen.add(ref.relpath)
+                items.append((ref, proof, self.proven.get(ref.relpath)))
+        batch: list[Outcome] = []
+        for outcome in self._examine(items):
+            ready = self.settle(outcome)
+            if ready is not None:
+                batch.append(ready)
             if len(batch) >= self.settings.batch_size:
                 self.commit(batch)
                 batch = []
         self.commit(batch)
+
+    def _examine(self, items: list) -> Iterator[Outcome]:
+        workers = self.settings.workers
+        if workers <= 0 or len(items) < PARALLEL_FROM:
+            for ref, proof, index in items:
+                yield examine(self.tree, ref, proof, index, self.rules)
+            self.tree.release()
+            return
+        if self.pool is None:
+            self.pool = ExaminerPool(self.settings.storage_dir, self.rules, workers)
+        for future in self.pool.submit(items):
+            yield from future.result()
 
     def run_once(self, progress=None) -> Stats:
         """Everything complete now: index lines first (already proven), then the tree."""
@@ -416,6 +383,8 @@ class Pipeline:
         self.event_log.reopen()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self.archive.close()
         self.event_log.close()
         self.journal.close()

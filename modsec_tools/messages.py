@@ -61,7 +61,7 @@ def anomaly_scores(messages: list[Message]) -> tuple[int | None, dict[str, int],
     """Inbound anomaly score, per-category scores and the rule id they were read from."""
     best: tuple[int, int, dict[str, int], str | None] | None = None
     for message in messages:
-        text = message.get("msg")
+        text = message.first.get("msg")
         if text is None or "Inbound" not in text:
             continue
         total = _TOTAL.search(text) or _CRS4_INBOUND.search(text)

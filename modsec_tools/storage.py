@@ -21,16 +21,24 @@ log = logging.getLogger(__name__)
 USER_DIR_MAX = 64
 
 
-@dataclass(frozen=True, slots=True)
 class EntryRef:
     """A name in the tree, relative to the storage dir: ``dirs`` then ``name``."""
 
-    dirs: tuple[str, ...]
-    name: str
+    __slots__ = ("dirs", "name", "relpath")
 
-    @property
-    def relpath(self) -> str:
-        return "/" + "/".join((*self.dirs, self.name))
+    def __init__(self, dirs: tuple[str, ...], name: str) -> None:
+        self.dirs = dirs
+        self.name = name
+        self.relpath = "/" + "/".join((*dirs, name))  # as the index log writes it
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EntryRef) and self.relpath == other.relpath
+
+    def __hash__(self) -> int:
+        return hash(self.relpath)
+
+    def __repr__(self) -> str:
+        return f"EntryRef({self.relpath!r})"
 
     @property
     def unique_id(self) -> str:
@@ -169,14 +177,14 @@ class StorageTree:
         """(FileData) of an entry; raises UnsafeFile / OSError / FileNotFoundError."""
         return read_file_at(self.parent_fd(ref), ref.name, max_size)
 
-    def remove(self, ref: EntryRef, expect: os.stat_result | None) -> bool:
-        """Unlink an entry we processed, unless the name now holds something else."""
+    def remove(self, ref: EntryRef, expect: tuple[int, int]) -> bool:
+        """Unlink an entry we processed, unless the name now holds another (inode, device)."""
         try:
             fd = self.parent_fd(ref)
             now = os.stat(ref.name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        if expect is not None and (now.st_ino, now.st_dev) != (expect.st_ino, expect.st_dev):
+        if (now.st_ino, now.st_dev) != expect:
             log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
             return False
         os.unlink(ref.name, dir_fd=fd)

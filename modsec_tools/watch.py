@@ -22,7 +22,8 @@ import pyinotify
 from . import dirperms
 from .config import Settings
 from .daemon import Signals, sd_notify, write_status
-from .ingest import CLOSED, FRESH, SCAN, Pipeline
+from .examine import CLOSED, FRESH, SCAN
+from .ingest import Pipeline
 from .storage import EntryRef, layout_ok
 
 log = logging.getLogger(__name__)

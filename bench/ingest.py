@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""End-to-end ingest throughput: files on disk → archive, event log, database → deleted.
+
+Replicates the corpus's r1 storage tree (fresh unique ids, so every entry is a new row) to
+--entries files, then in the same run measures:
+
+* naive: what the original cron script did, per entry: read the file, ~20 regex searches,
+  append to the merged log, INSERT + COMMIT on one connection, unlink;
+* ours: `Pipeline.run_once()` with full durability (journal, fdatasync'd archive and event
+  log, one transaction per batch).
+
+Both start from an identical tree, both with SQLite (synchronous=FULL) and, with
+--mariadb, against a private MariaDB server started for the run (tests/realparts).
+
+usage: python3 bench/ingest.py [--entries N] [--mariadb] [--batch-size N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sqlite3
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from modsec_tools import config  # noqa: E402
+from modsec_tools.ingest import Pipeline  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from parse import NAIVE_FIELDS  # noqa: E402
+
+_ID_IN_NAME = re.compile(r"^(\d{8}-\d{6})-(.+)$")
+
+
+def replicate(source: Path, target: Path, count: int) -> int:
+    """Copy entries from ``source`` into ``target`` until ``count`` files exist, giving each
+    copy a new unique id (same length, so the entry stays well-formed)."""
+    originals = sorted(p for p in source.rglob("*") if p.is_file())
+    written = 0
+    copy = 0
+    while written < count:
+        for path in originals:
+            if written >= count:
+                break
+            stamp, unique_id = _ID_IN_NAME.match(path.name).groups()
+            new_id = f"{copy:04x}" + unique_id[4:]
+            relative = path.relative_to(source).parent
+            # a different minute directory per copy keeps directories a realistic size
+            minute = f"{relative.name[:9]}{(int(relative.name[9:]) + copy) % 10000:04d}"
+            folder = target / relative.parent / minute
+            folder.mkdir(parents=True, exist_ok=True)
+            data = path.read_bytes().replace(unique_id.encode(), new_id.encode())
+            (folder / f"{stamp}-{new_id}").write_bytes(data)
+            written += 1
+        copy += 1
+    return written
+
+
+def naive_run(tree: Path, merged: Path, connect) -> int:
+    """The original cron script's shape: one entry at a time, commit each."""
+    conn, mark = connect()
+    cursor = conn.cursor()
+    cursor.execute("CREATE TABLE IF NOT EXISTS logs (REQUEST_METHOD TEXT, REQUEST_URI TEXT, "
+                   "REMOTE_ADDR TEXT, ruleId TEXT, Host TEXT, msg TEXT, data TEXT, "
+                   "unique_id TEXT, severity TEXT, maturity TEXT, accuracy TEXT, "
+                   "User_Agent TEXT, responce_header TEXT, Engine_Mode TEXT, Score TEXT, "
+                   "SQLi TEXT, XSS TEXT, phase TEXT, created_at TEXT)")
+    conn.commit()
+    count = 0
+    insert = f"INSERT INTO logs VALUES ({','.join([mark] * 19)})"
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        text = data.decode("utf-8", "replace")
+        found = [m.group(1) if m else None for m in (p.search(text) for p in NAIVE_FIELDS)]
+        with open(merged, "ab") as stream:
+            stream.write(data)
+        cursor.execute(insert, found[:19])
+        conn.commit()
+        path.unlink()
+        count += 1
+    conn.close()
+    return count
+
+
+def sqlite_connect(path: Path):
+    def connect():
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn, "?"
+    return connect
+
+
+def mysql_connect(server, database: str):
+    def connect():
+        import pymysql
+        conn = pymysql.connect(host=server.host, port=server.port, user=server.user,
+                               password=server.password, database=database)
+        return conn, "%s"
+    return connect
+
+
+def ours_run(tree: Path, work: Path, db_url: str, batch_size: int) -> tuple[int, dict]:
+    settings = config.build({}, {
+        "storage_dir": str(tree), "archive": str(work / "archive.log"),
+        "event_log": str(work / "events.log"), "db": db_url,
+        "state_dir": str(work / "state"), "quarantine_dir": str(work / "quarantine"),
+        "settle_seconds": "0", "batch_size": str(batch_size), "node": "bench"})
+    pipeline = Pipeline(settings)
+    stats = pipeline.run_once()
+    pipeline.close()
+    return stats.entries, {"quarantined": stats.quarantined, "spooled": stats.spooled}
+
+
+def measure(label: str, run) -> float:
+    started = time.perf_counter()
+    count = run()
+    elapsed = time.perf_counter() - started
+    rate = count / elapsed
+    print(f"  {label:<34} {count:>7} entries {elapsed:>7.2f} s {rate:>9.0f} entries/s")
+    return rate
+
+
+def compare(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch: int) -> None:
+    print(f"{name}:")
+    tree_naive = scratch / f"{name}-naive"
+    tree_ours = scratch / f"{name}-ours"
+    shutil.copytree(base, tree_naive)
+    shutil.copytree(base, tree_ours)
+    rate_naive = measure("naive (per-entry commit)", lambda: naive_run(
+        tree_naive, scratch / f"{name}-merged.log", naive_connect))
+    work = scratch / f"{name}-work"
+    work.mkdir()
+    rate_ours = measure("modsec-tools ingest", lambda: ours_run(tree_ours, work, ours_url,
+                                                                batch)[0])
+    left = sum(1 for p in tree_ours.rglob("*") if p.is_file())
+    print(f"  ratio ours/naive: {rate_ours / rate_naive:.2f}x   files left: {left}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=10000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--mariadb", action="store_true",
+                        help="also measure against a private MariaDB server")
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        scratch = Path(tmp)
+        with tarfile.open(args.corpus / "r1_relevant_concurrent" / "audit" /
+                          "storage.tar.gz") as archive:
+            archive.extractall(scratch / "r1", filter="fully_trusted")
+        base = scratch / "base"
+        replicate(scratch / "r1" / "storage", base, args.entries)
+        size = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+        print(f"{args.entries} entries, {size / 1e6:.1f} MB, batch size {args.batch_size}, "
+              f"{os.cpu_count()} cores")
+        compare("sqlite", base, scratch, sqlite_connect(scratch / "naive.db"),
+                f"sqlite:///{scratch / 'ours.db'}", args.batch_size)
+        if args.mariadb:
+            sys.path.insert(0, str(ROOT))
+            from tests.realparts.mariadb import MariaDB
+            with MariaDB() as server:
+                compare("mariadb", base, scratch, mysql_connect(server, server.database),
+                        server.url, args.batch_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Deciding what to do with one entry file: take it (rendered for every sink), wait, or
+quarantine it. It only reads; the pipeline carries the decision out.
+
+Being free of side effects is what lets worker processes examine entries in parallel
+(``ExaminerPool``) while the pipeline's process commits batches.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+from .clientip import Network
+from .database import Row, event_row
+from .entry import parse_entry
+from .errors import ParseError
+from .event import Event
+from .eventline import format_event
+from .indexlog import IndexLine, verify
+from .safefs import UnsafeFile
+from .storage import EntryRef, StorageTree
+from .verdict import VerdictPolicy
+
+READY, WAIT, GONE, QUARANTINE, ERROR = "ready", "wait", "gone", "quarantine", "error"
+
+#: How we know an entry is complete: found by a scan (it must end with its Z boundary or
+#: parse as JSON, and have settled), its index line, its IN_CLOSE_WRITE, or found in a
+#: directory that just appeared (complete ones are taken at once; the others will close).
+SCAN, INDEXED, CLOSED, FRESH = "scan", "index", "closed", "fresh"
+
+#: Without an index line, an entry that looks complete is still given this long when an
+#: index log is configured, so a rotated index log (whose lines we never saw) does not
+#: strand its entries, while normally the index line comes first.
+UNINDEXED_GRACE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The settings an examination depends on (picklable, for worker processes)."""
+
+    node: str
+    policy: VerdictPolicy
+    trusted_proxies: tuple[Network, ...]
+    max_entry_size: int
+    settle_seconds: float
+    quarantine_after: float
+    index_mode: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    ref: EntryRef
+    kind: str
+    reason: str = ""
+    data: bytes = b""
+    inode: int = 0
+    device: int = 0
+    line: bytes = b""          # the event-log line, newline included
+    row: Row | None = None     # the database rows
+    status: int | None = None  # kept in the journal (an HTTP/0.9 entry may have no other)
+
+
+def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
+           rules: Rules) -> Outcome:
+    verdict = rules.policy.verdict(event)
+    line = format_event(event, rules.node, verdict).encode("ascii") + b"\n"
+    return Outcome(ref, READY, data=data, inode=info.st_ino, device=info.st_dev, line=line,
+                   row=event_row(event, rules.node, verdict), status=event.status)
+
+
+def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | None,
+            rules: Rules) -> Outcome:
+    try:
+        file = tree.read(ref, rules.max_entry_size)
+    except UnsafeFile as exc:
+        return Outcome(ref, QUARANTINE, str(exc))
+    except FileNotFoundError:
+        return Outcome(ref, GONE)
+    except OSError as exc:
+        return Outcome(ref, ERROR, f"cannot read: {exc.strerror or exc}")
+    if file.truncated:
+        return Outcome(ref, QUARANTINE, f"larger than max_entry_size ({rules.max_entry_size} "
+                                        "bytes)")
+    age = time.time() - file.stat.st_mtime
+    try:
+        if index is not None:
+            verify(file.data, index)
+        event = parse_entry(file.data, ref.relpath, rules.trusted_proxies, index)
+        problem = ("; ".join(event.problems) or "incomplete entry") if event.incomplete else None
+    except ParseError as exc:
+        problem = str(exc)
+    if problem is not None:
+        final = index is not None or proof == CLOSED or age >= rules.quarantine_after
+        return Outcome(ref, QUARANTINE if final else WAIT, problem)
+    if proof == SCAN and index is None:
+        settle = max(rules.settle_seconds, UNINDEXED_GRACE if rules.index_mode else 0.0)
+        if age < settle:
+            return Outcome(ref, WAIT, "settling")
+    return render(ref, file.data, file.stat, event, rules)
+
+
+# -- worker processes --------------------------------------------------------------------------
+_worker: tuple[StorageTree, Rules] | None = None
+
+
+def _init_worker(root: str, rules: Rules) -> None:
+    global _worker
+    _worker = (StorageTree(root), rules)
+
+
+def _examine_chunk(items: list[tuple[tuple[str, ...], str, str, IndexLine | None]]
+                   ) -> list[Outcome]:
+    assert _worker is not None
+    tree, rules = _worker
+    try:
+        return [examine(tree, EntryRef(dirs, name), proof, index, rules)
+                for dirs, name, proof, index in items]
+    finally:
+        tree.release()
+
+
+class ExaminerPool:
+    """Worker processes that examine chunks of entries, results in submission order."""
+
+    CHUNK = 64
+
+    def __init__(self, root: str, rules: Rules, workers: int) -> None:
+        self.executor = ProcessPoolExecutor(workers, initializer=_init_worker,
+                                            initargs=(root, rules))
+
+    def submit(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]]
+               ) -> list[Future]:
+        futures = []
+        for start in range(0, len(work), self.CHUNK):
+            chunk = [(ref.dirs, ref.name, proof, index)
+                     for ref, proof, index in work[start:start + self.CHUNK]]
+            futures.append(self.executor.submit(_examine_chunk, chunk))
+        return futures
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
