@@ -67,8 +67,6 @@ def _user_dir_ok(name: str) -> bool:
 @dataclass(slots=True)
 class Candidate:
     ref: EntryRef
-    mtime: float
-    size: int
 
 
 @dataclass(slots=True)
@@ -105,30 +103,38 @@ class StorageTree:
             os.close(root_fd)
 
     def _scan_dir(self, fd: int, dirs: tuple[str, ...]) -> Iterator[Candidate | Oddity]:
+        # scandir's d_type tells files from directories and links without a stat call.
         try:
-            names = sorted(os.listdir(fd))
+            with os.scandir(fd) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", self._show(dirs), exc.strerror)
             return
-        depth = len(dirs)
-        for name in names:
+        in_minute_dir = len(dirs) in (2, 3) and self._is_minute_dir(dirs)
+        for entry in entries:
+            name = entry.name
             try:
-                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file(follow_symlinks=False)
+            except OSError:
                 continue
-            child = (*dirs, name)
-            if stat.S_ISDIR(info.st_mode):
+            if is_dir:
+                child = (*dirs, name)
                 if self._descend(child):
                     yield from self._scan_child(fd, name, child)
-                elif self._is_minute_dir(dirs) and ENTRY_NAME.fullmatch(name):
+                elif in_minute_dir and ENTRY_NAME.fullmatch(name):
                     yield Oddity(EntryRef(dirs, name), "directory named like an entry", False)
                 continue
-            if depth in (2, 3) and self._is_minute_dir(dirs):
-                if stat.S_ISREG(info.st_mode) and ENTRY_NAME.fullmatch(name):
-                    yield Candidate(EntryRef(dirs, name), info.st_mtime, info.st_size)
-                else:
-                    kind = _kind(info.st_mode)
-                    yield Oddity(EntryRef(dirs, name), f"{kind}, not an entry file", True)
+            if not in_minute_dir:
+                continue
+            if is_file and ENTRY_NAME.fullmatch(name):
+                yield Candidate(EntryRef(dirs, name))
+                continue
+            try:
+                kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                continue
+            yield Oddity(EntryRef(dirs, name), f"{kind}, not an entry file", True)
 
     def _scan_child(self, fd: int, name: str, child: tuple[str, ...]):
         try:
