@@ -113,22 +113,20 @@ def _event_from_section_a(text: str, source: str) -> Event:
                  local_port=int(local_port), source=source)
 
 
-_TRAILER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*): ([^\r\n]*)", re.M)
+_TRAILER_KEY = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
 
 
 def _trailer_lines(text: str) -> list[tuple[str, str]]:
-    """``Key: value`` lines; a line that is not one continues the previous value."""
-    pairs = _TRAILER_LINE.findall(text)
-    if len(pairs) == text.count("\n") - text.count("\n\n") - (text[:1] == "\n"):
-        return pairs  # every non-empty line is a Key: value line (the usual case)
+    """``Key: value`` lines; a line that is not one continues the previous value (a
+    message may contain a newline)."""
     trailer: list[tuple[str, str]] = []
-    for line in lines(text):
-        match = _TRAILER_LINE.match(line)
-        if match:
-            trailer.append((match.group(1), match.group(2)))
-        elif trailer and line:
+    for line in text.split("\n"):
+        key, sep, value = line.partition(": ")
+        if sep and _TRAILER_KEY.match(key):
+            trailer.append((key, value[:-1] if value[-1:] == "\r" else value))
+        elif trailer and line.strip():
             key, value = trailer[-1]
-            trailer[-1] = (key, value + "\n" + line)
+            trailer[-1] = (key, value + "\n" + line.rstrip("\r"))
     return trailer
 
 
