@@ -1,0 +1,1042 @@
+#!/usr/bin/env bash
+# install.sh: install (or --uninstall) modsec-tools and its fail2ban bundle from this tree.
+# Run ./install.sh --help for the manual; docs/install.md explains the choices.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+NAME
+    install.sh - install modsec-tools and its fail2ban jails on this server
+
+SYNOPSIS
+    ./install.sh [--no-deps] [--enable-acl[=GROUP]] [--python PYTHON] [--root DIR]
+    ./install.sh --uninstall [--root DIR]
+    ./install.sh --help
+
+DESCRIPTION
+    Installs modsec-tools from this source tree and wires it to Apache ModSecurity 2.x and
+    fail2ban, step by step, printing what each step did. It is idempotent: a second run
+    changes nothing and says "unchanged" for every step; files are compared before they are
+    written. Everything it writes is listed in the manifest (see FILES), which --uninstall
+    uses.
+
+    Steps:
+     1. deps      install missing packages (apt-get on Debian/Ubuntu, dnf on RHEL/Rocky):
+                  fail2ban, python3 (>= 3.11), python3-venv, python3-pip,
+                  python3-pyinotify, python3-pymysql, python3-setuptools,
+                  python3-wheel, and the firewall
+                  tools for the modsec-block action: ipset + nftables when "iptables -V"
+                  says nf_tables (or iptables is absent), python3-iptables when it says
+                  legacy; acl with --enable-acl.
+     2. python    a virtual environment in /opt/modsec-tools (using the distribution's
+                  pyinotify and pymysql through --system-site-packages when present, so
+                  nothing is downloaded) with this tree pip-installed, and the wrapper
+                  /usr/bin/modsec-tools. Reinstalled only when the source changed.
+     3. fail2ban  filter.d/, jail.d/ and action.d/ files of this tree into /etc/fail2ban.
+                  Your *.local files there are never touched. A bundled *.conf that you
+                  edited is saved as FILE.modsec-tools-save before it is replaced.
+     4. config    /etc/modsec-tools/modsec-tools.conf, only if absent, with storage_dir and
+                  index_log detected from the Apache layout (/etc/apache2 or /etc/httpd) and
+                  the ModSecurity configuration (SecAuditLogType, SecAuditLogStorageDir,
+                  SecAuditLog in /etc/modsecurity/*.conf, /etc/apache2/{mods,conf}-enabled,
+                  /etc/httpd/conf.d, /etc/httpd/modsecurity.d).
+     5. dirs      state_dir (/var/lib/modsec-tools, 0750), quarantine_dir (0700), the log
+                  directory (/var/log/modsec-tools, 0750), an empty event log (so the jail
+                  can start before the first event) and, when Apache is present and it is
+                  missing, the storage tree (0750, owned by the Apache user).
+     6. acl       with --enable-acl: a POSIX ACL giving GROUP rwx on the storage tree, as
+                  access and default ACL (inherited by new subdirectories).
+     7. jails     /etc/fail2ban/jail.d/modsec.local enabling the bundle's jails, only if
+                  absent (it is yours afterwards).
+     8. system    the systemd unit /etc/systemd/system/modsec-tools.service with a drop-in
+                  (modsec-tools.service.d/50-install-paths.conf) making the configured paths
+                  writable, /etc/logrotate.d/modsec-tools, the manual page, and
+                  /etc/sysctl.d/60-modsec-tools.conf when fs.inotify.max_user_watches is
+                  lower than 524288.
+     9. check     "modsec-tools config check" and "fail2ban-client -t".
+    10. start     if systemd runs: enable and (re)start modsec-tools.service, start or
+                  reload fail2ban. Without systemd nothing is started: the exact commands to
+                  run are printed. A running fail2ban is reloaded either way.
+
+OPTIONS
+    --root DIR
+        Stage into DIR instead of / (like DESTDIR): every path above is created under DIR
+        and Apache/ModSecurity are detected under DIR. Never runs apt-get, dnf, systemctl,
+        sysctl or fail2ban-client, and writes nothing outside DIR (a temporary build
+        directory aside). The check step runs "modsec-tools config show" (which validates
+        every value) instead of "config check". Used by tests and image builders.
+
+    --no-deps
+        Do not install packages; fail if a required program is missing.
+
+    --enable-acl[=GROUP]
+        The alternative to running the watcher with dir_mode/dir_owner/dir_group for
+        Apache MPM ITK: set "setfacl -m g:GROUP:rwx" and "setfacl -d -m g:GROUP:rwx" on
+        the storage tree and its existing directories, so every vhost user in GROUP can
+        write entries in directories another user created. GROUP defaults to the Apache
+        group (www-data, or apache on RHEL). See docs/install.md.
+
+    --python PYTHON
+        The interpreter for the virtual environment (default: the first of
+        /usr/bin/python3, python3.13, python3.12, python3.11 that is >= 3.11).
+
+    --uninstall
+        Stop and remove everything the manifest lists: unit, wrapper, venv, fail2ban
+        bundle, logrotate and sysctl files, directories it created if empty. Kept: data
+        (/var/lib/modsec-tools, /var/log/modsec-tools, the storage tree), your *.local
+        files, and any installed file you modified since (the configuration included).
+
+    -h, --help
+        This manual.
+
+FILES
+    /var/lib/modsec-tools/install-manifest   what install.sh wrote (TYPE, SHA-256, PATH)
+    /opt/modsec-tools                        the virtual environment
+    /usr/bin/modsec-tools                    wrapper: runs the venv's interpreter
+    /etc/modsec-tools/modsec-tools.conf      settings; put changes in modsec-tools.local
+
+EXIT STATUS
+    0 done; 1 a step or a check failed (the message says which); 2 usage error.
+
+EXAMPLES
+    sudo ./install.sh                          install, detect, start
+    sudo ./install.sh --enable-acl=vhosts      ITK: vhost users share the group vhosts
+    ./install.sh --root /tmp/stage --no-deps   stage a tree without touching the system
+    sudo ./install.sh --uninstall
+
+SEE ALSO
+    docs/install.md, modsec-tools(1), fail2ban-client(1), setfacl(1), systemd.exec(5)
+EOF
+}
+
+# ----------------------------------------------------------------------------- options ----
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=""
+NO_DEPS=0
+UNINSTALL=0
+ENABLE_ACL=0
+ACL_GROUP=""
+PYTHON=""
+
+die_usage() { echo "install.sh: $*" >&2; echo "Try: ./install.sh --help" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case $1 in
+        --root) [ $# -ge 2 ] || die_usage "--root needs a directory"; ROOT=$2; shift ;;
+        --root=*) ROOT=${1#--root=} ;;
+        --no-deps) NO_DEPS=1 ;;
+        --uninstall) UNINSTALL=1 ;;
+        --enable-acl) ENABLE_ACL=1 ;;
+        --enable-acl=*) ENABLE_ACL=1; ACL_GROUP=${1#--enable-acl=} ;;
+        --python) [ $# -ge 2 ] || die_usage "--python needs a path"; PYTHON=$2; shift ;;
+        --python=*) PYTHON=${1#--python=} ;;
+        -h|--help) usage; exit 0 ;;
+        *) die_usage "unknown option: $1" ;;
+    esac
+    shift
+done
+if [ -n "$ROOT" ]; then
+    [ "$ROOT" != / ] || die_usage "--root / is the live system: run without --root"
+    mkdir -p "$ROOT"
+    ROOT=$(cd "$ROOT" && pwd)
+fi
+if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (or stage with --root DIR)" >&2
+    exit 1
+fi
+
+export LC_ALL=C
+export PYTHONDONTWRITEBYTECODE=1
+umask 022
+
+VENV=/opt/modsec-tools
+WRAPPER=/usr/bin/modsec-tools
+CONFIG_DIR=/etc/modsec-tools
+CONFIG=$CONFIG_DIR/modsec-tools.conf
+F2B=/etc/fail2ban
+JAIL_LOCAL=$F2B/jail.d/modsec.local
+UNIT=/etc/systemd/system/modsec-tools.service
+DROPIN=/etc/systemd/system/modsec-tools.service.d/50-install-paths.conf
+LOGROTATE=/etc/logrotate.d/modsec-tools
+SYSCTL=/etc/sysctl.d/60-modsec-tools.conf
+MANPAGE=/usr/local/share/man/man1/modsec-tools.1
+DEFAULT_STATE_DIR=/var/lib/modsec-tools
+MANIFEST_NAME=install-manifest
+INOTIFY_WATCHES=524288
+
+# ----------------------------------------------------------------------------- output -----
+FAILED=0
+CHANGED=0
+step() { printf '==> %s\n' "$*"; }
+# say STATUS TEXT: one line per thing done; the statuses that mean "changed" are counted.
+say() {
+    local status=$1; shift
+    printf '  %-10s %s\n' "$status" "$*"
+    case $status in
+        installed|updated|replaced|created|removed|enabled|started|restarted|reloaded|applied|stopped|disabled)
+            CHANGED=$((CHANGED + 1)) ;;
+    esac
+}
+note() { printf '  %-10s %s\n' "note" "$*"; }    # information, not a change
+warn() { printf '  %-10s %s\n' "WARNING" "$*" >&2; }
+fail() { printf '  %-10s %s\n' "ERROR" "$*" >&2; FAILED=1; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+R() { printf '%s%s' "$ROOT" "$1"; }           # a system path, inside --root
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+mode_of() { stat -c %a "$1"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+live() { [ -z "$ROOT" ]; }
+systemd_running() { live && [ -d /run/systemd/system ]; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/modsec-tools-install.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+# ----------------------------------------------------------------------------- manifest ---
+# One line per thing install.sh made: TYPE<TAB>SHA256-or--<TAB>PATH (PATH as on the target
+# system, without --root). Types: file (ours, replaced on upgrade), once (written once, then
+# the administrator's), link, tree (the venv), dir (created, removed if empty), data (kept),
+# acl (kept: see --uninstall).
+declare -A OLD_TYPE=() OLD_SHA=() NEW_TYPE=() NEW_SHA=()
+MANIFEST=""    # set once state_dir is known
+load_manifest() {
+    local path=$1 type hash name
+    [ -f "$path" ] || return 0
+    while IFS=$'\t' read -r type hash name; do
+        case $type in ''|'#'*) continue ;; esac
+        OLD_TYPE[$name]=$type
+        OLD_SHA[$name]=$hash
+    done < "$path"
+}
+record() { NEW_TYPE[$2]=$1; NEW_SHA[$2]=${3:--}; }
+
+# mkdir_p PATH MODE [TYPE]: create PATH and missing parents, recording each one created.
+mkdir_p() {
+    local path=$1 mode=$2 type=${3:-dir} parts=() p
+    p=$path
+    while [ ! -d "$(R "$p")" ]; do parts=("$p" "${parts[@]}"); p=$(dirname "$p"); done
+    for p in "${parts[@]}"; do
+        mkdir "$(R "$p")"
+        if [ "$p" = "$path" ]; then
+            chmod "$mode" "$(R "$p")"
+            record "$type" "$p"
+        else
+            chmod 0755 "$(R "$p")"
+            record dir "$p"
+        fi
+    done
+    [ ${#parts[@]} -eq 0 ] && return 1
+    return 0
+}
+
+# put_file SOURCE DEST MODE: install a file we own. Unchanged if equal; replaced if it
+# differs (a copy the administrator edited is saved first).
+put_file() {
+    local source=$1 dest=$2 mode=$3 target want
+    target=$(R "$dest")
+    want=$(sha "$source")
+    if [ -f "$target" ] && [ ! -L "$target" ]; then
+        if [ "$(sha "$target")" = "$want" ]; then
+            if [ "$(mode_of "$target")" != "${mode#0}" ]; then
+                chmod "$mode" "$target"
+                say updated "$dest (mode $mode)"
+            else
+                say unchanged "$dest"
+            fi
+            record file "$dest" "$want"
+            return
+        fi
+        if [ "${OLD_SHA[$dest]:-}" = "$(sha "$target")" ]; then
+            write_file "$source" "$dest" "$mode"
+            say updated "$dest"
+        else
+            cp -p "$target" "$target.modsec-tools-save"
+            write_file "$source" "$dest" "$mode"
+            say replaced "$dest (the previous copy differed: saved as $dest.modsec-tools-save)"
+        fi
+    else
+        [ -e "$target" ] || [ -L "$target" ] && rm -f "$target"
+        mkdir_p "$(dirname "$dest")" 0755 || true
+        write_file "$source" "$dest" "$mode"
+        say installed "$dest"
+    fi
+    record file "$dest" "$want"
+}
+
+# put_once SOURCE DEST MODE WHAT: write DEST only if absent; from then on it is the
+# administrator's. It stays in the manifest (with the checksum we wrote) while it is ours.
+put_once() {
+    local source=$1 dest=$2 mode=$3 what=$4 target
+    target=$(R "$dest")
+    if [ -e "$target" ] || [ -L "$target" ]; then
+        if [ -n "${OLD_TYPE[$dest]:-}" ]; then
+            record once "$dest" "${OLD_SHA[$dest]}"
+            if [ "$(sha "$target")" = "${OLD_SHA[$dest]}" ]; then
+                say unchanged "$dest"
+            else
+                say unchanged "$dest (edited by you: kept as is)"
+            fi
+        else
+            say unchanged "$dest (yours: never overwritten)"
+        fi
+        return
+    fi
+    mkdir_p "$(dirname "$dest")" 0755 || true
+    write_file "$source" "$dest" "$mode"
+    record once "$dest" "$(sha "$target")"
+    say created "$dest ($what)"
+}
+
+write_file() {
+    local source=$1 dest=$2 mode=$3 target tmp
+    target=$(R "$dest")
+    tmp=$(dirname "$target")/.$(basename "$target").install-tmp
+    cp "$source" "$tmp"
+    chmod "$mode" "$tmp"
+    mv -f "$tmp" "$target"
+}
+
+write_manifest() {
+    local name file=$TMP/manifest
+    # Keep what earlier runs created and still exists (directories are "created" only once).
+    for name in "${!OLD_TYPE[@]}"; do
+        [ -n "${NEW_TYPE[$name]:-}" ] && continue
+        case ${OLD_TYPE[$name]} in
+            dir|data|acl) [ -e "$(R "$name")" ] && record "${OLD_TYPE[$name]}" "$name" "${OLD_SHA[$name]}" ;;
+        esac
+    done
+    {
+        printf '# modsec-tools install manifest: written by install.sh, read by install.sh --uninstall\n'
+        for name in "${!NEW_TYPE[@]}"; do
+            printf '%s\t%s\t%s\n' "${NEW_TYPE[$name]}" "${NEW_SHA[$name]}" "$name"
+        done | sort -t$'\t' -k3
+    } > "$file"
+    if [ -f "$(R "$MANIFEST")" ] && cmp -s "$file" "$(R "$MANIFEST")"; then
+        say unchanged "$MANIFEST"
+    elif [ -f "$(R "$MANIFEST")" ]; then
+        write_file "$file" "$MANIFEST" 0600
+        say updated "$MANIFEST"
+    else
+        write_file "$file" "$MANIFEST" 0600
+        say created "$MANIFEST"
+    fi
+}
+
+# Files an earlier run installed that this run no longer installs (a bundle file removed
+# upstream): removed if unchanged.
+remove_obsolete() {
+    local name target
+    for name in "${!OLD_TYPE[@]}"; do
+        [ -n "${NEW_TYPE[$name]:-}" ] && continue
+        [ "${OLD_TYPE[$name]}" = file ] || continue
+        target=$(R "$name")
+        [ -f "$target" ] || continue
+        if [ "$(sha "$target")" = "${OLD_SHA[$name]}" ]; then
+            rm -f "$target"
+            say removed "$name (no longer part of modsec-tools)"
+        else
+            say unchanged "$name (no longer part of modsec-tools, but edited by you: kept)"
+        fi
+    done
+}
+
+# ----------------------------------------------------------------------------- detection --
+OS_FAMILY=unknown
+detect_os() {
+    local id="" like=""
+    if [ -r "$(R /etc/os-release)" ]; then
+        # shellcheck disable=SC1090
+        id=$(. "$(R /etc/os-release)"; echo "${ID:-}")
+        # shellcheck disable=SC1090
+        like=$(. "$(R /etc/os-release)"; echo "${ID_LIKE:-}")
+    fi
+    case " $id $like " in
+        *" debian "*|*" ubuntu "*) OS_FAMILY=debian ;;
+        *" rhel "*|*" fedora "*|*" centos "*|*" rocky "*|*" almalinux "*) OS_FAMILY=rhel ;;
+    esac
+}
+
+# Apache layout: sets APACHE (apache2|httpd|none), APACHE_USER, APACHE_GROUP, SERVER_ROOT,
+# APACHE_LOGDIR and the ModSecurity directives found (last one wins, as in Apache).
+APACHE=none APACHE_USER="" APACHE_GROUP="" SERVER_ROOT="" APACHE_LOGDIR=""
+MS_TYPE="" MS_STORAGE="" MS_LOG="" MS_SOURCE=""
+detect_apache() {
+    local files=() f
+    if [ -d "$(R /etc/apache2)" ]; then
+        APACHE=apache2 APACHE_USER=www-data APACHE_GROUP=www-data
+        SERVER_ROOT=/etc/apache2 APACHE_LOGDIR=/var/log/apache2
+        files=(/etc/apache2/apache2.conf /etc/apache2/mods-enabled/*.conf
+               /etc/modsecurity/*.conf /etc/apache2/conf-enabled/*.conf)
+    elif [ -d "$(R /etc/httpd)" ]; then
+        APACHE=httpd APACHE_USER=apache APACHE_GROUP=apache
+        SERVER_ROOT=/etc/httpd APACHE_LOGDIR=/var/log/httpd
+        files=(/etc/httpd/conf/httpd.conf /etc/httpd/conf.d/mod_security.conf
+               /etc/httpd/modsecurity.d/*.conf /etc/httpd/conf.d/*.conf)
+    else
+        return 0
+    fi
+    if [ -r "$(R "$SERVER_ROOT/envvars")" ]; then   # Debian: APACHE_RUN_USER/GROUP
+        local u g
+        u=$(sed -n 's/^export APACHE_RUN_USER=\(.*\)/\1/p' "$(R "$SERVER_ROOT/envvars")" | tail -1)
+        g=$(sed -n 's/^export APACHE_RUN_GROUP=\(.*\)/\1/p' "$(R "$SERVER_ROOT/envvars")" | tail -1)
+        APACHE_USER=${u:-$APACHE_USER} APACHE_GROUP=${g:-$APACHE_GROUP}
+    fi
+    local seen=" " pattern
+    for pattern in "${files[@]}"; do
+        for f in "$ROOT"$pattern; do   # glob inside the root
+            [ -f "$f" ] || continue
+            case $seen in *" $f "*) continue ;; esac
+            seen="$seen$f "
+            local line key value
+            while IFS= read -r line || [ -n "$line" ]; do
+                line=${line#"${line%%[![:space:]]*}"}
+                case $line in '#'*|'') continue ;; esac
+                key=${line%%[[:space:]]*}
+                value=${line#"$key"}
+                value=${value#"${value%%[![:space:]]*}"}
+                value=${value%"${value##*[![:space:]]}"}
+                value=${value#\"}; value=${value%\"}
+                case ${key,,} in
+                    secauditlogtype) MS_TYPE=${value,,}; MS_SOURCE=${f#"$ROOT"} ;;
+                    secauditlogstoragedir) MS_STORAGE=$value; MS_SOURCE=${f#"$ROOT"} ;;
+                    secauditlog) MS_LOG=$value ;;
+                esac
+            done < "$f"
+        done
+    done
+    MS_STORAGE=${MS_STORAGE%/}
+    case $MS_STORAGE in ''|/*) ;; *) MS_STORAGE=$SERVER_ROOT/$MS_STORAGE ;; esac
+    case $MS_LOG in ''|/*) ;; '|'*) MS_LOG="" ;; *) MS_LOG=$SERVER_ROOT/$MS_LOG ;; esac
+}
+
+# The firewall family the modsec-block action drives.
+FIREWALL=nftables
+detect_firewall() {
+    if have iptables && iptables -V 2>/dev/null | grep -q legacy; then
+        FIREWALL=legacy
+    fi
+}
+
+# ----------------------------------------------------------------------------- steps ------
+step_preflight() {
+    detect_os
+    if live; then
+        if have dpkg-query && dpkg-query -W -f='${Status}' modsec-tools 2>/dev/null \
+                | grep -q 'install ok installed'; then
+            die "the modsec-tools Debian package is installed: use apt, not install.sh (or remove it first)"
+        fi
+        if have rpm && rpm -q modsec-tools >/dev/null 2>&1; then
+            die "the modsec-tools RPM is installed: use dnf, not install.sh (or remove it first)"
+        fi
+    fi
+    [ -f "$SRC/setup.cfg" ] && [ -d "$SRC/modsec_tools" ] \
+        || die "$SRC is not a modsec-tools source tree"
+}
+
+step_deps() {
+    step "deps: system packages"
+    if [ -n "$ROOT" ]; then say skipped "--root: installs no packages"; return; fi
+    if [ "$NO_DEPS" = 1 ]; then say skipped "--no-deps"; return; fi
+    detect_firewall
+    local pkgs=() missing=() p
+    case $OS_FAMILY in
+        debian)
+            pkgs=(fail2ban python3 python3-venv python3-pip python3-pyinotify python3-pymysql
+                  python3-setuptools python3-wheel)
+            if [ "$FIREWALL" = legacy ]; then pkgs+=(iptables python3-iptables)
+            else pkgs+=(ipset nftables); fi
+            [ "$ENABLE_ACL" = 1 ] && pkgs+=(acl)
+            for p in "${pkgs[@]}"; do
+                dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+                    || missing+=("$p")
+            done
+            if [ ${#missing[@]} -eq 0 ]; then
+                say unchanged "all present: ${pkgs[*]}"
+                return
+            fi
+            note "apt-get install ${missing[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq || die "apt-get update failed"
+            apt-get install -y -qq "${missing[@]}" > "$TMP/apt.log" 2>&1 \
+                || { tail -20 "$TMP/apt.log" >&2; die "apt-get install failed"; }
+            say installed "${missing[*]}"
+            ;;
+        rhel)
+            # fail2ban comes from EPEL; pyinotify has no python3.11 package: pip fetches it.
+            pkgs=(fail2ban-server python3.11 python3.11-pip python3.11-setuptools
+                  python3.11-wheel ipset nftables)
+            [ "$ENABLE_ACL" = 1 ] && pkgs+=(acl)
+            for p in "${pkgs[@]}"; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
+            if [ ${#missing[@]} -eq 0 ]; then
+                say unchanged "all present: ${pkgs[*]}"
+                return
+            fi
+            if ! rpm -q epel-release >/dev/null 2>&1 && [[ " ${missing[*]} " == *" fail2ban-server "* ]]; then
+                die "fail2ban is in EPEL: dnf install epel-release (RHEL: also enable CodeReady Builder), then rerun"
+            fi
+            dnf install -y -q "${missing[@]}" || die "dnf install failed"
+            say installed "${missing[*]}"
+            ;;
+        *)
+            die "unknown distribution (not Debian/Ubuntu or RHEL family): install fail2ban, Python >= 3.11 with venv, pyinotify and pymysql yourself, then rerun with --no-deps"
+            ;;
+    esac
+}
+
+PY=""
+choose_python() {
+    local candidates=() p
+    if [ -n "$PYTHON" ]; then candidates=("$PYTHON")
+    else candidates=(/usr/bin/python3 python3.13 python3.12 python3.11); fi
+    for p in "${candidates[@]}"; do
+        have "$p" || continue
+        if "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            PY=$(command -v "$p")
+            return 0
+        fi
+    done
+    die "no Python >= 3.11 found (tried: ${candidates[*]}); install one or name it with --python"
+}
+
+# The files that make the package: copied to a scratch directory, so building leaves no
+# build/ or *.egg-info in this tree, and hashed, so an unchanged source is not reinstalled.
+source_copy() {
+    local dest=$TMP/src
+    mkdir -p "$dest"
+    (cd "$SRC" && find setup.cfg pyproject.toml README.md modsec_tools \
+        -name __pycache__ -prune -o -type f \( -name '*.py' -o -name py.typed -o -name '*.cfg' \
+        -o -name '*.toml' -o -name '*.md' \) -print 2>/dev/null | LC_ALL=C sort \
+        | while IFS= read -r f; do mkdir -p "$dest/$(dirname "$f")"; cp "$f" "$dest/$f"; done)
+    (cd "$dest" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+}
+
+step_python() {
+    step "python: virtual environment $VENV and $WRAPPER"
+    choose_python
+    local venv system_site=0 offline=0 own_pip=1 src_sha stamp want version
+    venv=$(R "$VENV")
+    version=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+    # Preferred: the distribution's pyinotify/pymysql (security updates come with apt),
+    # setuptools/wheel to build offline, and its pip (>= 22.3 for --python) driving a venv
+    # without a pip of its own. Otherwise the venv gets pip and fetches what is missing.
+    if "$PY" -c 'import pyinotify, pymysql' 2>/dev/null; then
+        system_site=1
+        if "$PY" -c 'import setuptools, wheel' 2>/dev/null; then
+            offline=1
+            "$PY" -c 'import sys, pip; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))' \
+                2>/dev/null && own_pip=0
+        fi
+    fi
+    src_sha=$(source_copy)
+    want="python=$PY $version system-site-packages=$system_site own-pip=$own_pip source=$src_sha"
+    stamp=$venv/.modsec-tools-install
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+            && "$venv/bin/python" -I -B -c 'import modsec_tools' 2>/dev/null; then
+        say unchanged "$VENV (Python $version, source $src_sha)"
+    else
+        local action=installed
+        if [ -e "$venv" ]; then
+            [ -f "$venv/pyvenv.cfg" ] || die "$venv exists and is not a virtual environment: move it away"
+            action=updated
+            # Same interpreter and layout: reinstall the package only; otherwise rebuild.
+            if [ ! -f "$stamp" ] || [ "$(cut -d' ' -f1-4 "$stamp")" != "$(echo "$want" | cut -d' ' -f1-4)" ] \
+                    || ! "$venv/bin/python" -I -B -c 'import sys' 2>/dev/null; then
+                rm -rf "$venv"
+            fi
+        fi
+        if [ ! -e "$venv" ]; then
+            mkdir_p "$(dirname "$VENV")" 0755 || true
+            local args=()
+            [ "$system_site" = 1 ] && args+=(--system-site-packages)
+            [ "$own_pip" = 0 ] && args+=(--without-pip)
+            "$PY" -m venv "${args[@]}" "$venv" 2> "$TMP/venv.log" || {
+                cat "$TMP/venv.log" >&2
+                die "$PY -m venv failed: install python3-venv (Debian) or the python3.x-pip package (RHEL)"; }
+        fi
+        local pip
+        if [ "$own_pip" = 0 ]; then pip=("$PY" -m pip --python "$venv/bin/python")
+        else pip=("$venv/bin/python" -m pip); fi
+        pip+=(install --quiet --no-cache-dir --disable-pip-version-check
+              --no-warn-script-location --force-reinstall)
+        if [ "$offline" = 1 ]; then
+            pip+=(--no-deps --no-index --no-build-isolation)
+        elif [ "$system_site" = 1 ]; then
+            pip+=(--no-deps)
+        fi
+        [ "$system_site" = 1 ] || note "pyinotify/pymysql are not installed for $PY: pip fetches them from PyPI"
+        (cd "$TMP" && TMPDIR=$TMP "${pip[@]}" "$TMP/src") > "$TMP/pip.log" 2>&1 || {
+            cat "$TMP/pip.log" >&2; die "pip install failed"; }
+        rm -rf "$TMP/src/build" "$TMP/src"/*.egg-info
+        printf '%s\n' "$want" > "$stamp"
+        say "$action" "$VENV (Python $version$([ "$system_site" = 1 ] && echo ', system pyinotify/pymysql'))"
+    fi
+    record tree "$VENV"
+    # A wrapper, not a symlink to the venv's console script: that script's #! line holds the
+    # path the venv was built at, which is wrong for a --root staged tree. -I: isolated, so
+    # neither the current directory nor PYTHON* variables can change what is imported.
+    cat > "$TMP/wrapper" <<EOF
+#!/bin/sh
+# modsec-tools: written by modsec-tools install.sh; runs the virtual environment $VENV.
+exec $VENV/bin/python -I -m modsec_tools.cli "\$@"
+EOF
+    put_file "$TMP/wrapper" "$WRAPPER" 0755
+}
+
+# modsec-tools itself, from the staged venv (works for --root too: the venv's python finds
+# its site-packages from its own location).
+mt() { "$(R "$VENV")/bin/python" -I -B -m modsec_tools.cli "$@"; }
+
+step_fail2ban() {
+    step "fail2ban: filter, jails and action into $F2B"
+    local sub f n=0
+    for sub in filter.d jail.d action.d; do
+        for f in "$SRC/fail2ban/$sub"/*; do
+            [ -f "$f" ] || continue
+            case $f in *.local|*~|*.swp|*.orig|*.rej) continue ;; esac
+            put_file "$f" "$F2B/$sub/$(basename "$f")" 0644
+            n=$((n + 1))
+        done
+    done
+    [ "$n" -gt 0 ] || warn "this tree has no fail2ban/*.d files yet: nothing installed"
+    local local_file
+    for local_file in "$(R "$F2B")"/{filter,jail,action}.d/modsec*.local; do
+        [ -f "$local_file" ] && say unchanged "${local_file#"$ROOT"} (yours: never overwritten)"
+    done
+    return 0
+}
+
+step_config() {
+    step "config: $CONFIG"
+    detect_apache
+    local storage="" index="" origin
+    case $APACHE in
+        apache2) note "Apache layout: Debian apache2 ($SERVER_ROOT, user $APACHE_USER)" ;;
+        httpd) note "Apache layout: RHEL httpd ($SERVER_ROOT, user $APACHE_USER)" ;;
+        none) note "Apache layout: none found (neither /etc/apache2 nor /etc/httpd)" ;;
+    esac
+    if [ "$MS_TYPE" = concurrent ] && [ -n "$MS_STORAGE" ]; then
+        storage=$MS_STORAGE
+        index=$MS_LOG
+        origin="SecAuditLogStorageDir in $MS_SOURCE"
+        note "ModSecurity: Concurrent, storage $storage${index:+, index $index} ($MS_SOURCE)"
+    else
+        if [ "$APACHE" != none ]; then
+            storage=$APACHE_LOGDIR/modsec_audit
+        fi
+        origin="the default for the $APACHE layout"
+        if [ "$APACHE" != none ]; then
+            warn "ModSecurity writes ${MS_TYPE:-Serial} logs${MS_SOURCE:+ ($MS_SOURCE)}; the watcher reads Concurrent storage trees. Set in the ModSecurity configuration:"
+            warn "  SecAuditLogType Concurrent"
+            warn "  SecAuditLogStorageDir ${storage}"
+            warn "  SecAuditLog $APACHE_LOGDIR/modsec_audit.log   (the index)"
+        fi
+    fi
+    local template=$SRC/packaging/modsec-tools.conf out=$TMP/config line
+    [ -f "$template" ] || die "$template missing"
+    : > "$out"
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [ -n "$storage" ] && [[ $line == "#storage_dir ="* ]]; then
+            printf '%s\n# set by install.sh from %s\nstorage_dir = %s\n' "$line" "$origin" "$storage" >> "$out"
+        elif [ -n "$index" ] && [[ $line == "#index_log ="* ]]; then
+            printf '%s\n# set by install.sh from SecAuditLog in %s\nindex_log = %s\n' "$line" "$MS_SOURCE" "$index" >> "$out"
+        else
+            printf '%s\n' "$line" >> "$out"
+        fi
+    done < "$template"
+    put_once "$out" "$CONFIG" 0644 "storage_dir ${storage:-default}${index:+, index_log $index}"
+}
+
+# Effective settings (the .conf, its .local, defaults), read with modsec-tools itself.
+declare -A SET=()
+read_settings() {
+    local name value
+    mt config show --config "$(R "$CONFIG")" > "$TMP/settings" 2> "$TMP/settings.err" || {
+        cat "$TMP/settings.err" >&2; die "the configuration $CONFIG is invalid (see above)"; }
+    while IFS= read -r line; do
+        case $line in '#'*) continue ;; esac
+        name=${line%% = *}; value=${line#* = }
+        SET[$name]=$value
+    done < "$TMP/settings"
+    MANIFEST=${SET[state_dir]}/$MANIFEST_NAME
+}
+
+step_dirs() {
+    step "dirs: state, quarantine, logs, storage tree"
+    ensure_dir "${SET[state_dir]}" 0750 data
+    ensure_dir "${SET[quarantine_dir]}" 0700 data
+    ensure_dir "$(dirname "${SET[event_log]}")" 0750 data
+    if [ "$(dirname "${SET[archive]}")" != "$(dirname "${SET[event_log]}")" ]; then
+        ensure_dir "$(dirname "${SET[archive]}")" 0750 data
+    fi
+    local log=${SET[event_log]}
+    if [ -e "$(R "$log")" ]; then
+        say unchanged "$log"
+    else
+        : > "$(R "$log")"
+        chmod 0640 "$(R "$log")"
+        say created "$log (empty, so the jail can start before the first event)"
+    fi
+    record data "$log"
+    local storage=${SET[storage_dir]}
+    if [ -d "$(R "$storage")" ]; then
+        say unchanged "$storage (storage tree, $(stat -c '%U:%G %a' "$(R "$storage")"))"
+    elif [ "$APACHE" = none ]; then
+        warn "storage tree $storage does not exist and no Apache was found: create it where ModSecurity writes (SecAuditLogStorageDir)"
+    else
+        mkdir_p "$storage" 0750 dir || true
+        if live; then
+            chown "$APACHE_USER:$APACHE_GROUP" "$storage" 2>/dev/null \
+                || warn "could not chown $storage to $APACHE_USER:$APACHE_GROUP"
+            say created "$storage (storage tree, owner $APACHE_USER:$APACHE_GROUP, 0750)"
+        else
+            say created "$storage (storage tree, 0750; --root: chown it to $APACHE_USER:$APACHE_GROUP on the target)"
+        fi
+    fi
+}
+
+ensure_dir() {
+    local dir=$1 mode=$2 type=$3 target
+    target=$(R "$dir")
+    if mkdir_p "$dir" "$mode" "$type"; then
+        say created "$dir ($mode)"
+    else
+        [ -d "$target" ] || die "$dir exists and is not a directory"
+        if [ "$(mode_of "$target")" != "${mode#0}" ]; then
+            say unchanged "$dir (mode $(mode_of "$target"), recommended $mode: left as you set it)"
+        else
+            say unchanged "$dir"
+        fi
+        [ -n "${OLD_TYPE[$dir]:-}" ] && record "${OLD_TYPE[$dir]}" "$dir"
+    fi
+    return 0
+}
+
+step_acl() {
+    [ "$ENABLE_ACL" = 1 ] || return 0
+    step "acl: POSIX ACL on the storage tree"
+    local storage=${SET[storage_dir]} target group=${ACL_GROUP:-$APACHE_GROUP}
+    target=$(R "$storage")
+    [ -n "$group" ] || { fail "--enable-acl: no Apache group detected: use --enable-acl=GROUP"; return; }
+    have setfacl || { fail "--enable-acl: setfacl not found (apt-get install acl)"; return; }
+    [ -d "$target" ] || { fail "--enable-acl: $storage does not exist"; return; }
+    local before after
+    before=$(find "$target" -type d -print0 | xargs -0 getfacl -cp 2>/dev/null | sha256sum)
+    find "$target" -type d -print0 | xargs -0 setfacl -m "g:$group:rwx,m::rwx" \
+        || { fail "setfacl failed on $storage (is the file system mounted with ACL support?)"; return; }
+    find "$target" -type d -print0 | xargs -0 setfacl -d -m "g:$group:rwx,m::rwx"
+    after=$(find "$target" -type d -print0 | xargs -0 getfacl -cp 2>/dev/null | sha256sum)
+    if [ "$before" = "$after" ]; then
+        say unchanged "$storage: group $group rwx (access and default ACL)"
+    else
+        say applied "$storage: group $group rwx (access and default ACL, on every existing directory)"
+    fi
+    record acl "$storage" "$group"
+}
+
+# The jails the bundle defines: section names of jail.d/modsec.conf.
+bundle_jails() {
+    local conf=$SRC/fail2ban/jail.d/modsec.conf
+    [ -f "$conf" ] || return 0
+    sed -n 's/^[[:space:]]*\[\([^]]*\)\][[:space:]]*$/\1/p' "$conf" | grep -viE '^(DEFAULT|INCLUDES|Definition|Init)$' || true
+}
+
+step_jails() {
+    step "jails: $JAIL_LOCAL"
+    local jails
+    jails=$(bundle_jails)
+    if [ -z "$jails" ]; then
+        warn "this tree has no fail2ban/jail.d/modsec.conf yet: no jail enabled"
+        return 0
+    fi
+    local out=$TMP/jail.local j
+    {
+        printf '# Written once by modsec-tools install.sh: enables the modsec-tools jails.\n'
+        printf '# It is yours now: install.sh never overwrites it; --uninstall removes it only\n'
+        printf '# if unchanged. Settings here override jail.d/modsec.conf (bantime, ignoreip...).\n'
+        for j in $jails; do
+            printf '\n[%s]\nenabled = true\n' "$j"
+        done
+    } > "$out"
+    put_once "$out" "$JAIL_LOCAL" 0644 "enables: $(echo $jails)"
+}
+
+step_system() {
+    step "system: systemd unit, logrotate, manual page, sysctl"
+    local before=$CHANGED
+    put_file "$SRC/packaging/modsec-tools.service" "$UNIT" 0644
+    # Paths the unit must be able to write, beyond its defaults (drop-in).
+    local paths=() p
+    for p in "${SET[storage_dir]}" "${SET[state_dir]}" "${SET[quarantine_dir]}" \
+             "$(dirname "${SET[event_log]}")" "$(dirname "${SET[archive]}")"; do
+        case $p in
+            /var/lib/modsec-tools|/var/lib/modsec-tools/*|/var/log/modsec-tools) continue ;;
+            /var/log/apache2/modsec_audit|/var/log/httpd/modsec_audit) continue ;;
+        esac
+        [[ " ${paths[*]} " == *" -$p "* ]] || paths+=("-$p")
+    done
+    {
+        printf '# Written by modsec-tools install.sh from %s (rewritten on each run).\n' "$CONFIG"
+        printf '# The watcher must write its storage tree (it deletes processed entries) and its own\n'
+        printf '# directories; the unit allows the Debian/RHEL defaults, this adds the configured ones.\n'
+        printf '[Service]\n'
+        if [ ${#paths[@]} -gt 0 ]; then printf 'ReadWritePaths=%s\n' "${paths[*]}"
+        else printf '# (all configured paths are the defaults the unit already allows)\n'; fi
+    } > "$TMP/dropin"
+    put_file "$TMP/dropin" "$DROPIN" 0644
+    [ "$CHANGED" = "$before" ] || UNIT_CHANGED=1
+    local rotate
+    rotate=$(cat "$SRC/packaging/modsec-tools.logrotate")
+    rotate=${rotate//\/var\/log\/modsec-tools\/events.log/${SET[event_log]}}
+    rotate=${rotate//\/var\/log\/modsec-tools\/archive.log/${SET[archive]}}
+    rotate=${rotate//\/var\/log\/modsec-tools\/watch.log/$(dirname "${SET[event_log]}")/watch.log}
+    rotate=${rotate//\/var\/lib\/modsec-tools\/modsec-tools.lock/${SET[state_dir]}/modsec-tools.lock}
+    printf '%s\n' "$rotate" > "$TMP/logrotate"
+    put_file "$TMP/logrotate" "$LOGROTATE" 0644
+    put_file "$SRC/packaging/modsec-tools.1" "$MANPAGE" 0644
+    local current
+    current=$(cat /proc/sys/fs/inotify/max_user_watches 2>/dev/null || echo 0)
+    if [ -n "${OLD_TYPE[$SYSCTL]:-}" ] || [ "$current" -lt "$INOTIFY_WATCHES" ]; then
+        put_file "$SRC/packaging/60-modsec-tools.conf" "$SYSCTL" 0644
+        if live && [ "$current" -lt "$INOTIFY_WATCHES" ]; then
+            sysctl -q -w "fs.inotify.max_user_watches=$INOTIFY_WATCHES" >/dev/null 2>&1 \
+                && say applied "fs.inotify.max_user_watches = $INOTIFY_WATCHES (was $current)" \
+                || warn "could not set fs.inotify.max_user_watches now (container?): it applies at boot"
+        fi
+    else
+        say unchanged "fs.inotify.max_user_watches is $current already (>= $INOTIFY_WATCHES): no sysctl file needed"
+    fi
+}
+
+UNIT_CHANGED=0
+F2B_CHANGED=0
+step_check() {
+    step "check: configuration"
+    if [ -n "$ROOT" ]; then
+        # config show already validated every value; config check would open the database
+        # and test paths of the live system.
+        say ok "config show: every setting of $CONFIG is valid (--root: config check is for the live system)"
+        return 0
+    fi
+    if mt config check > "$TMP/check" 2>&1; then
+        sed 's/^/  | /' "$TMP/check"
+        say ok "modsec-tools config check passed"
+    else
+        sed 's/^/  | /' "$TMP/check" >&2
+        fail "modsec-tools config check found errors (above): fix them in $CONFIG_DIR/modsec-tools.local"
+    fi
+    if have fail2ban-client; then
+        if fail2ban-client -t > "$TMP/f2b" 2>&1; then
+            say ok "fail2ban-client -t: configuration OK"
+        else
+            sed 's/^/  | /' "$TMP/f2b" >&2
+            fail "fail2ban-client -t failed (above): fail2ban was not reloaded"
+            F2B_BROKEN=1
+        fi
+    else
+        fail "fail2ban-client not found (install fail2ban, or run without --no-deps)"
+        F2B_BROKEN=1
+    fi
+}
+F2B_BROKEN=0
+
+f2b_running() { have fail2ban-client && fail2ban-client ping >/dev/null 2>&1; }
+f2b_jails_active() {
+    local j status
+    status=$(fail2ban-client status 2>/dev/null) || return 1
+    for j in $(bundle_jails); do
+        [[ $status == *"$j"* ]] || return 1
+    done
+}
+
+step_start() {
+    step "start: watcher and fail2ban"
+    if [ -n "$ROOT" ]; then say skipped "--root: starts nothing"; return 0; fi
+    if f2b_running; then
+        if [ "$F2B_BROKEN" = 1 ]; then
+            warn "fail2ban keeps its old configuration until the error above is fixed"
+        elif [ "$F2B_CHANGED" = 1 ] || ! f2b_jails_active; then
+            fail2ban-client reload >/dev/null && say reloaded "fail2ban ($(bundle_jails | paste -sd, -))" \
+                || fail "fail2ban-client reload failed"
+        else
+            say unchanged "fail2ban is running with the jails $(bundle_jails | paste -sd, -)"
+        fi
+    fi
+    if ! systemd_running; then
+        say skipped "systemd is not running here: nothing was started"
+        note "to start by hand, run:"
+        f2b_running || echo "      fail2ban-client -x start"
+        echo "      modsec-tools watch --log-target $(dirname "${SET[event_log]}")/watch.log"
+        note "watch without --foreground detaches; stop it with: kill \$(cat ${SET[state_dir]}/modsec-tools.lock)"
+        return 0
+    fi
+    if [ "$UNIT_CHANGED" = 1 ]; then
+        systemctl daemon-reload
+        say reloaded "systemd units"
+    fi
+    if systemctl is-enabled --quiet modsec-tools.service 2>/dev/null; then
+        say unchanged "modsec-tools.service is enabled"
+    else
+        systemctl enable --quiet modsec-tools.service && say enabled "modsec-tools.service"
+    fi
+    if [ "$FAILED" = 1 ]; then
+        warn "not (re)starting modsec-tools.service: fix the errors above and rerun"
+    elif systemctl is-active --quiet modsec-tools.service; then
+        if [ "$PKG_CHANGED" = 1 ] || [ "$UNIT_CHANGED" = 1 ]; then
+            systemctl restart modsec-tools.service && say restarted "modsec-tools.service" \
+                || { fail "modsec-tools.service failed to restart"; journalctl -u modsec-tools.service -n 20 --no-pager >&2 || true; }
+        else
+            say unchanged "modsec-tools.service is running"
+        fi
+    else
+        if systemctl start modsec-tools.service; then
+            say started "modsec-tools.service"
+        else
+            fail "modsec-tools.service failed to start:"
+            journalctl -u modsec-tools.service -n 20 --no-pager >&2 || true
+        fi
+    fi
+    if ! f2b_running; then
+        if [ "$F2B_BROKEN" = 1 ]; then
+            warn "not starting fail2ban: its configuration test failed"
+        elif systemctl start fail2ban.service; then
+            say started "fail2ban.service"
+        else
+            fail "fail2ban.service failed to start (journalctl -u fail2ban)"
+        fi
+    fi
+}
+PKG_CHANGED=0
+
+# ----------------------------------------------------------------------------- uninstall --
+uninstall() {
+    detect_os
+    local manifest=""
+    # The manifest is in state_dir: from the configuration if modsec-tools still runs,
+    # else the default.
+    if [ -x "$(R "$VENV")/bin/python" ] && [ -f "$(R "$CONFIG")" ] \
+            && mt config show --config "$(R "$CONFIG")" > "$TMP/settings" 2>/dev/null; then
+        manifest=$(sed -n 's/^state_dir = //p' "$TMP/settings")/$MANIFEST_NAME
+    fi
+    [ -n "$manifest" ] && [ -f "$(R "$manifest")" ] || manifest=$DEFAULT_STATE_DIR/$MANIFEST_NAME
+    [ -f "$(R "$manifest")" ] || die "no install manifest at $(R "$manifest"): nothing to uninstall"
+    load_manifest "$(R "$manifest")"
+
+    step "stop: watcher"
+    if systemd_running; then
+        if systemctl is-active --quiet modsec-tools.service; then
+            systemctl stop modsec-tools.service && say stopped "modsec-tools.service"
+        fi
+        if systemctl is-enabled --quiet modsec-tools.service 2>/dev/null; then
+            systemctl disable --quiet modsec-tools.service && say disabled "modsec-tools.service"
+        fi
+    elif live; then
+        local lock=$DEFAULT_STATE_DIR/modsec-tools.lock pid
+        if [ -f "$lock" ] && ! flock -n "$lock" true 2>/dev/null; then
+            pid=$(cat "$lock")
+            kill -TERM "$pid" 2>/dev/null && say stopped "watcher pid $pid"
+            flock -w 60 "$lock" true 2>/dev/null || warn "pid $pid did not stop within 60 s"
+        fi
+    else
+        say skipped "--root: stops nothing"
+    fi
+
+    step "remove: files install.sh installed"
+    local name target type
+    for name in $(printf '%s\n' "${!OLD_TYPE[@]}" | sort); do
+        type=${OLD_TYPE[$name]}
+        target=$(R "$name")
+        case $type in
+            file|once)
+                if [ ! -e "$target" ]; then continue; fi
+                if [ "$(sha "$target")" = "${OLD_SHA[$name]}" ]; then
+                    rm -f "$target"; say removed "$name"
+                else
+                    say kept "$name (modified since install: yours now)"
+                    if [ "$name" = "$JAIL_LOCAL" ]; then
+                        warn "$name still enables the modsec jails, whose filter is gone: fail2ban will refuse to start until you remove it or set enabled = false"
+                    fi
+                fi ;;
+            link) [ -L "$target" ] && { rm -f "$target"; say removed "$name"; } ;;
+            tree) [ -d "$target" ] && { rm -rf "$target"; say removed "$name"; } ;;
+        esac
+    done
+    for name in $(printf '%s\n' "${!OLD_TYPE[@]}" | sort); do
+        case ${OLD_TYPE[$name]} in
+            data) say kept "$name (data)" ;;
+            acl) say kept "POSIX ACL of group ${OLD_SHA[$name]} on $name (Apache may rely on it; remove with: setfacl -R -x g:${OLD_SHA[$name]} -x d:g:${OLD_SHA[$name]} $name)" ;;
+        esac
+    done
+    [ -e "$(R "$manifest")" ] && { rm -f "$(R "$manifest")"; say removed "$manifest"; }
+    # Directories, deepest first, only if empty.
+    for name in $(for n in "${!OLD_TYPE[@]}"; do [ "${OLD_TYPE[$n]}" = dir ] && echo "$n"; done \
+                  | awk -F/ '{print NF "\t" $0}' | sort -rn | cut -f2-); do
+        target=$(R "$name")
+        [ -d "$target" ] || continue
+        if rmdir "$target" 2>/dev/null; then say removed "$name/"
+        else say kept "$name/ (not empty)"; fi
+    done
+
+    if live; then
+        step "reload: systemd and fail2ban"
+        systemd_running && systemctl daemon-reload && say reloaded "systemd units"
+        if f2b_running; then
+            if fail2ban-client -t >/dev/null 2>&1; then
+                fail2ban-client reload >/dev/null && say reloaded "fail2ban"
+            else
+                warn "fail2ban-client -t fails now (see the warnings above): fail2ban was not reloaded"
+            fi
+        fi
+        if [ -n "${OLD_TYPE[$SYSCTL]:-}" ]; then
+            note "fs.inotify.max_user_watches keeps its current value until the next boot"
+        fi
+    fi
+    echo "modsec-tools uninstalled. Data kept: ${DEFAULT_STATE_DIR}, /var/log/modsec-tools, the storage tree."
+}
+
+# ----------------------------------------------------------------------------- main -------
+main() {
+    [ -n "$ROOT" ] && echo "install.sh: staging into $ROOT"
+    if [ "$UNINSTALL" = 1 ]; then
+        uninstall
+        [ "$FAILED" = 0 ] || exit 1
+        exit 0
+    fi
+    step_preflight
+    # Earlier manifest: from the default state_dir (or the configured one, after reading it).
+    load_manifest "$(R "$DEFAULT_STATE_DIR/$MANIFEST_NAME")"
+    step_deps
+    local before=$CHANGED
+    step_python
+    [ "$CHANGED" = "$before" ] || PKG_CHANGED=1
+    before=$CHANGED
+    step_fail2ban
+    step_config
+    read_settings
+    if [ "$MANIFEST" != "$DEFAULT_STATE_DIR/$MANIFEST_NAME" ]; then
+        load_manifest "$(R "$MANIFEST")"
+    fi
+    step_dirs
+    step_acl
+    step_jails
+    [ "$CHANGED" = "$before" ] || F2B_CHANGED=1
+    step_system
+    step "manifest"
+    remove_obsolete
+    write_manifest
+    step_check
+    step_start
+    echo
+    if [ "$FAILED" = 1 ]; then
+        echo "install.sh: finished WITH ERRORS (see above)."
+        exit 1
+    fi
+    if [ "$CHANGED" = 0 ]; then
+        echo "install.sh: done: everything was already in place (unchanged)."
+    else
+        echo "install.sh: done: $CHANGED change(s)."
+    fi
+    if live; then
+        echo "Next: modsec-tools config show; fail2ban-client status modsec; tail -f ${SET[event_log]}"
+    fi
+}
+
+main
