@@ -38,6 +38,7 @@ SYSTEM_CONF = Path("/etc/fail2ban")
 FAIL2BAN_REGEX = "/usr/bin/fail2ban-regex"
 FAIL2BAN_SERVER = "/usr/bin/fail2ban-server"
 FAIL2BAN_CLIENT = "/usr/bin/fail2ban-client"
+PYTHON = "/usr/bin/python3"          # small helper programs run inside namespaces
 
 # F-tags the modsec filter captures; fail2ban-regex prints them for every match.
 TAGS = ("node", "verdict", "status", "score", "severity", "rules", "uniqueid")
@@ -349,7 +350,8 @@ class Fail2Ban:
 
     # -- client --------------------------------------------------------------------------
     def _client(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        proc = subprocess.run([FAIL2BAN_CLIENT, "-s", str(self.sock), *args],
+        # -c: "reload" makes the client read the configuration and send it to the server
+        proc = subprocess.run([FAIL2BAN_CLIENT, "-c", str(self.conf), "-s", str(self.sock), *args],
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"fail2ban-client {' '.join(args)} failed: {proc.stderr}{proc.stdout}"
@@ -380,19 +382,29 @@ class Fail2Ban:
 
 @contextlib.contextmanager
 def fail2ban_server(ns: Netns, jails: str, *, fail2ban_local: str = "", extra: dict[str, str] | None = None,
-                    with_bundle_jails: bool = True, root: Path | None = None) -> Iterator[Fail2Ban]:
+                    with_bundle_jails: bool = True, root: Path | None = None,
+                    graceful_exit: bool = False) -> Iterator[Fail2Ban]:
     """Start fail2ban-server in ``ns`` with ``jails`` as jail.local; stop it afterwards.
 
-    ``jails`` is used verbatim (after dedent) as jail.local on top of the stock jail.conf
-    and our jail.d/modsec.conf, e.g.::
+    ``jails`` becomes jail.local (after dedent) on top of the stock jail.conf and our
+    jail.d/modsec.conf; ``{root}`` in it is replaced by the server's private directory,
+    where an empty ``events.log`` already exists, e.g.::
 
         [modsec]
         enabled = true
-        logpath = /tmp/x/events.log
+        logpath = {root}/events.log
+
+    On exit the server is killed (the namespace, deleted by its own context manager, takes
+    the firewall objects with it; an orderly stop costs about 2 s) unless graceful_exit.
     """
     own = root is None
     base = Path(tempfile.mkdtemp(prefix="mt-f2b-")) if own else root
     try:
+        # logpath globs are expanded when the configuration is read, possibly before the
+        # server opened its own log: create both (recidive jails read fail2ban.log)
+        for name in ("events.log", "fail2ban.log"):
+            (base / name).touch()
+        jails = textwrap.dedent(jails).replace("{root}", str(base))
         conf = make_confdir(base, jails, fail2ban_local=fail2ban_local, extra=extra,
                             with_bundle_jails=with_bundle_jails)
         f2b = Fail2Ban(ns, base, conf)
@@ -400,7 +412,8 @@ def fail2ban_server(ns: Netns, jails: str, *, fail2ban_local: str = "", extra: d
         try:
             yield f2b
         finally:
-            f2b.stop()
+            if graceful_exit:
+                f2b.stop()
             f2b.kill()
     finally:
         if own:
@@ -470,3 +483,159 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20, interval: flo
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def legacy_members(ns: Netns, chain: str, table: str = "filter") -> dict[str, int | None]:
+    """address -> seconds left (None: permanent) of the per-address rules in a legacy chain.
+
+    Raises if an address has more than one rule: duplicates are a bug.
+    """
+    members: dict[str, int | None] = {}
+    now = time.time()
+    for family in (4, 6):
+        for line in legacy_rules(ns, chain, family, table):
+            words = line.split()
+            if "-s" not in words:
+                continue
+            address = words[words.index("-s") + 1].rsplit("/", 1)[0]
+            if address in members:
+                raise AssertionError(f"duplicate rules for {address} in {chain}")
+            left = None
+            if "--datestop" in words:
+                stop = dt.datetime.strptime(words[words.index("--datestop") + 1], "%Y-%m-%dT%H:%M:%S")
+                left = int(calendar.timegm(stop.timetuple()) - now)
+            members[address] = left
+    return members
+
+
+def kernel_bans(ns: Netns, backend: str, name: str, table: str = "filter") -> dict[str, int | None]:
+    """What the kernel blocks for our action's objects `name` (e.g. mt-modsec): address -> seconds left.
+
+    ``table`` matters for iptables-legacy only (raw with rawdrop=true).
+    """
+    if backend == "nftables":
+        return {**nft_set_members(ns, name, "v4"), **nft_set_members(ns, name, "v6")}
+    if backend == "ipset":
+        return {**ipset_members(ns, f"{name}-4"), **ipset_members(ns, f"{name}-6")}
+    if backend == "iptables-legacy":
+        return legacy_members(ns, name, table)
+    raise ValueError(backend)
+
+
+def populate_host_firewall(ns: Netns) -> None:
+    """Unrelated rules a real host would have, in every flavour: ours must not disturb them."""
+    for tool in ("iptables", "iptables-legacy"):
+        ns.run(tool, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+        ns.run(tool, "-w", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "DROP")
+    for tool in ("ip6tables", "ip6tables-legacy"):
+        ns.run(tool, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+    ns.run("nft", "-f", "-", input="table inet hostfw {\n set trusted { type ipv4_addr; }\n"
+           " chain input { type filter hook input priority 0; policy accept; tcp dport 25 accept; }\n}\n")
+    ns.run("ipset", "create", "host-allow", "hash:net")
+
+
+def firewall_snapshot(ns: Netns) -> str:
+    """Every firewall object in the namespace, in a stable text form (no counters/expiry)."""
+    parts = [ns.out("nft", "-s", "list", "ruleset"), ns.out("ipset", "list", "-n")]
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
+        for table in ("filter", "raw"):
+            parts.append(ns.out(tool, "-w", "-t", table, "-S"))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# packets: a listener and TCP probes inside the namespace (loopback / namespace addresses only)
+
+_LISTENER = r"""
+import socket, sys, time
+socks = []
+for spec in sys.argv[1:]:
+    host, port = spec.rsplit(":", 1)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host.strip("[]"), int(port)))
+    s.listen(4096)
+    socks.append(s)
+print("ready", flush=True)
+while True:          # accept and close at once: probes only need the handshake
+    for s in socks:
+        s.setblocking(False)
+        try:
+            while True:
+                s.accept()[0].close()
+        except BlockingIOError:
+            pass
+    time.sleep(0.005)
+"""
+
+_PROBE = r"""
+import errno, socket, sys
+src, dst, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.settimeout(timeout)
+s.bind((src, 0))
+try:
+    s.connect((dst, port))
+    print("open")
+except socket.timeout:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print("error-%s" % errno.errorcode.get(e.errno, e.errno))
+"""
+
+
+@contextlib.contextmanager
+def listener(ns: Netns, *endpoints: str) -> Iterator[None]:
+    """A TCP listener on host:port endpoints inside ns (e.g. "0.0.0.0:80", "[::]:80")."""
+    proc = ns.popen(PYTHON, "-c", _LISTENER, *endpoints, stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("listener did not start")
+        yield
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def tcp_probe(ns: Netns, src: str, dst: str, port: int, timeout: float = 0.5) -> str:
+    """Connect from src to dst:port inside ns: 'open', 'refused' or 'timeout'."""
+    return ns.out(PYTHON, "-c", _PROBE, src, dst, str(port), str(timeout)).strip()
+
+
+def add_addresses(ns: Netns, *addresses: str) -> None:
+    """Give the namespace's loopback extra addresses to connect from and to."""
+    for address in addresses:
+        if ":" in address:
+            ns.run("ip", "-6", "addr", "add", f"{address}/128", "dev", "lo", "nodad")
+        else:
+            ns.run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+
+
+# ---------------------------------------------------------------------------------------
+# event lines, as modsec-tools writes them
+
+def event_line(client: str, verdict: str = "blocked", when: dt.datetime | None = None, *,
+               uri: bytes = b"/", ua: bytes = b"curl/8.5.0", host: bytes = b"www.example.test",
+               rules: Sequence[str] = ("942100", "949110"), unique_id: str = "Z0r5sggx7z821rWArgDktAAAABQ",
+               node: str = "web1") -> str:
+    """One event line for ``client``, produced by the real writer (modsec_tools.eventline)."""
+    from modsec_tools.eventline import EventLine, format_line
+    when = when or dt.datetime.now(dt.timezone.utc).astimezone()
+    blocked = verdict == "blocked"
+    return format_line(EventLine(
+        when.isoformat(timespec="microseconds"), node, client, verdict, "403" if blocked else "200",
+        "2" if blocked else "-", "13", "CRITICAL", list(rules), unique_id, b"GET", host, uri, ua))
+
+
+def append_events(path: Path, lines: Sequence[str]) -> None:
+    """Append lines the way the writer does (whole lines, one write each)."""
+    with open(path, "a", encoding="ascii") as log:
+        for line in lines:
+            log.write(line + "\n")
+            log.flush()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -15,8 +14,6 @@ from tests.f2b_harness import (BUNDLE, FILTER, SAMPLES, check_samples, filter_sp
 
 RECIDIVE = BUNDLE / "filter.d" / "modsec-recidive.conf"
 MODES = ("blocked", "detected", "aggressive")
-
-pytestmark = pytest.mark.skipif(shutil.which("fail2ban-regex") is None, reason="fail2ban not installed")
 
 
 def test_modsec_samples_meet_every_failjson_expectation():

@@ -1,0 +1,839 @@
+"""modsec-block - fail2ban Python action: bans in kernel sets/chains with per-ban timeouts.
+
+NAME
+    modsec-block.py - block banned addresses in the kernel, inside fail2ban, in batches
+
+SYNOPSIS
+    [modsec]
+    action = modsec-block.py[backend=auto, blocktype=DROP, port="http,https", protocol=tcp]
+
+DESCRIPTION
+    A Python action (loaded by fail2ban into its own process: no fork per ban).  ban()
+    and unban() only queue the change; a worker thread coalesces the queue and applies it
+    to the kernel in one transaction per batch (one `nft -f -`, one `ipset restore`, or one
+    libiptc commit), so a flood of bans reaches the kernel at thousands per second and a
+    single ban within a few milliseconds.
+
+    Every kernel entry carries its own expiry: the ticket's (possibly escalated) bantime,
+    counted from the ticket's time, i.e. exactly when fail2ban itself will unban.  Bans
+    therefore expire even if fail2ban dies.  With bantime.increment, fail2ban first bans
+    with the base bantime and later calls prolong() with the increased one; prolong()
+    rewrites the entry's timeout (this action overrides _prolongable).  unban() removes
+    the entry at once.
+
+    start() and stop() are idempotent.  start() creates the set/chain and the one rule
+    that matches it (keeping existing set entries, so bans survive a crash and a restart;
+    fail2ban's restore then re-adds current bans, and an address is never duplicated).
+    stop() removes everything this action created.  `fail2ban-client reload` keeps the
+    bans (reload() re-creates the kernel objects only if the options changed).
+
+OPTIONS
+    backend     auto (default) | nftables | ipset | iptables-legacy
+                auto reads `iptables -V`:
+                  "(legacy)" (or no flavour, iptables < 1.8)  -> iptables-legacy
+                  "(nf_tables)"                                -> nftables, or ipset if
+                                                                  nft is missing
+                python-iptables drives libiptc, which only sees the *legacy* tables; on an
+                nf_tables host its rules would be invisible to `iptables -S` and to the
+                host's firewall tooling, hence never chosen there.
+    blocktype   DROP (default) | REJECT
+    port        comma-separated ports, service names or ranges (8000:8100), or "all"
+                (default "http,https").  With "all" every protocol is blocked.
+    protocol    tcp (default) | udp   (ignored with port=all)
+    rawdrop     false (default) | true: drop in the raw table's PREROUTING (before
+                conntrack: cheapest for floods).  DROP only.
+    chain       INPUT (default) | FORWARD (or any iptables chain for ipset/legacy):
+                where the match rule / jump is inserted (first position).
+    name        base name of the kernel objects (default "mt-<jail>").
+    maxtimeout  longest timeout given to the kernel, seconds (default 2147483, the ipset
+                limit; also used for nftables for portability).  A longer ban is written
+                with this timeout and refreshed by the action every maxtimeout/2.
+    maxelem     ipset maxelem (default 1048576).
+    batchdelay  seconds the worker waits to gather more changes (default 0.002).
+    batchmax    largest batch (default 20000 changes).
+
+KERNEL OBJECTS (name = mt-modsec for the jail "modsec")
+    nftables         table inet mt-modsec: sets v4/v6 (flags timeout), chain "filter"
+                     (hook input, priority filter - 10) or "raw" (hook prerouting,
+                     priority raw) with one rule per family:
+                       ip saddr @v4 tcp dport { 80, 443 } counter drop
+    ipset            sets mt-modsec-4 (hash:ip family inet) and mt-modsec-6 (family inet6),
+                     entries with timeout; one iptables and one ip6tables rule, tagged
+                     with the comment "modsec-tools mt-modsec":
+                       -I INPUT -p tcp -m multiport --dports 80,443 -m set --match-set mt-modsec-4 src -j DROP
+    iptables-legacy  chain mt-modsec in filter (raw with rawdrop) for IPv4 and IPv6, one
+                     jump from INPUT (PREROUTING), one rule per address:
+                       -A mt-modsec -s 192.0.2.7/32 -m time --datestop 2026-11-28T17:00:00 -j DROP
+                     The time match makes the rule inert after the ban's end even if
+                     fail2ban is dead; start() flushes the chain (fail2ban restores the
+                     current bans).  Per-packet cost grows with the number of bans in this
+                     mode only (a packet from a non-banned address on a blocked port walks
+                     the chain); the set backends cost one hash lookup per packet.
+
+CAVEATS
+    ban() returns before the kernel is updated (a few ms later); a failed kernel update
+    is logged as an error by fail2ban's logger (fail2ban.ModsecBlock).  Addresses only:
+    a subnet or hostname ticket is refused with an error.
+
+SEE ALSO
+    docs/fail2ban.md, jail.conf(5), nft(8), ipset(8), iptables(8)
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import ipaddress
+import math
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Callable, Iterable
+
+from fail2ban.server.actions import ActionBase
+
+IPSET_MAX_TIMEOUT = 2147483          # ipset's own limit (seconds)
+Key = tuple[int, str]                # (4|6, canonical address)
+# A queued change: the ban's end (epoch seconds; None = permanent) or _REMOVE.
+_REMOVE = "remove"
+
+# fail2ban loads this file with SourceFileLoader(...).load_module(), re-executing it into
+# the same module object for every jail: keep process-wide state across re-executions.
+_LIBIPTC_LOCK = globals().get("_LIBIPTC_LOCK") or threading.Lock()   # python-iptables is not thread-safe
+
+
+class BackendError(RuntimeError):
+    """The kernel (or its tool) refused a change."""
+
+
+# ---------------------------------------------------------------------------------------
+# settings
+
+def _as_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_ports(text: str, protocol: str) -> tuple[tuple[int, int], ...] | None:
+    """'http,https,8000:8100' -> ((80, 80), (443, 443), (8000, 8100)); 'all' -> None."""
+    text = str(text).strip()
+    if text.lower() in ("all", "any", ""):
+        return None
+    ranges = []
+    for item in text.replace(" ", "").split(","):
+        # ranges are a:b (iptables) or a-b with digits only: service names may hold "-"
+        low, _, high = item.partition(":") if ":" in item else (
+            item.partition("-") if re.fullmatch(r"\d+-\d+", item) else (item, "", ""))
+        bounds = tuple(int(p) if p.isdigit() else socket.getservbyname(p, protocol) for p in (low, high or low))
+        if not all(0 < p < 65536 for p in bounds) or bounds[0] > bounds[1]:
+            raise ValueError(f"bad port {item!r}")
+        ranges.append(bounds)
+    if len(ranges) > 15:              # iptables multiport's limit; keep the backends alike
+        raise ValueError("at most 15 ports or ranges (use port=all)")
+    return tuple(ranges)
+
+
+def _object_name(base: str) -> str:
+    """A name valid for nft, ipset (31 chars with -4/-6) and iptables chains (28)."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", base)
+    if not name[:1].isalpha():
+        name = "mt" + name
+    if len(name) > 24:
+        name = name[:19] + "-" + hashlib.sha1(base.encode()).hexdigest()[:4]
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str
+    blocktype: str
+    ports: tuple[tuple[int, int], ...] | None
+    protocol: str
+    rawdrop: bool
+    chain: str
+    name: str
+    maxtimeout: int
+    maxelem: int
+    batchdelay: float
+    batchmax: int
+
+    @classmethod
+    def parse(cls, jail_name: str, opts: dict[str, str]) -> "Settings":
+        known = {f.name for f in fields(cls)} | {"port"}
+        unknown = set(opts) - known
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        protocol = str(opts.get("protocol", "tcp")).strip().lower()
+        if protocol not in ("tcp", "udp"):
+            raise ValueError(f"protocol must be tcp or udp, not {protocol!r}")
+        blocktype = str(opts.get("blocktype", "DROP")).strip().upper()
+        if blocktype not in ("DROP", "REJECT"):
+            raise ValueError(f"blocktype must be DROP or REJECT, not {blocktype!r}")
+        rawdrop = _as_bool(opts.get("rawdrop", "false"))
+        if rawdrop and blocktype != "DROP":
+            raise ValueError("rawdrop works with blocktype=DROP only (REJECT is not valid in the raw table)")
+        backend = str(opts.get("backend", "auto")).strip().lower()
+        if backend not in ("auto", "nftables", "ipset", "iptables-legacy"):
+            raise ValueError(f"unknown backend {backend!r}")
+        chain = str(opts.get("chain", "INPUT")).strip()
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,28}", chain):
+            raise ValueError(f"bad chain {chain!r}")
+        return cls(
+            backend=backend, blocktype=blocktype, ports=_parse_ports(opts.get("port", "http,https"), protocol),
+            protocol=protocol, rawdrop=rawdrop, chain=chain,
+            name=_object_name(str(opts.get("name") or f"mt-{jail_name}")),
+            maxtimeout=max(1, min(int(opts.get("maxtimeout", IPSET_MAX_TIMEOUT)), IPSET_MAX_TIMEOUT)),
+            maxelem=int(opts.get("maxelem", 1048576)), batchdelay=float(opts.get("batchdelay", 0.002)),
+            batchmax=max(1, int(opts.get("batchmax", 20000))))
+
+
+def detect_backend() -> str:
+    """The backend the host really uses, from `iptables -V` (see OPTIONS)."""
+    iptables = shutil.which("iptables")
+    version = ""
+    if iptables:
+        version = subprocess.run([iptables, "-V"], capture_output=True, text=True, timeout=30).stdout
+    if iptables and "nf_tables" not in version:
+        try:
+            import iptc  # noqa: F401  (python-iptables, the in-process path)
+            return "iptables-legacy"
+        except Exception:                  # pragma: no cover - depends on the host
+            return "ipset"
+    return "nftables" if shutil.which("nft") else "ipset"
+
+
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise BackendError(f"{' '.join(argv[:4])}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------
+# backends: apply a coalesced batch in one kernel transaction
+
+class Backend(ABC):
+    kind = ""
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+
+    @property
+    def max_timeout(self) -> int | None:
+        return self.s.maxtimeout
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create the kernel objects (idempotent; keeps existing entries where possible)."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Remove everything setup() created (idempotent)."""
+
+    @abstractmethod
+    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+        """One transaction: add/refresh entries (timeout seconds, None = permanent), remove others."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove every entry, keep the objects."""
+
+
+class NftBackend(Backend):
+    kind = "nftables"
+    SETS = {4: "v4", 6: "v6"}
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self._chains()                     # validate the hook now, not at start
+
+
+    def _match(self, family: int) -> str:
+        addr = f"{'ip' if family == 4 else 'ip6'} saddr @{self.SETS[family]}"
+        if self.s.ports is None:
+            return addr
+        ports = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.s.ports)
+        return f"{addr} {self.s.protocol} dport {{ {ports} }}"
+
+    def _chains(self) -> dict[str, str]:
+        hook = {"INPUT": "input", "FORWARD": "forward"}.get(self.s.chain)
+        if hook is None:
+            raise ValueError("nftables backend: chain must be INPUT or FORWARD")
+        return {"filter": f"type filter hook {hook} priority filter - 10; policy accept;",
+                "raw": "type filter hook prerouting priority raw; policy accept;"}
+
+    def _nft(self, script: str) -> None:
+        _run(["nft", "-f", "-"], stdin=script)
+
+    def setup(self) -> None:
+        t = f"inet {self.s.name}"
+        verdict = "drop" if self.s.blocktype == "DROP" else "reject"
+        used = "raw" if self.s.rawdrop else "filter"
+        lines = [f"add table {t}",
+                 f"add set {t} v4 {{ type ipv4_addr; flags timeout; }}",
+                 f"add set {t} v6 {{ type ipv6_addr; flags timeout; }}"]
+        for chain, spec in self._chains().items():
+            lines += [f"add chain {t} {chain} {{ {spec} }}", f"flush chain {t} {chain}"]
+            if chain != used:                       # left over from other options: remove
+                lines.append(f"delete chain {t} {chain}")
+        lines += [f"add rule {t} {used} {self._match(f)} counter {verdict}" for f in (4, 6)]
+        self._nft("\n".join(lines) + "\n")
+
+    def teardown(self) -> None:
+        self._nft(f"add table inet {self.s.name}\ndelete table inet {self.s.name}\n")
+
+    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+        lines = []
+        for family, set_name in self.SETS.items():
+            touched = [a for f, a in list(adds) + removes if f == family]
+            if not touched:
+                continue
+            target = f"inet {self.s.name} {set_name}"
+            # "add" is a no-op for an existing element, so the delete cannot fail; the
+            # delete + re-add rewrites the timeout of an existing entry (prolong).
+            lines.append(f"add element {target} {{ {', '.join(touched)} }}")
+            lines.append(f"delete element {target} {{ {', '.join(touched)} }}")
+            items = [a if t is None else f"{a} timeout {t}s" for (f, a), t in adds.items() if f == family]
+            if items:
+                lines.append(f"add element {target} {{ {', '.join(items)} }}")
+        if lines:
+            self._nft("\n".join(lines) + "\n")
+
+    def clear(self) -> None:
+        t = f"inet {self.s.name}"
+        self._nft(f"flush set {t} v4\nflush set {t} v6\n")
+
+
+class IptablesRules:
+    """The match rules of the ipset backend, tagged with a comment so we find them again."""
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.comment = f"modsec-tools {settings.name}"
+
+    def _where(self) -> tuple[str, str]:
+        return ("raw", "PREROUTING") if self.s.rawdrop else ("filter", self.s.chain)
+
+    def wanted(self, family: int, set_name: str) -> list[str]:
+        spec: list[str] = []
+        if self.s.ports is not None:
+            ports = ",".join(str(a) if a == b else f"{a}:{b}" for a, b in self.s.ports)
+            spec = ["-p", self.s.protocol, "-m", "multiport", "--dports", ports]
+        spec += ["-m", "set", "--match-set", set_name, "src", "-m", "comment", "--comment", self.comment,
+                 "-j", self.s.blocktype]
+        if self.s.blocktype == "REJECT":       # spelled out as `iptables -S` prints it back
+            spec += ["--reject-with", "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
+        return spec
+
+    @staticmethod
+    def tool(family: int) -> str:
+        return "iptables" if family == 4 else "ip6tables"
+
+    def _ours(self, family: int, table: str, chain: str) -> list[list[str]]:
+        proc = _run([self.tool(family), "-w", "-t", table, "-S", chain], check=False)
+        rules = []
+        for line in proc.stdout.splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["-A"] and self.comment in words:
+                rules.append(words[2:])
+        return rules
+
+    def ensure(self, family: int, set_name: str) -> None:
+        table, chain = self._where()
+        wanted = self.wanted(family, set_name)
+        ours = self._ours(family, table, chain)
+        if ours == [wanted]:
+            return
+        self.remove(family)
+        _run([self.tool(family), "-w", "-t", table, "-I", chain, "1", *wanted])
+
+    def remove(self, family: int) -> None:
+        """Delete every rule carrying our comment, in both places (options may have changed)."""
+        for table, chain in (("filter", self.s.chain), ("raw", "PREROUTING"), ("filter", "INPUT")):
+            for spec in self._ours(family, table, chain):
+                _run([self.tool(family), "-w", "-t", table, "-D", chain, *spec], check=False)
+
+
+class IpsetBackend(Backend):
+    kind = "ipset"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.sets = {4: f"{settings.name}-4", 6: f"{settings.name}-6"}
+        self.rules = IptablesRules(settings)
+
+    def setup(self) -> None:
+        for family, set_name in self.sets.items():
+            _run(["ipset", "create", set_name, "hash:ip", "family", "inet" if family == 4 else "inet6",
+                  "timeout", "0", "maxelem", str(self.s.maxelem), "-exist"])
+            self.rules.ensure(family, set_name)
+
+    def teardown(self) -> None:
+        for family, set_name in self.sets.items():
+            self.rules.remove(family)
+            proc = _run(["ipset", "destroy", set_name], check=False)
+            if proc.returncode != 0 and "does not exist" not in proc.stderr:
+                raise BackendError(f"ipset destroy {set_name}: {proc.stderr.strip()}")
+
+    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+        lines = [f"add {self.sets[f]} {a} timeout {0 if t is None else t}\n" for (f, a), t in adds.items()]
+        lines += [f"del {self.sets[f]} {a}\n" for f, a in removes]
+        if lines:
+            _run(["ipset", "restore", "-exist"], stdin="".join(lines))
+
+    def clear(self) -> None:
+        for set_name in self.sets.values():
+            _run(["ipset", "flush", set_name], check=False)
+
+
+class _XtablesLock:
+    """The lock iptables-legacy -w takes, so our libiptc commit never races the iptables tools."""
+
+    PATH = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+
+    def __enter__(self) -> "_XtablesLock":
+        _LIBIPTC_LOCK.acquire()
+        try:
+            self.fd = os.open(self.PATH, os.O_CREAT | os.O_RDWR, 0o600)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return self
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise BackendError(f"{self.PATH} held for 30 s")
+                    time.sleep(0.01)
+        except BaseException:
+            _LIBIPTC_LOCK.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)                  # closing releases the flock
+        _LIBIPTC_LOCK.release()
+
+
+class LegacyBackend(Backend):
+    """python-iptables (libiptc) on the legacy tables: one rule per address, one commit per batch."""
+
+    kind = "iptables-legacy"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        import iptc                       # python3-iptables; imported only when used
+        self.iptc = iptc
+        self.table_name = "raw" if settings.rawdrop else "filter"
+        self.hook = "PREROUTING" if settings.rawdrop else settings.chain
+        self.index: dict[Key, str | None] = {}          # address -> datestop of its rule
+        self._ready = False                              # setup() done by this instance
+        self._templates: dict[tuple[int, str | None], object] = {}
+
+    @property
+    def max_timeout(self) -> int | None:
+        return None                       # the time match takes any end date
+
+    def _table(self, family: int):
+        iptc = self.iptc
+        table = (iptc.Table(self.table_name) if family == 4 else iptc.Table6(self.table_name))
+        table.autocommit = False
+        return table
+
+    def _new_rule(self, family: int):
+        return self.iptc.Rule() if family == 4 else self.iptc.Rule6()
+
+    def _jump(self, family: int):
+        rule = self._new_rule(family)
+        if self.s.ports is not None:
+            rule.protocol = self.s.protocol
+            match = rule.create_match("multiport")
+            match.dports = ",".join(str(a) if a == b else f"{a}:{b}" for a, b in self.s.ports)
+        rule.create_match("comment").comment = f"modsec-tools {self.s.name}"
+        rule.target = self.iptc.Target(rule, self.s.name)
+        return rule
+
+    def _template(self, family: int, datestop: str | None):
+        """A finished rule per (family, end second); only .src changes per address (fast path)."""
+        key = (family, datestop)
+        rule = self._templates.get(key)
+        if rule is None:
+            if len(self._templates) > 512:
+                self._templates.clear()
+            rule = self._new_rule(family)
+            if datestop is not None:
+                rule.create_match("time").datestop = datestop
+            rule.target = self.iptc.Target(rule, self.s.blocktype)
+            rule.src = "127.0.0.1" if family == 4 else "::1"
+            rule.final_check()
+            self._templates[key] = rule
+        return rule
+
+    def _drop_jumps(self, table, keep=None) -> bool:
+        """Delete jumps to our chain from any hook chain we may have used; True if `keep` was seen."""
+        kept = False
+        for hook in {self.hook, "INPUT", "PREROUTING", "FORWARD", self.s.chain}:
+            if not table.is_chain(hook):
+                continue
+            for rule in self.iptc.Chain(table, hook).rules:
+                if rule.target.name != self.s.name:
+                    continue
+                if keep is not None and hook == self.hook and not kept and rule == keep:
+                    kept = True
+                    continue
+                table.delete_entry(hook, rule.rule, rule.mask)
+        return kept
+
+    def setup(self) -> None:
+        with _XtablesLock():
+            for family in (4, 6):
+                table = self._table(family)
+                table.refresh()
+                if not table.is_chain(self.s.name):
+                    table.create_chain(self.s.name)
+                elif not self._ready:
+                    # rules left by an earlier fail2ban process: fail2ban restores the
+                    # current bans right after start, so start from an empty chain
+                    table.flush_entries(self.s.name)
+                jump = self._jump(family)
+                if not self._drop_jumps(table, keep=jump):
+                    self.iptc.Chain(table, self.hook).insert_rule(jump)
+                table.commit()
+            if not self._ready:
+                self.index.clear()
+            self._ready = True
+
+    def teardown(self) -> None:
+        with _XtablesLock():
+            for family in (4, 6):
+                table = self._table(family)
+                table.refresh()
+                self._drop_jumps(table)
+                if table.is_chain(self.s.name):
+                    table.flush_entries(self.s.name)
+                    table.delete_chain(self.s.name)
+                table.commit()
+            self.index.clear()
+            self._ready = False
+
+    def _rule_bytes(self, family: int, address: str, datestop: str | None):
+        rule = self._template(family, datestop)
+        rule.src = address
+        return rule.rule, rule.mask
+
+    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+        now = time.time()
+        with _XtablesLock():
+            for family in (4, 6):
+                mine = [k for k in list(adds) + removes if k[0] == family]
+                if not mine:
+                    continue
+                table = self._table(family)
+                table.refresh()                     # never commit a stale snapshot
+                for key in mine:
+                    if key in self.index:
+                        rule, mask = self._rule_bytes(family, key[1], self.index.pop(key))
+                        try:
+                            table.delete_entry(self.s.name, rule, mask)
+                        except self.iptc.IPTCError:
+                            pass                    # already gone (flushed by someone)
+                    if key in adds:
+                        timeout = adds[key]
+                        datestop = None if timeout is None else time.strftime(
+                            "%Y-%m-%dT%H:%M:%S", time.gmtime(now + timeout))
+                        rule, _ = self._rule_bytes(family, key[1], datestop)
+                        table.append_entry(self.s.name, rule)
+                        self.index[key] = datestop
+                table.commit()
+
+    def clear(self) -> None:
+        with _XtablesLock():
+            for family in (4, 6):
+                table = self._table(family)
+                table.refresh()
+                if table.is_chain(self.s.name):
+                    table.flush_entries(self.s.name)
+                    table.commit()
+            self.index.clear()
+
+
+BACKENDS: dict[str, type[Backend]] = {"nftables": NftBackend, "ipset": IpsetBackend,
+                                      "iptables-legacy": LegacyBackend}
+
+
+# ---------------------------------------------------------------------------------------
+# the batching worker
+
+class Batcher:
+    """Coalescing queue and worker thread between fail2ban's calls and the kernel.
+
+    The queue maps each address to its latest wanted state (an end time or _REMOVE), so a
+    ban followed by a prolong or an unban in the same batch costs one change.  Timeouts
+    are computed when the batch is applied.  Bans longer than the backend's maximum
+    timeout are re-written every max_timeout/2 until they end.
+    """
+
+    def __init__(self, backend: Backend, delay: float, batchmax: int, log):
+        self.backend, self.delay, self.batchmax, self.log = backend, delay, batchmax, log
+        self.cond = threading.Condition()
+        self.pending: dict[Key, float | None | str] = {}
+        self.long: dict[Key, float] = {}           # bans beyond max_timeout -> end
+        self.next_refresh = math.inf
+        self.busy = False
+        self.closing = False
+        self.thread: threading.Thread | None = None
+        self.applied = 0
+
+    def start(self) -> None:
+        with self.cond:
+            if self.thread is not None and self.thread.is_alive():
+                return
+            self.closing = False
+            self.thread = threading.Thread(target=self._run, name=f"f2b/modsec-block.{self.backend.s.name}",
+                                           daemon=True)
+            self.thread.start()
+
+    def put(self, key: Key, end: float | None | str) -> None:
+        """Queue a change; applied once start() ran (fail2ban may ban before the action started)."""
+        with self.cond:
+            self.pending.pop(key, None)             # re-insert: keeps arrival order roughly
+            self.pending[key] = end
+            self.cond.notify()
+
+    def discard_all(self) -> None:
+        with self.cond:
+            self.pending.clear()
+            self.long.clear()
+            self.next_refresh = math.inf
+
+    def drain(self, timeout: float = 30) -> bool:
+        """Wait until everything queued so far reached the kernel."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while (self.pending or self.busy) and self.thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        if self.thread is not None:
+            self.thread.join(30)
+        self.thread = None
+
+    # -- worker ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.closing and time.time() < self.next_refresh:
+                    self.cond.wait(min(60.0, max(0.01, self.next_refresh - time.time())))
+                if self.closing:
+                    self.cond.notify_all()
+                    return
+                self._queue_refreshes()
+                self.busy = True
+            if self.delay > 0:
+                time.sleep(self.delay)             # let a burst pile up: one transaction for all
+            with self.cond:
+                batch = dict(list(self.pending.items())[: self.batchmax])
+                for key in batch:
+                    del self.pending[key]
+            try:
+                self._apply(batch)
+            finally:
+                with self.cond:
+                    self.busy = False
+                    self.cond.notify_all()
+
+    def _queue_refreshes(self) -> None:
+        """(under cond) Re-queue long bans when their shortened kernel timeout runs low."""
+        now = time.time()
+        if now < self.next_refresh:
+            return
+        for key, end in list(self.long.items()):
+            if end <= now:
+                del self.long[key]
+            elif key not in self.pending:
+                self.pending[key] = end
+        self.next_refresh = now + self._refresh_interval() if self.long else math.inf
+
+    def _refresh_interval(self) -> float:
+        return max(1.0, (self.backend.max_timeout or IPSET_MAX_TIMEOUT) / 2)
+
+    def _apply(self, batch: dict[Key, float | None | str]) -> None:
+        if not batch:
+            return
+        now = time.time()
+        cap = self.backend.max_timeout
+        adds: dict[Key, int | None] = {}
+        removes: list[Key] = []
+        with self.cond:
+            for key, end in batch.items():
+                if end == _REMOVE:
+                    removes.append(key)
+                    self.long.pop(key, None)
+                    continue
+                timeout = None if end is None else max(1, math.ceil(end - now))
+                if cap is not None and timeout is not None and timeout > cap:
+                    timeout = cap
+                    self.long[key] = end
+                    self.next_refresh = min(self.next_refresh, now + self._refresh_interval())
+                else:
+                    self.long.pop(key, None)
+                adds[key] = timeout
+        started = time.monotonic()
+        for attempt in (1, 2):
+            try:
+                self.backend.apply(adds, removes)
+                break
+            except Exception as e:                  # keep the worker alive whatever happens
+                if attempt == 2:
+                    self.log.error("modsec-block %s: %d change(s) not applied: %s",
+                                   self.backend.kind, len(batch), e)
+                    return
+                time.sleep(0.2)                     # transient (lock, busy): retry once
+        self.applied += len(batch)
+        self.log.debug("modsec-block %s: %d ban(s), %d unban(s) in %.1f ms", self.backend.kind,
+                       len(adds), len(removes), 1000 * (time.monotonic() - started))
+
+
+# ---------------------------------------------------------------------------------------
+# the fail2ban action
+
+def _key(aInfo) -> Key:
+    address = ipaddress.ip_address(str(aInfo["ip"]))     # refuses subnets and host names
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.version, str(address)
+
+
+def _ban_end(aInfo) -> float | None:
+    """When fail2ban will unban this ticket (its time + bantime); None for a permanent ban."""
+    bantime = int(aInfo["bantime"])
+    if bantime < 0:
+        return None
+    return float(aInfo["time"]) + bantime
+
+
+class ModsecBlock(ActionBase):
+    """See the module docstring (man page)."""
+
+    # fail2ban compares action.banEpoch with tickets' epochs to decide on rebans.
+    banEpoch = 0
+
+    def __init__(self, jail, name, **opts):
+        super().__init__(jail, name)
+        self._opts = dict(opts)
+        self._settings = Settings.parse(jail.name, self._opts)
+        self._bans: dict[Key, float | None] = {}            # what we asked the kernel to hold
+        self._lock = threading.Lock()
+        self._backend, self._batcher = self._make(self._settings)
+
+    def _make(self, settings: Settings) -> tuple[Backend, Batcher]:
+        kind = settings.backend if settings.backend != "auto" else detect_backend()
+        backend = BACKENDS[kind](settings)
+        return backend, Batcher(backend, settings.batchdelay, settings.batchmax, self._logSys)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.kind
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._backend.setup()
+        self._batcher.start()
+        self._logSys.info("modsec-block: %s backend, objects %r, %s on %s", self._backend.kind,
+                          self._settings.name, self._settings.blocktype,
+                          "all ports" if self._settings.ports is None else f"{self._settings.protocol} "
+                          + ",".join(str(a) if a == b else f"{a}:{b}" for a, b in self._settings.ports))
+
+    def stop(self) -> None:
+        self._batcher.close()
+        self._batcher.discard_all()
+        with self._lock:
+            self._bans.clear()
+        self._backend.teardown()
+
+    def flush(self) -> bool:
+        """Remove every ban at once (fail2ban calls this on stop and `unban --all`)."""
+        self._batcher.drain()
+        self._batcher.discard_all()
+        with self._lock:
+            self._bans.clear()
+        self._backend.clear()
+        return True
+
+    def clearAllParams(self) -> None:
+        """Part of fail2ban's reload protocol (together with reload())."""
+
+    def reload(self, **opts) -> None:
+        """Keep the bans; re-create the kernel objects only if the options changed."""
+        settings = Settings.parse(self._jail.name, dict(opts))
+        if settings == self._settings:
+            return
+        self._logSys.info("modsec-block: options changed, re-creating kernel objects")
+        self._batcher.close()
+        self._backend.teardown()
+        self._opts, self._settings = dict(opts), settings
+        self._backend, self._batcher = self._make(settings)
+        self._backend.setup()
+        self._batcher.start()
+        with self._lock:
+            for key, end in self._bans.items():
+                self._batcher.put(key, end)
+
+    # -- bans -----------------------------------------------------------------------------
+    def ban(self, aInfo) -> None:
+        try:
+            key = _key(aInfo)
+        except ValueError:
+            self._logSys.error("modsec-block: %r is not a single address; not blocked", str(aInfo["ip"]))
+            return
+        end = _ban_end(aInfo)
+        with self._lock:
+            self._bans[key] = end
+        self._batcher.put(key, end)
+        if self._logSys.isEnabledFor(10):
+            tags = aInfo.get("F-*") or {}
+            self._logSys.debug("modsec-block: ban %s until %s (rules=%s id=%s)", key[1],
+                               "forever" if end is None else time.strftime("%F %T", time.localtime(end)),
+                               tags.get("rules", "-"), tags.get("uniqueid", "-"))
+
+    def reban(self, aInfo) -> None:
+        self.ban(aInfo)
+
+    @property
+    def _prolongable(self) -> bool:
+        return True
+
+    def prolong(self, aInfo) -> None:
+        """bantime.increment: the ticket's bantime grew; move the kernel expiry."""
+        self.ban(aInfo)
+
+    def unban(self, aInfo) -> None:
+        try:
+            key = _key(aInfo)
+        except ValueError:
+            return
+        with self._lock:
+            self._bans.pop(key, None)
+        self._batcher.put(key, _REMOVE)
+
+    # -- for tests and benchmarks -----------------------------------------------------------
+    def drain(self, timeout: float = 30) -> bool:
+        return self._batcher.drain(timeout)
+
+
+Action = ModsecBlock
