@@ -30,9 +30,9 @@ UNCHANGED = {"unchanged", "skipped", "ok", "note"}
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/usr/bin/python3") or subprocess.run(
-        ["/usr/bin/python3", "-c", "import pyinotify, pymysql, setuptools, wheel, ensurepip"],
+        ["/usr/bin/python3", "-c", "import pyinotify, pymysql, setuptools, wheel, pip, venv"],
         capture_output=True).returncode != 0,
-    reason="needs Debian's python3 with python3-venv, python3-pyinotify, python3-pymysql, "
+    reason="needs Debian's python3 with python3-venv, python3-pip, python3-pyinotify, python3-pymysql, "
            "python3-setuptools, python3-wheel (apt)")
 
 
