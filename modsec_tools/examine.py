@@ -6,7 +6,9 @@ Being free of side effects is what lets worker processes examine entries in para
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -71,7 +73,10 @@ def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
 
 
 def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | None,
-            rules: Rules) -> Outcome:
+            rules: Rules, cutoff: float | None = None) -> Outcome:
+    """``cutoff``: a scanned file changed at or after this time is left for its own
+    IN_CLOSE_WRITE (the watcher's start-up scan must not take live entries before the
+    backlog just because examining the backlog took a while)."""
     try:
         file = tree.read(ref, rules.max_entry_size)
     except UnsafeFile as exc:
@@ -83,7 +88,8 @@ def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | Non
     if file.truncated:
         return Outcome(ref, QUARANTINE, f"larger than max_entry_size ({rules.max_entry_size} "
                                         "bytes)")
-    age = time.time() - file.stat.st_mtime
+    # Ages are taken as of the scan, not of this examination, which may come later.
+    age = (cutoff or time.time()) - file.stat.st_mtime
     try:
         if index is not None:
             verify(file.data, index)
@@ -94,6 +100,8 @@ def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | Non
     if problem is not None:
         final = index is not None or proof == CLOSED or age >= rules.quarantine_after
         return Outcome(ref, QUARANTINE if final else WAIT, problem)
+    if proof == SCAN and cutoff is not None and file.stat.st_mtime >= cutoff:
+        return Outcome(ref, WAIT, "written after the scan began")
     if proof == SCAN and index is None:
         settle = max(rules.settle_seconds, UNINDEXED_GRACE if rules.index_mode else 0.0)
         if age < settle:
@@ -107,15 +115,28 @@ _worker: tuple[StorageTree, Rules] | None = None
 
 def _init_worker(root: str, rules: Rules) -> None:
     global _worker
+    _die_with_parent()
     _worker = (StorageTree(root), rules)
 
 
-def _examine_chunk(items: list[tuple[tuple[str, ...], str, str, IndexLine | None]]
-                   ) -> list[Outcome]:
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the process that started it dies (kill -9 included)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _examine_chunk(items: list[tuple[tuple[str, ...], str, str, IndexLine | None]],
+                   cutoff: float | None) -> list[Outcome]:
     assert _worker is not None
     tree, rules = _worker
     try:
-        return [examine(tree, EntryRef(dirs, name), proof, index, rules)
+        return [examine(tree, EntryRef(dirs, name), proof, index, rules, cutoff)
                 for dirs, name, proof, index in items]
     finally:
         tree.release()
@@ -127,16 +148,18 @@ class ExaminerPool:
     CHUNK = 64
 
     def __init__(self, root: str, rules: Rules, workers: int) -> None:
-        self.executor = ProcessPoolExecutor(workers, initializer=_init_worker,
-                                            initargs=(root, rules))
+        # spawn, not fork: a forked worker would inherit the daemon's descriptors (its
+        # instance lock, inotify, journal) and keep them after the daemon's death.
+        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
+            "spawn"), initializer=_init_worker, initargs=(root, rules))
 
-    def submit(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]]
-               ) -> list[Future]:
+    def submit(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]],
+               cutoff: float | None = None) -> list[Future]:
         futures = []
         for start in range(0, len(work), self.CHUNK):
             chunk = [(ref.dirs, ref.name, proof, index)
                      for ref, proof, index in work[start:start + self.CHUNK]]
-            futures.append(self.executor.submit(_examine_chunk, chunk))
+            futures.append(self.executor.submit(_examine_chunk, chunk, cutoff))
         return futures
 
     def close(self) -> None:

@@ -335,34 +335,38 @@ class Pipeline:
                 log.error("%s: cannot delete: %s", relpath, exc.strerror or exc)
 
     # -- driving -------------------------------------------------------------------------------
-    def process(self, work: Iterable[tuple[EntryRef, str]]) -> None:
+    def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
+                cutoff: float | None = None) -> None:
         """Examine ``work`` (in worker processes when it is large) and commit it in batches
-        of ``batch_size``, in order."""
+        of ``batch_size``, in order. ``stop()`` true ends it after the current batch (the
+        rest stays in the tree for next time); ``cutoff``: see ``examine``."""
         items, seen = [], set()
         for ref, proof in work:
             if ref.relpath not in seen:
                 seen.add(ref.relpath)
                 items.append((ref, proof, self.proven.get(ref.relpath)))
         batch: list[Outcome] = []
-        for outcome in self._examine(items):
+        for outcome in self._examine(items, cutoff):
             ready = self.settle(outcome)
             if ready is not None:
                 batch.append(ready)
             if len(batch) >= self.settings.batch_size:
                 self.commit(batch)
                 batch = []
+                if stop is not None and stop():
+                    return
         self.commit(batch)
 
-    def _examine(self, items: list) -> Iterator[Outcome]:
+    def _examine(self, items: list, cutoff: float | None) -> Iterator[Outcome]:
         workers = self.settings.workers
         if workers <= 0 or len(items) < PARALLEL_FROM:
             for ref, proof, index in items:
-                yield examine(self.tree, ref, proof, index, self.rules)
+                yield examine(self.tree, ref, proof, index, self.rules, cutoff)
             self.tree.release()
             return
         if self.pool is None:
             self.pool = ExaminerPool(self.settings.storage_dir, self.rules, workers)
-        for future in self.pool.submit(items):
+        for future in self.pool.submit(items, cutoff):
             yield from future.result()
 
     def run_once(self, progress=None) -> Stats:

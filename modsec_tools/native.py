@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .errors import ParseError
 from .event import Event
 from .derive import finish_event
-from .http import apply_request_head, apply_response_head, lines
+from .http import apply_request_head, apply_response_head
 from .messages import modsecurity_part_of_apache_error, parse_message
 from .timestamps import parse_apache_time
 

@@ -22,18 +22,21 @@ import pyinotify
 from . import dirperms
 from .config import Settings
 from .daemon import Signals, sd_notify, write_status
-from .examine import CLOSED, FRESH, SCAN
+from .examine import CLOSED, FRESH, INDEXED, SCAN
 from .ingest import Pipeline
+from .safefs import open_dir_path
 from .storage import EntryRef, layout_ok
 
 log = logging.getLogger(__name__)
 
-DIR_MASK = (pyinotify.IN_CREATE | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO
-            | pyinotify.IN_DONT_FOLLOW | pyinotify.IN_ONLYDIR)
+# No IN_DONT_FOLLOW: watches are added through /proc/self/fd/N, a link to follow.
+WATCH_MASK = (pyinotify.IN_CREATE | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO
+              | pyinotify.IN_ONLYDIR)
 INDEX_MASK = pyinotify.IN_MODIFY | pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
 
 
 MAX_POLL_MS = 200
+PROOF_STRENGTH = {SCAN: 0, FRESH: 1, INDEXED: 2, CLOSED: 3}
 
 
 class WatchLimit(RuntimeError):
@@ -56,6 +59,9 @@ class _Collector(pyinotify.ProcessEvent):
     def process_default(self, event: pyinotify.Event) -> None:
         self.watcher.on_event(event)
 
+    # ProcessEvent has its own handler for overflows that only logs; ours must see them.
+    process_IN_Q_OVERFLOW = process_default
+
 
 class Watcher:
     def __init__(self, settings: Settings, pipeline: Pipeline | None = None,
@@ -69,6 +75,9 @@ class Watcher:
         self.wm = pyinotify.WatchManager()
         self.notifier = pyinotify.Notifier(self.wm, _Collector(watcher=self), timeout=0)
         self.pending: dict[str, tuple[EntryRef, str]] = {}
+        self.wd_dirs: dict[int, tuple[str, ...]] = {}   # watch descriptor → directory
+        self.index_wd = -1
+        self.reported: set[str] = set()                 # problems already logged once
         self.first_pending = 0.0
         self.new_dirs: list[tuple[str, ...]] = []
         self.index_touched = False
@@ -80,6 +89,8 @@ class Watcher:
 
     # -- inotify ---------------------------------------------------------------------------------
     def on_event(self, event: pyinotify.Event) -> None:
+        """Events are mapped to directories by watch descriptor, never by path: a path can be
+        swapped for a symlink, a descriptor cannot."""
         self.last_event_at = time.monotonic()
         if event.mask & pyinotify.IN_Q_OVERFLOW:
             self.overflows += 1
@@ -87,105 +98,132 @@ class Watcher:
             log.warning("inotify queue overflowed (fs.inotify.max_queued_events); "
                         "rescanning the storage tree")
             return
-        path = event.pathname
-        if self.index_dir is not None and path == os.path.abspath(self.settings.index_log):
-            self.index_touched = True
+        if event.wd == self.index_wd:
+            if event.name == os.path.basename(self.settings.index_log):
+                self.index_touched = True
             return
-        parts = self._parts(path)
-        if parts is None:
+        dirs = self.wd_dirs.get(event.wd)
+        if dirs is None or not event.name:
             return
         if event.mask & pyinotify.IN_ISDIR:
             if event.mask & (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO):
-                self.new_dirs.append(parts)
+                self.new_dirs.append((*dirs, event.name))
             return
-        if event.mask & (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO):
-            dirs, name = parts[:-1], parts[-1]
-            if layout_ok(dirs, name):
-                proof = CLOSED if event.mask & pyinotify.IN_CLOSE_WRITE else SCAN
-                self._queue(EntryRef(dirs, name), proof)
-
-    def _parts(self, path: str) -> tuple[str, ...] | None:
-        relative = os.path.relpath(path, self.root)
-        if relative.startswith(".."):
-            return None
-        return tuple(relative.split(os.sep))
+        if event.mask & (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO) \
+                and layout_ok(dirs, event.name):
+            proof = CLOSED if event.mask & pyinotify.IN_CLOSE_WRITE else SCAN
+            self._queue(EntryRef(dirs, event.name), proof)
 
     def _queue(self, ref: EntryRef, proof: str) -> None:
+        queued = self.pending.get(ref.relpath)
+        if queued is not None and PROOF_STRENGTH[queued[1]] >= PROOF_STRENGTH[proof]:
+            return  # a rescan must not turn a closed file back into a merely scanned one
         if not self.pending:
             self.first_pending = time.monotonic()
         self.pending[ref.relpath] = (ref, proof)
 
-    def _watch(self, dirs: tuple[str, ...]) -> None:
-        path = os.path.join(self.root, *dirs)
-        # The configured root may itself be a symlink; nothing below it is followed.
-        mask = DIR_MASK if dirs else DIR_MASK & ~pyinotify.IN_DONT_FOLLOW
+    def _warn_once(self, dirs: tuple[str, ...], problem: str) -> None:
+        """Web users can plant names at will: each problem is logged once, not per rescan."""
+        key = "/".join(dirs) + "\0" + problem
+        if key not in self.reported:
+            self.reported.add(key)
+            log.warning("%s: %s", os.path.join(self.root, *dirs), problem)
+
+    def _watch_fd(self, fd: int, dirs: tuple[str, ...]) -> None:
+        """Watch the directory open on ``fd``: through /proc/self/fd, inotify resolves to
+        exactly that directory, whatever its path holds by now."""
         try:
-            self.wm.add_watch(path, mask, quiet=False)
+            result = self.wm.add_watch(f"/proc/self/fd/{fd}", WATCH_MASK, quiet=False)
         except pyinotify.WatchManagerError as exc:
             if os.strerror(errno.ENOSPC) in str(exc):
                 raise WatchLimit(
-                    f"cannot watch {path}: the inotify watch limit is reached. Raise it: "
-                    f"sysctl fs.inotify.max_user_watches=524288, and persist that in "
-                    f"/etc/sysctl.d/60-modsec-tools.conf") from None
-            log.debug("cannot watch %s: %s", path, exc)
+                    f"cannot watch {os.path.join(self.root, *dirs)}: the inotify watch limit "
+                    f"is reached. Raise it: sysctl fs.inotify.max_user_watches=524288, and "
+                    f"persist that in /etc/sysctl.d/60-modsec-tools.conf") from None
+            log.debug("cannot watch %s: %s", os.path.join(self.root, *dirs), exc)
+            return
+        for wd in result.values():
+            if wd >= 0:
+                self.wd_dirs[wd] = dirs
+
+    def _open(self, dirs: tuple[str, ...]) -> int | None:
+        try:
+            return open_dir_path(self.root, list(dirs))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn_once(dirs, f"not opened ({exc.strerror}): a symlink or not a "
+                                  "directory; left alone")
+            return None
 
     # -- directories -----------------------------------------------------------------------------
     def _walk_dirs(self) -> list[tuple[str, ...]]:
-        """Every layout directory below the root, parents first, without following links."""
+        """Every directory down to minute level, parents first, without following links."""
         found: list[tuple[str, ...]] = []
         for dirpath, dirnames, _files, _fd in os.fwalk(self.root, follow_symlinks=False):
             rel = os.path.relpath(dirpath, self.root)
-            depth = 0 if rel == "." else rel.count(os.sep) + 1
-            dirnames[:] = sorted(d for d in dirnames if depth < 3)
-            for name in dirnames:
-                found.append(tuple(p for p in (*([] if rel == "." else rel.split(os.sep)), name)))
+            parent = () if rel == "." else tuple(rel.split(os.sep))
+            dirnames[:] = sorted(d for d in dirnames if len(parent) < 3)
+            found.extend((*parent, name) for name in dirnames)
         return found
 
-    def _adopt_dir(self, dirs: tuple[str, ...]) -> None:
-        """A new directory: fix its mode/owner, watch it, then look at what it already holds."""
+    def _adopt_dir(self, dirs: tuple[str, ...], fresh: bool = True) -> None:
+        """A directory: fix its mode/owner, watch it, then look at what it already holds
+        (files made before the watch existed). All through its descriptor."""
         if not dirperms.is_layout_dir(dirs):
-            log.warning("%s: unexpected directory in the storage tree; not watched",
-                        os.path.join(self.root, *dirs))
+            self._warn_once(dirs, "unexpected directory in the storage tree; not watched")
             return
         problem = dirperms.apply(self.root, dirs, self.policy)
         if problem:
-            log.warning("%s: %s", os.path.join(self.root, *dirs), problem)
-        self._watch(dirs)
-        path = os.path.join(self.root, *dirs)
+            self._warn_once(dirs, problem)
+        fd = self._open(dirs)
+        if fd is None:
+            return
         try:
-            names = sorted(os.listdir(path))
+            self._watch_fd(fd, dirs)
+            if not fresh:
+                return
+            with os.scandir(fd) as listing:
+                children = sorted((e.name, e.is_dir(follow_symlinks=False),
+                                   e.is_file(follow_symlinks=False)) for e in listing)
         except OSError:
             return
-        for name in names:
-            child = (*dirs, name)
-            full = os.path.join(path, name)
-            if os.path.isdir(full) and not os.path.islink(full):
-                self._adopt_dir(child)
-            elif layout_ok(dirs, name):
+        finally:
+            os.close(fd)
+        for name, is_dir, is_file in children:
+            if is_dir:
+                self._adopt_dir((*dirs, name))
+            elif is_file and layout_ok(dirs, name):
                 self._queue(EntryRef(dirs, name), FRESH)
 
     def _rescan(self) -> None:
         """Full pass: watches and permissions for every directory, every entry queued."""
         self.rescan_due = False
         for dirs in self._walk_dirs():
-            if dirperms.is_layout_dir(dirs):
-                problem = dirperms.apply(self.root, dirs, self.policy)
-                if problem:
-                    log.warning("%s: %s", os.path.join(self.root, *dirs), problem)
-                self._watch(dirs)
+            self._adopt_dir(dirs, fresh=False)
         self.pipeline.read_index()
         for ref, proof in self.pipeline.scan():
             self._queue(ref, proof)
 
     # -- main loop -------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._watch(())
+    def start(self, signals: Signals | None = None) -> None:
+        # The configured root may itself be a symlink (admin's choice): it is resolved once.
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._watch_fd(fd, ())
+        finally:
+            os.close(fd)
         if self.index_dir is not None:
-            self.wm.add_watch(self.index_dir, INDEX_MASK, quiet=True)
+            result = self.wm.add_watch(self.index_dir, INDEX_MASK, quiet=True)
+            self.index_wd = result.get(self.index_dir, -1)
+        began = time.time()
         self._rescan()
-        self._flush(force=True)  # the backlog first, then live
+        # The backlog first, then live (files changing from now on come with their own
+        # close events); TERM during the backlog ends after the current batch.
+        self._flush(force=True, stop=(lambda: signals.stop) if signals else None,
+                    cutoff=began)
 
-    def _flush(self, force: bool = False) -> None:
+    def _flush(self, force: bool = False, stop=None, cutoff: float | None = None) -> None:
         if self.index_touched:
             self.index_touched = False
             self.pipeline.read_index()
@@ -199,7 +237,7 @@ class Watcher:
             return
         work = list(self.pending.values())
         self.pending.clear()
-        self.pipeline.process(work)
+        self.pipeline.process(work, stop, cutoff)
 
     def _adopt_new_dirs(self) -> None:
         while self.new_dirs:
@@ -207,7 +245,7 @@ class Watcher:
 
     def run(self, signals: Signals | None = None) -> None:
         signals = signals or Signals()
-        self.start()
+        self.start(signals)
         sd_notify("READY=1\nSTATUS=watching " + self.root)
         log.info("watching %s", self.root)
         next_rescan = time.monotonic() + self.options.rescan_seconds
