@@ -623,8 +623,12 @@ step_config() {
             storage=$APACHE_LOGDIR/modsec_audit
         fi
         origin="the default for the $APACHE layout"
-        if [ "$APACHE" != none ]; then
+        if [ "$APACHE" != none ] && [ -z "$MS_SOURCE$MS_LOG" ]; then
+            warn "no ModSecurity audit log settings found under $SERVER_ROOT or /etc/modsecurity (is mod_security2 installed and enabled?). For modsec-tools, set:"
+        elif [ "$APACHE" != none ]; then
             warn "ModSecurity writes ${MS_TYPE:-Serial} logs${MS_SOURCE:+ ($MS_SOURCE)}; the watcher reads Concurrent storage trees. Set in the ModSecurity configuration:"
+        fi
+        if [ "$APACHE" != none ]; then
             warn "  SecAuditLogType Concurrent"
             warn "  SecAuditLogStorageDir ${storage}"
             warn "  SecAuditLog $APACHE_LOGDIR/modsec_audit.log   (the index)"
@@ -828,6 +832,12 @@ step_check() {
             say ok "fail2ban-client -t: configuration OK"
         else
             sed 's/^/  | /' "$TMP/f2b" >&2
+            local other
+            other=$(sed -n 's/.*Have not found any log file for \(.*\) jail.*/\1/p' "$TMP/f2b" | head -1)
+            if [ -n "$other" ] && ! bundle_jails | grep -qx "$other"; then
+                warn "the failing jail \"$other\" is not a modsec-tools jail: its log file is missing."
+                [ "$other" = sshd ] && warn "Debian 12 enables sshd but logs to the journal only: apt-get install rsyslog, or set backend = systemd (python3-systemd) or enabled = false under [sshd] in /etc/fail2ban/jail.d/sshd.local"
+            fi
             fail "fail2ban-client -t failed (above): fail2ban was not reloaded"
             F2B_BROKEN=1
         fi

@@ -121,7 +121,9 @@ def test_deb_file_list(built):
     }
     for sub in ("filter.d", "jail.d", "action.d"):
         for name in os.listdir(os.path.join(REPO, "fail2ban", sub)):
-            expected.add(f"/etc/fail2ban/{sub}/{name}")
+            if os.path.isfile(os.path.join(REPO, "fail2ban", sub, name)) and \
+                    not name.endswith((".local", ".pyc")):
+                expected.add(f"/etc/fail2ban/{sub}/{name}")
     assert {"/etc/fail2ban/filter.d/modsec.conf", "/etc/fail2ban/jail.d/modsec.conf",
             "/etc/fail2ban/action.d/modsec-block.py"} <= expected
     assert not expected - files.keys(), f"missing from the package: {sorted(expected - files.keys())}"
