@@ -52,6 +52,10 @@ formats:
         \\udcXX escapes and round-trip with surrogateescape)
   line  the event-log line fail2ban reads (docs/event-log.md)
 
+exit status:
+  0  every input parsed;  1  some input could not be parsed (each reported on stderr with
+  the file name and the reason);  2  usage or configuration error
+
 examples:
   modsec-tools parse /var/log/apache2/modsec_audit
   modsec-tools parse --format line --storage-dir /var/log/apache2/modsec_audit \\

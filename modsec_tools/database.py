@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .event import Event, raw
+from .event import Event, printable, raw
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -59,14 +59,18 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
     created, offset = _utc(event.timestamp)
     primary = next((i for i, m in enumerate(event.messages) if "id" in m.first),
                    0 if event.messages else None)
-    row = (node, event.unique_id, created, offset, event.client_ip, event.peer_ip,
-           event.peer_port, event.local_ip, event.local_port, raw(event.method),
-           raw(event.uri), event.protocol, raw(event.host), raw(event.user_agent), event.status,
-           raw(event.response_status_line), int(event.intercepted), event.phase, verdict,
-           event.anomaly_score, event.scores.get("SQLI"), event.scores.get("XSS"),
-           json.dumps(event.scores) if event.scores else None, event.severity,
-           ",".join(event.rule_ids), primary, event.engine_mode, event.producer, event.server,
-           event.source, int(event.incomplete))
+    # Text columns get text any database accepts, cut to the column's size: a hostile
+    # entry must not become a row the database refuses forever (it would block the spool).
+    row = (node, _fit(event.unique_id, 64), created, offset, _fit(event.client_ip, 45),
+           _fit(event.peer_ip, 45), event.peer_port, _fit(event.local_ip, 45), event.local_port,
+           raw(event.method), raw(event.uri), _fit(event.protocol, 255), raw(event.host),
+           raw(event.user_agent), event.status, raw(event.response_status_line),
+           int(event.intercepted), event.phase, verdict, event.anomaly_score,
+           event.scores.get("SQLI"), event.scores.get("XSS"),
+           _fit(json.dumps(event.scores), 255) if event.scores else None, event.severity,
+           raw(",".join(event.rule_ids)), primary, _fit(event.engine_mode, 32),
+           _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
+           int(event.incomplete))
     matches = [_match_row(seq, m) for seq, m in enumerate(event.messages)]
     return Row(event.unique_id, row, matches)
 
@@ -74,9 +78,15 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
 def _match_row(seq: int, message) -> tuple:
     get = message.first.get
     tags = message.tags
-    return (seq, get("id"), get("severity"), raw(get("msg")), raw(get("data")),
-            raw(message.text), get("ver"), get("maturity"), get("accuracy"), get("file"),
-            get("line"), _json_list(tags) if tags else None)
+    return (seq, _fit(get("id"), 32), _fit(get("severity"), 10), raw(get("msg")),
+            raw(get("data")), raw(message.text), _fit(get("ver"), 255), _fit(get("maturity"), 8),
+            _fit(get("accuracy"), 8), _fit(get("file"), 255), _fit(get("line"), 16),
+            _json_list(tags) if tags else None)
+
+
+def _fit(text: str | None, size: int) -> str | None:
+    text = printable(text)
+    return text if text is None or len(text) <= size else text[:size]
 
 
 _PLAIN = re.compile(r'[ !#-\[\]-~]*')
@@ -86,7 +96,7 @@ def _json_list(items: list[str]) -> bytes:
     """JSON of a list of strings; tags are plain ASCII, which is built without json.dumps."""
     if _PLAIN.fullmatch("".join(items)):
         return ('["' + '","'.join(items) + '"]').encode()
-    return json.dumps(items, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return json.dumps([printable(item) for item in items], ensure_ascii=False).encode()
 
 
 # -- schema ------------------------------------------------------------------------------------

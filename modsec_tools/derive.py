@@ -6,8 +6,8 @@ import re
 from .event import SEVERITIES, SEVERITY_RANK, Event
 from .messages import anomaly_scores, derived_inbound_score
 
-_DENIED_CODE = re.compile(r"Access denied with (?:code (\d{3})|.*?status (\d{3}))")
-_PHASE = re.compile(r"\(phase (\d)\)")
+_DENIED_CODE = re.compile(r"Access denied with (?:code ([0-9]{3})|.*?status ([0-9]{3}))")
+_PHASE = re.compile(r"\(phase ([0-9])\)")
 
 
 def finish_event(event: Event) -> None:

@@ -45,7 +45,7 @@ class DirPolicy:
 def _uid(name: str) -> int:
     if not name:
         return -1
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name)
     try:
         return pwd.getpwnam(name).pw_uid
@@ -56,7 +56,7 @@ def _uid(name: str) -> int:
 def _gid(name: str) -> int:
     if not name:
         return -1
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name)
     try:
         return grp.getgrnam(name).gr_gid

@@ -6,6 +6,7 @@ valid UTF-8 reads naturally, and any other byte survives as a lone surrogate, so
 """
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from dataclasses import dataclass, field
 
@@ -14,9 +15,32 @@ SEVERITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "I
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 
+def _raw_errors(error: UnicodeError) -> tuple[bytes, int]:
+    """surrogateescape for U+DC80..U+DCFF (bytes that were not UTF-8), and the surrogate's
+    own UTF-8-style bytes for any other lone surrogate (a JSON entry can hold \\ud800)."""
+    assert isinstance(error, UnicodeEncodeError)
+    chunk = error.object[error.start:error.end]
+    out = bytearray()
+    for char in chunk:
+        point = ord(char)
+        out += bytes([point - 0xDC00]) if 0xDC80 <= point <= 0xDCFF else \
+            char.encode("utf-8", "surrogatepass")
+    return bytes(out), error.end
+
+
+codecs.register_error("modsec-raw", _raw_errors)
+
+
 def raw(text: str | None) -> bytes | None:
-    """The original bytes of a field decoded with surrogateescape."""
-    return None if text is None else text.encode("utf-8", "surrogateescape")
+    """The original bytes of a field (decoded with surrogateescape); never fails."""
+    return None if text is None else text.encode("utf-8", "modsec-raw")
+
+
+def printable(text: str | None) -> str | None:
+    """Text that any database or terminal accepts: lone surrogates become U+FFFD."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "modsec-raw").decode("utf-8", "replace")
 
 
 class Message:

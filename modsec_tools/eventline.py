@@ -64,7 +64,7 @@ def escape_bare(value: str) -> str:
     if _BARE_SAFE.fullmatch(value):
         return value
     return "".join(ch if _BARE_SAFE.fullmatch(ch) else
-                   "".join(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogateescape"))
+                   "".join(f"\\x{b:02x}" for b in raw(ch))
                    for ch in value) or "-"
 
 
@@ -80,7 +80,7 @@ def format_line(line: EventLine) -> str:
     rules = ",".join(line.rules) if line.rules else "-"
     bare = [line.client, line.verdict, line.status, line.phase, line.score, line.severity,
             rules, line.id]
-    if not _BARE_SAFE.fullmatch("".join(bare)):  # the usual case needs no escaping at all
+    if not all(bare) or not _BARE_SAFE.fullmatch("".join(bare)):  # usually nothing to escape
         bare = [escape_bare(value) for value in bare]
     client, verdict, status, phase, score, severity, rules, unique_id = bare
     head = (f"{line.time} modsec[{line.node}]: client={client} verdict={verdict}"

@@ -5,7 +5,7 @@ import re
 
 from .event import Event
 
-_STATUS_LINE = re.compile(r"(\S+) (\d{3})\b")
+_STATUS_LINE = re.compile(r"(\S+) ([0-9]{3})\b")
 
 
 def lines(text: str) -> list[str]:
@@ -14,18 +14,17 @@ def lines(text: str) -> list[str]:
 
 def headers(head_lines: list[str]) -> list[tuple[str, str]]:
     """``Name: value`` pairs in order, duplicates kept, folded lines joined."""
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, list[str]]] = []
     for line in head_lines:
         if not line:
             continue
         if line[0] in " \t" and found:  # obsolete line folding
-            name, value = found[-1]
-            found[-1] = (name, value + " " + line.strip())
+            found[-1][1].append(line.strip())
             continue
         name, sep, value = line.partition(":")
         if sep:
-            found.append((name.strip(), value.strip()))
-    return found
+            found.append((name.strip(), [value.strip()]))
+    return [(name, parts[0] if len(parts) == 1 else " ".join(parts)) for name, parts in found]
 
 
 def apply_request_line(event: Event, request_line: str) -> None:

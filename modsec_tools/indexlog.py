@@ -14,8 +14,8 @@ from .errors import IntegrityError, ParseError
 
 _Q = r'"((?:[^"\\]|\\.)*)"'
 _LINE = re.compile(
-    r"(\S+) (\S+) (\S+) (\S+) \[([^\]]+)\] " + _Q + r" (\d{3}|-) (\S+) " + _Q + " " + _Q +
-    r" (\S+) " + _Q + r" (/\S+) (\d+) (\d+) md5:([0-9a-f]{32})\s*$")
+    r"(\S+) (\S+) (\S+) (\S+) \[([^\]]+)\] " + _Q + r" ([0-9]{3}|-) (\S+) " + _Q + " " + _Q +
+    r" (\S+) " + _Q + r" (/\S+) ([0-9]{1,18}) ([0-9]{1,18}) md5:([0-9a-f]{32})\s*$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,13 +43,13 @@ def _section(document: _Pairs, name: str) -> _Pairs:
     return value if isinstance(value, _Pairs) else _Pairs()
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+def _int(value: Any, limit: int = 2**31) -> int | None:
+    """A number ModSecurity wrote, as an int or a string of ASCII digits; None if it is
+    anything else or too large for the database (hostile input can hold anything)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit:
         return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
     return None
 
 

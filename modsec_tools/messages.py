@@ -12,7 +12,7 @@ from .event import Message
 # A field is `[key "value"]`; ModSecurity escapes `"` and `\` inside values. Possessive loops
 # keep hostile values linear-time.
 _FIELD = re.compile(r'\[(\w+) "((?:[^"\\]++|\\.)*+)"\]')
-_FIRST_FIELD = re.compile(r'\s*\[\w+ "')
+_FIRST_FIELD = re.compile(r'\[\w+ "')
 _APACHE_PREFIX = re.compile(r"(?:\[\w+ [^\]]*\] )*ModSecurity: ")
 
 
@@ -25,7 +25,7 @@ def parse_message(text: str) -> Message:
         if head_end is None:
             return Message(text.rstrip())
         start = head_end.start()
-    return Message(text[:start], _split_fields(text, start))
+    return Message(text[:start].rstrip(), _split_fields(text, start))
 
 
 def _split_fields(text: str, start: int) -> list[tuple[str, str]]:
@@ -51,9 +51,9 @@ def modsecurity_part_of_apache_error(line: str) -> str | None:
 # CRS 4.x: 949110 as above, 980170 "Anomaly Scores: (Inbound Scores: blocking=5, detection=5, ..."
 # CRS 2.x: "Inbound Anomaly Score Exceeded (Total Score: 5, SQLi=0, XSS=0)" /
 #          "(Total Inbound Score: 5, SQLi=0, XSS=0)"
-_TOTAL = re.compile(r"Total (?:Inbound )?Score: (\d+)")
-_CRS4_INBOUND = re.compile(r"Inbound Scores: blocking=(\d+)")
-_CATEGORY = re.compile(r"\b([A-Za-z_]+)=(\d+)")
+_TOTAL = re.compile(r"Total (?:Inbound )?Score: ([0-9]{1,9})\b")
+_CRS4_INBOUND = re.compile(r"Inbound Scores: blocking=([0-9]{1,9})\b")
+_CATEGORY = re.compile(r"\b([A-Za-z_]+)=([0-9]{1,9})\b")
 _SCORE_RULE_PREFERENCE = ("980130", "980170", "949110")
 
 
@@ -87,7 +87,8 @@ def derived_inbound_score(messages: list[Message]) -> int:
     total = 0
     for message in messages:
         rule = message.rule_id
-        if rule is not None and rule.isdigit() and 911000 <= int(rule) < 949000:
+        if rule is not None and len(rule) == 6 and rule.isascii() and rule.isdigit() \
+                and 911000 <= int(rule) < 949000:
             total += SEVERITY_POINTS.get(message.severity or "", 0)
     return total
 

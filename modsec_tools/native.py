@@ -1,7 +1,7 @@
 """ModSecurity 2.x native audit-log entries (``--xxxxxxxx-A--`` … ``--xxxxxxxx-Z--``).
 
-Pure functions over bytes: no I/O. ``parse_native`` turns one entry into an ``Event``;
-``split_serial`` finds the entries of a Serial log held in memory.
+Pure functions over bytes: no I/O. ``parse_native`` turns one entry into an ``Event``
+(``serial.split_serial`` cuts Serial logs into entries).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from .timestamps import parse_apache_time
 
 _BOUNDARY = re.compile(rb"--([0-9a-fA-F]{8,32})-A--\r?\n")
 _SECTION_A = re.compile(
-    r"\[([^\]]+)\] (\S+) (\S+) (\d+) (\S+) (\d+)")
-_TIMING = re.compile(r"\b(\w+)=(\d+)")
-_INTERCEPTED = re.compile(r"Intercepted \(phase (\d)\)")
+    r"\[([^\]]+)\] (\S+) (\S+) ([0-9]{1,5}) (\S+) ([0-9]{1,5})\b")
+_TIMING = re.compile(r"\b(\w+)=([0-9]{1,18})\b")
+_INTERCEPTED = re.compile(r"Intercepted \(phase ([0-9])\)")
 #: Sections whose bytes are kept in the Event in full; bodies are capped (see BODY_CAP).
 BODY_CAP = 64 * 1024
 
@@ -48,21 +48,22 @@ def split_sections(entry: bytes) -> Sections:
     pieces = entry[match.end():].split(b"\n--" + boundary + b"-")
     parts: dict[str, bytes] = {}
     unknown: list[str] = []
-    letter, body = "A", pieces[0] + b"\n"
+    letter, body = "A", [pieces[0] + b"\n"]
     complete = False
     for piece in pieces[1:]:
         if not _starts_boundary_tail(piece):
-            body += b"\n--" + boundary + b"-" + piece  # not a boundary line after all
+            body.append(b"\n--" + boundary + b"-" + piece)  # not a boundary line after all
             continue
-        parts[letter] = body
-        letter, body = chr(piece[0]), piece[piece.find(b"\n") + 1:] if b"\n" in piece[:6] else b""
+        parts[letter] = b"".join(body)
+        letter = chr(piece[0])
+        body = [piece[piece.find(b"\n") + 1:] if b"\n" in piece[:6] else b""]
         if letter == "Z":
             complete = True
             break
         if letter not in _KNOWN:
             unknown.append(letter)
     if not complete:
-        parts[letter] = body
+        parts[letter] = b"".join(body)
     return Sections(boundary, parts, complete, unknown)
 
 
@@ -119,15 +120,14 @@ _TRAILER_KEY = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
 def _trailer_lines(text: str) -> list[tuple[str, str]]:
     """``Key: value`` lines; a line that is not one continues the previous value (a
     message may contain a newline)."""
-    trailer: list[tuple[str, str]] = []
+    trailer: list[tuple[str, list[str]]] = []
     for line in text.split("\n"):
         key, sep, value = line.partition(": ")
         if sep and _TRAILER_KEY.match(key):
-            trailer.append((key, value[:-1] if value[-1:] == "\r" else value))
+            trailer.append((key, [value[:-1] if value[-1:] == "\r" else value]))
         elif trailer and line.strip():
-            key, value = trailer[-1]
-            trailer[-1] = (key, value + "\n" + line.rstrip("\r"))
-    return trailer
+            trailer[-1][1].append(line.rstrip("\r"))
+    return [(key, parts[0] if len(parts) == 1 else "\n".join(parts)) for key, parts in trailer]
 
 
 def _apply_trailer(event: Event, text: str) -> None:
@@ -156,7 +156,8 @@ def _apply_trailer(event: Event, text: str) -> None:
             event.server = value
         elif key == "Stopwatch":
             first = value.split(" ", 1)[0]
-            event.stopwatch_start_us = int(first) if first.isdigit() else None
+            event.stopwatch_start_us = int(first) if first.isascii() and first.isdigit() \
+                and len(first) <= 18 else None
         elif key == "Stopwatch2":
             event.stopwatch = {name: int(number) for name, number in _TIMING.findall(value)}
     if not event.messages and apache_modsec:

@@ -18,9 +18,9 @@ from .serial import split_serial
 
 MAX_ENTRY = 64 * 1024 * 1024
 #: YYYYMMDD-HHMMSS-<unique_id>: the names ModSecurity 2 gives Concurrent entry files.
-ENTRY_NAME = re.compile(r"\d{8}-\d{6}-[A-Za-z0-9@_.-]{8,64}")
-DAY_DIR = re.compile(r"\d{8}")
-MINUTE_DIR = re.compile(r"\d{8}-\d{4}")
+ENTRY_NAME = re.compile(r"[0-9]{8}-[0-9]{6}-[A-Za-z0-9@_.-]{8,64}")
+DAY_DIR = re.compile(r"[0-9]{8}")
+MINUTE_DIR = re.compile(r"[0-9]{8}-[0-9]{4}")
 _INDEX_HINT = re.compile(rb'^\S+ \S+ \S+ \S+ \[[^\]]+\] "')
 
 

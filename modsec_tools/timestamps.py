@@ -13,8 +13,8 @@ from .errors import ParseError
 _MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _STAMP = re.compile(
-    r"(\d{1,2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?"
-    r" ([+-])-?(\d{2})-?:?(\d{2})$")
+    r"([0-9]{1,2})/([A-Z][a-z]{2})/([0-9]{4}):([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,6}))? ([+-])-?([0-9]{2})-?:?([0-9]{2})$")
 _ZONES: dict[str, dt.timezone] = {}
 
 
