@@ -251,7 +251,7 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
                                           "ingest: %s", stats.summary())
     if not args.verbose and sys.stderr.isatty():
         print(f"modsec-tools ingest: {stats.summary()}", file=sys.stderr)
-    return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+    return EXIT_SOME_FAILED if stats.errors or stats.quarantined else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:

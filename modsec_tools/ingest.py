@@ -68,13 +68,24 @@ def _decode(value):
     return base64.b64decode(value["b"]) if isinstance(value, dict) else value
 
 
+def _encode_rows(rows: list[Row]) -> list:
+    return [[r.unique_id, [_encode(v) for v in r.event], [[_encode(v) for v in m]
+                                                           for m in r.matches]] for r in rows]
+
+
 class DatabaseSink:
-    """Inserts rows, or spools them durably while the database is unreachable."""
+    """Inserts rows, or spools them durably while the database is unreachable.
+
+    A failure while the database still answers (a row it refuses) is not an outage: the
+    rows are then inserted one by one and a refused row goes to ``db-rejected`` with the
+    reason, so one bad row never blocks every later one.
+    """
 
     def __init__(self, db: Database, node: str, spool_path: str) -> None:
         self.db = db
         self.node = node
         self.spool = RecordLog(spool_path)
+        self.rejected = RecordLog(spool_path.replace("db-spool", "db-rejected"))
         self.retry_at = 0.0
         self.backoff = 1.0
         self.down = False
@@ -84,15 +95,33 @@ class DatabaseSink:
         if self._available():
             try:
                 self._replay()
-                self.db.insert(self.node, rows)
+                self._insert(rows)
                 self._up()
                 return 0
             except DatabaseError as exc:
                 self._failed(exc)
-        self.spool.append({"rows": [[r.unique_id, [_encode(v) for v in r.event],
-                                     [[_encode(v) for v in m] for m in r.matches]]
-                                    for r in rows]})
+        self.spool.append({"rows": _encode_rows(rows)})
         return len(rows)
+
+    def _insert(self, rows: list[Row]) -> None:
+        try:
+            self.db.insert(self.node, rows)
+        except DatabaseError as batch_error:
+            try:
+                self.db.ping()
+            except DatabaseError:
+                raise batch_error from None  # unreachable: an outage
+            for row in rows:
+                try:
+                    self.db.insert(self.node, [row])
+                except DatabaseError as exc:
+                    self._reject(row, exc)
+
+    def _reject(self, row: Row, exc: DatabaseError) -> None:
+        self.db.ping()  # still up? otherwise this is an outage after all (raises)
+        log.error("database refused event %r (kept in %s): %s", row.unique_id,
+                  self.rejected.path, exc)
+        self.rejected.append({"reason": str(exc), "rows": _encode_rows([row])})
 
     def _available(self) -> bool:
         return not self.down or time.monotonic() >= self.retry_at
@@ -105,7 +134,7 @@ class DatabaseSink:
             rows = [Row(uid, tuple(_decode(v) for v in event), [tuple(_decode(v) for v in m)
                                                                  for m in matches])
                     for uid, event, matches in record["rows"]]
-            self.db.insert(self.node, rows)
+            self._insert(rows)
             count += len(rows)
         self.spool.reset()
         log.warning("database: replayed %d spooled events", count)
@@ -134,6 +163,7 @@ class DatabaseSink:
     def close(self) -> None:
         self.db.close()
         self.spool.close()
+        self.rejected.close()
 
 
 # -- the index log ----------------------------------------------------------------------------

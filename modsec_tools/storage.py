@@ -221,8 +221,9 @@ class StorageTree:
             os.close(qfd)
 
     def remove_empty_dirs(self, keep_recent: float = 180.0) -> int:
-        """rmdir empty minute/day/user directories, except recent ones ModSecurity may be
-        about to write into (the newest minute of each day and anything touched recently)."""
+        """rmdir empty day and minute directories, except those ModSecurity may be about to
+        write into: the newest day (of each user) and its newest minute, and anything touched
+        within ``keep_recent`` seconds. User directories stay."""
         self.release()  # rmdir must not race our own cached descriptors' names
         removed = 0
         now = time.time()
@@ -231,12 +232,13 @@ class StorageTree:
         except OSError:
             return 0
         try:
-            removed = self._prune(root_fd, (), now, keep_recent)
+            removed = self._prune(root_fd, (), now, keep_recent, True)
         finally:
             os.close(root_fd)
         return removed
 
-    def _prune(self, fd: int, dirs: tuple[str, ...], now: float, keep_recent: float) -> int:
+    def _prune(self, fd: int, dirs: tuple[str, ...], now: float, keep_recent: float,
+               newest_path: bool) -> int:
         removed = 0
         try:
             names = sorted(os.listdir(fd))
@@ -250,19 +252,23 @@ class StorageTree:
                 continue
             if stat.S_ISDIR(info.st_mode) and self._descend((*dirs, name)):
                 subdirs.append((name, info))
-        newest = subdirs[-1][0] if subdirs else None
+        timed = [name for name, _ in subdirs if DAY_DIR.fullmatch(name) or MINUTE_DIR.fullmatch(name)]
+        newest = timed[-1] if timed else None
         for name, info in subdirs:
             child = (*dirs, name)
+            user_dir = not dirs and name not in timed
+            # Each user directory starts its own "newest" path; a day that is over does not.
+            child_newest = user_dir or (newest_path and name == newest)
             if not self._is_minute_dir(child):
                 try:
                     child_fd = open_dir_at(fd, name)
                 except OSError:
                     continue
                 try:
-                    removed += self._prune(child_fd, child, now, keep_recent)
+                    removed += self._prune(child_fd, child, now, keep_recent, child_newest)
                 finally:
                     os.close(child_fd)
-            if name == newest or now - info.st_mtime < keep_recent:
+            if user_dir or child_newest or now - info.st_mtime < keep_recent:
                 continue
             try:
                 os.rmdir(name, dir_fd=fd)
