@@ -19,7 +19,7 @@ Command line (for concurrent writer processes; the repository root must be impor
 
     python tests/watch_helpers.py --storage DIR [--index-log FILE] --count N --tag A \
         [--start 0] [--per-minute 500] [--base YYYYmmddHHMM] [--rate 1000] [--writes 40] \
-        [--pause-ms 0] [--times FILE] [--originals --shard 0/2]
+        [--pause-ms 0] [--times FILE] [--start-at EPOCH] [--originals --shard 0/2]
 
 ``--times`` gets one ``<unique_id> <close time (time.time())>`` line per entry.
 """
@@ -219,11 +219,15 @@ def write_entry(storage: str | os.PathLike, entry: Entry, index: IndexLog | None
 
 def write_all(storage: str | os.PathLike, entries: list[Entry],
               index_log: str | os.PathLike | None = None, rate: float | None = None,
-              writes: int = 40, pause: float = 0.0) -> dict[str, float]:
+              writes: int = 40, pause: float = 0.0,
+              start_at: float | None = None) -> dict[str, float]:
     """Write ``entries`` in order, open loop at ``rate`` entries/s (None: as fast as
-    possible). Returns {unique_id: close time}."""
+    possible), from ``start_at`` (a time.time(); lets several writer processes start
+    together). Returns {unique_id: close time}."""
     index = IndexLog(index_log) if index_log else None
     closed: dict[str, float] = {}
+    if start_at is not None and start_at > time.time():
+        time.sleep(start_at - time.time())
     started = time.monotonic()
     try:
         for number, entry in enumerate(entries):
@@ -243,7 +247,8 @@ def writer_command(storage: str | os.PathLike, count: int, tag: str, *, start: i
                    rate: float | None = None, writes: int = 40, pause_ms: float = 0.0,
                    times: str | os.PathLike | None = None, user: str = "www-data",
                    originals: bool = False, shard: str = "0/1",
-                   base: dt.datetime = BASE_MINUTE) -> list[str]:
+                   base: dt.datetime = BASE_MINUTE,
+                   start_at: float | None = None) -> list[str]:
     """argv of a writer process (run it with cwd=REPO or anywhere: the path is absolute)."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--storage", os.fspath(storage),
             "--count", str(count), "--tag", tag, "--start", str(start),
@@ -256,6 +261,8 @@ def writer_command(storage: str | os.PathLike, count: int, tag: str, *, start: i
         argv += ["--rate", str(rate)]
     if times:
         argv += ["--times", os.fspath(times)]
+    if start_at:
+        argv += ["--start-at", f"{start_at:.6f}"]
     if originals:
         argv += ["--originals", "--shard", shard]
     return argv
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=40)
     parser.add_argument("--pause-ms", type=float, default=0.0, help="pause after each write")
     parser.add_argument("--times", help="file for '<unique_id> <close time>' lines")
+    parser.add_argument("--start-at", type=float, help="begin at this time.time()")
     parser.add_argument("--originals", action="store_true",
                         help="write the corpus entries themselves (names, ids, index lines)")
     parser.add_argument("--shard", default="0/1", help="k/n: every n-th entry from k")
@@ -302,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                                dt.datetime.strptime(args.base, "%Y%m%d%H%M"))
     began = time.monotonic()
     closed = write_all(args.storage, entries, args.index_log, args.rate, args.writes,
-                       args.pause_ms / 1000)
+                       args.pause_ms / 1000, args.start_at)
     elapsed = time.monotonic() - began
     if args.times:
         with open(args.times, "w", encoding="ascii") as stream:
@@ -319,9 +327,10 @@ class WatchDaemon:
 
     def __init__(self, tmp: Path, *, index_log: bool = False, rescan_seconds: float = 1.0,
                  flush_ms: float | None = None, extra_args: tuple[str, ...] = (),
-                 settings: dict[str, str] | None = None, db: bool = True) -> None:
+                 settings: dict[str, str] | None = None, db: bool = True,
+                 storage: Path | None = None) -> None:
         self.tmp = Path(tmp)
-        self.storage = self.tmp / "storage"
+        self.storage = Path(storage) if storage else self.tmp / "storage"
         self.state = self.tmp / "state"
         self.events = self.tmp / "out" / "events.log"
         self.archive = self.tmp / "out" / "archive.log"
@@ -330,6 +339,7 @@ class WatchDaemon:
         self.index_log = self.tmp / "index.log" if index_log else None
         self.log_path = self.tmp / "watch.log"
         self.config = self.tmp / "modsec-tools.conf"
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(parents=True, exist_ok=True)
         os.chmod(self.storage, 0o777)
         values = {
