@@ -86,6 +86,7 @@ class Watcher:
         self.last_event_at = 0.0
         self.index_dir = os.path.dirname(os.path.abspath(settings.index_log)) \
             if settings.index_log else None
+        self.index_name = os.path.basename(settings.index_log) if settings.index_log else None
 
     # -- inotify ---------------------------------------------------------------------------------
     def on_event(self, event: pyinotify.Event) -> None:
@@ -98,9 +99,11 @@ class Watcher:
             log.warning("inotify queue overflowed (fs.inotify.max_queued_events); "
                         "rescanning the storage tree")
             return
-        if event.wd == self.index_wd:
-            if event.name == os.path.basename(self.settings.index_log):
-                self.index_touched = True
+        if event.mask & pyinotify.IN_IGNORED:  # the directory is gone: forget its watch
+            self.wd_dirs.pop(event.wd, None)
+            return
+        if event.wd == self.index_wd and event.name == self.index_name:
+            self.index_touched = True
             return
         dirs = self.wd_dirs.get(event.wd)
         if dirs is None or not event.name:
@@ -214,7 +217,10 @@ class Watcher:
         finally:
             os.close(fd)
         if self.index_dir is not None:
-            result = self.wm.add_watch(self.index_dir, INDEX_MASK, quiet=True)
+            # IN_MASK_ADD: the index log may sit in a watched directory (the storage root);
+            # its watch must keep its own events.
+            result = self.wm.add_watch(self.index_dir, INDEX_MASK | pyinotify.IN_MASK_ADD,
+                                       quiet=True)
             self.index_wd = result.get(self.index_dir, -1)
         began = time.time()
         self._rescan()

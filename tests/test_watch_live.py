@@ -337,10 +337,6 @@ def test_kill9_leaves_nothing_holding_the_lock(tmp_path, daemons):
 
 
 # -- bugs found (open) ---------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BUG (since 483c865): Watcher.wd_dirs never forgets a "
-                   "watch: IN_IGNORED (directory removed, e.g. by remove_empty_dirs) is not "
-                   "handled, so the daemon's memory grows by one entry per minute directory "
-                   "ever seen (per vhost user under ITK), for as long as it runs")
 def test_removed_directories_are_forgotten(tmp_path):
     """In-process (the map is internal): 300 minute directories appear, are watched, and
     are removed again as remove_empty_dirs does; pyinotify drops their watches, and so must

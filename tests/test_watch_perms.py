@@ -275,11 +275,6 @@ def test_a_planted_symlink_is_reported_once(tmp_path, daemons_perms, ids):
     assert 1 <= len(reports) <= 2, f"{len(reports)} warnings for one planted symlink"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (since 483c865): when the index log lives in the "
-                   "storage root, add_watch(index_dir, INDEX_MASK) returns the root's own wd "
-                   "and replaces its mask, and Watcher.on_event returns early for every event "
-                   "on index_wd that is not the index log: new user/day directories in the "
-                   "root are neither fixed (ITK) nor watched until the next rescan")
 def test_index_log_inside_the_storage_root_keeps_new_dirs_watched(tmp_path, daemons_perms,
                                                                     ids):
     """SecAuditLog inside SecAuditLogStorageDir (e.g. storage /var/log/modsec_audit, index
