@@ -336,7 +336,7 @@ def test_kill9_leaves_nothing_holding_the_lock(tmp_path, daemons):
     assert not left, f"processes of the killed watch still alive: {left}"
 
 
-# -- bugs found (open) ---------------------------------------------------------------------------
+# -- regressions (bugs found by these tests, fixed in 7c07cd7) ----------------------------------
 def test_removed_directories_are_forgotten(tmp_path):
     """In-process (the map is internal): 300 minute directories appear, are watched, and
     are removed again as remove_empty_dirs does; pyinotify drops their watches, and so must
