@@ -1,0 +1,247 @@
+"""The command line around ingest: one instance at a time, ``config check``, ``db init`` /
+``db status``, the ``.local`` override, and usage errors (exit 2, the key named)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from tests import corpus
+from tests import ingest_helpers as ih
+from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ready(sb: ih.Sandbox) -> ih.Sandbox:
+    """Every directory the config names exists (config check then has nothing to warn about
+    but the missing schema)."""
+    for path in (sb.storage, sb.out, sb.state, sb.quarantine):
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+    return sb
+
+
+# -- one instance at a time ---------------------------------------------------------------------
+def test_second_ingest_at_once_fails_clearly(fast_tmp):
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, settings={"batch_size": "50"})
+    ih.replicate("r2_auditengine_on_concurrent", sb.storage, 1)
+    lock = sb.state / "modsec-tools.lock"
+    first = sb.popen(log_name="first.log")
+    try:
+        # the first one holds the lock once its pid is in the lock file; freeze it there
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if lock.read_text().strip() == str(first.pid):
+                    break
+            except FileNotFoundError:
+                pass
+            assert first.poll() is None, "the first ingest ended before the test"
+            assert time.monotonic() < deadline, "the first ingest never took the lock"
+            time.sleep(0.005)
+        os.kill(first.pid, signal.SIGSTOP)
+        second = sb.run(expect=1)
+        assert (f"another modsec-tools ingest/watch holds {lock} (pid {first.pid})"
+                in second.stderr), second.stderr
+        assert "ingest:" not in second.stderr  # it did nothing
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(120) == 0, (sb.logs / "first.log").read_text()
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            ih.kill_group(first)
+    third = sb.run()  # the lock went with the first process
+    assert "ingest: 0 entries" in third.stderr
+    assert len(sb.lines()) == 392
+
+
+# -- config check -------------------------------------------------------------------------------
+def test_config_check_good_config(fast_tmp):
+    sb = _ready(ih.Sandbox(fast_tmp))
+    done = sb.run(action="config check")
+    assert "configuration: 0 error(s)" in done.stdout, done.stdout
+    assert "error:" not in done.stdout
+
+
+def test_config_check_good_mariadb(fast_tmp, mariadb, mariadb_db):
+    sb = _ready(ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db)))
+    done = sb.run(action="config check")
+    assert "configuration: 0 error(s)" in done.stdout, done.stdout
+    assert mariadb.password not in done.stdout + done.stderr
+
+
+def test_config_check_unreachable_database(fast_tmp):
+    port = free_port()  # nothing listens there
+    sb = _ready(ih.Sandbox(fast_tmp, db=f"mysql://modsec:secretpw@127.0.0.1:{port}/modsec"))
+    done = sb.run(action="config check", expect=1)
+    assert "error: database: mysql modsec@127.0.0.1/modsec" in done.stdout, done.stdout
+    assert "configuration: 1 error(s)" in done.stdout
+    assert "secretpw" not in done.stdout + done.stderr
+
+
+def test_config_check_unusable_sqlite(fast_tmp):
+    blocker = fast_tmp / "not-a-directory"
+    blocker.write_text("x")
+    sb = _ready(ih.Sandbox(fast_tmp, db=f"sqlite:///{blocker}/events.db"))
+    done = sb.run(action="config check", expect=1)
+    assert "error: database: sqlite " in done.stdout, done.stdout
+
+
+def test_config_check_storage_dir_missing_with_its_parent(fast_tmp):
+    sb = _ready(ih.Sandbox(fast_tmp, settings={"storage_dir": str(fast_tmp / "no" / "such")}))
+    done = sb.run(action="config check", expect=1)
+    assert f"error: storage_dir {fast_tmp / 'no' / 'such'} does not exist" in done.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a missing storage_dir whose parent is writable is "
+                   "only a warning ('does not exist yet (it will be created)') and config "
+                   "check exits 0, but nothing creates it: ingest logs 'cannot open storage "
+                   "directory' and exits 0 having done nothing")
+def test_config_check_storage_dir_missing(fast_tmp):
+    missing = fast_tmp / "modsec_audit"   # a typo'd SecAuditLogStorageDir: parent exists
+    sb = _ready(ih.Sandbox(fast_tmp, settings={"storage_dir": str(missing)}))
+    os.rmdir(missing)
+    done = sb.run(action="config check", expect=None)
+    assert f"error: storage_dir {missing} does not exist" in done.stdout, done.stdout
+    assert done.returncode == 1
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: ingest exits 0 when the storage directory "
+                   "cannot be opened (StorageTree.scan only logs it), so cron never reports "
+                   "a broken or typo'd storage_dir")
+def test_ingest_with_missing_storage_dir_fails(fast_tmp):
+    sb = _ready(ih.Sandbox(fast_tmp))
+    os.rmdir(sb.storage)
+    done = sb.run(expect=None)
+    assert "cannot open storage directory" in done.stderr
+    assert done.returncode == 1
+
+
+# -- db init / status ---------------------------------------------------------------------------
+def _db_status_cycle(sb: ih.Sandbox, describe: str) -> None:
+    before = sb.run(action="db status")
+    assert f"{describe}: schema 0 (this modsec-tools: 1)" in before.stdout, before.stdout
+    init = sb.run(action="db init")
+    assert f"{describe}: applied schema [1]" in init.stdout, init.stdout
+    status = sb.run(action="db status")
+    assert f"{describe}: schema 1 (this modsec-tools: 1)" in status.stdout, status.stdout
+    again = sb.run(action="db init")
+    assert f"{describe}: schema 1 is current" in again.stdout
+    migrate = sb.run(action="db migrate")
+    assert f"{describe}: schema 1 is current" in migrate.stdout
+
+
+def test_db_init_then_status_sqlite(fast_tmp):
+    sb = ih.Sandbox(fast_tmp)
+    _db_status_cycle(sb, f"sqlite {sb.db_path}")
+    conn = ih.sqlite_connect(sb.db_path)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert {"events", "matches", "logs", "schema_version"} <= names
+
+
+def test_db_init_then_status_mariadb(fast_tmp, mariadb, mariadb_db):
+    sb = ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db))
+    _db_status_cycle(sb, f"mysql modsec@127.0.0.1/{mariadb_db}")
+    conn = mariadb.connect(mariadb_db)
+    try:
+        tables = {r[0] for r in ih.query(conn, "SHOW FULL TABLES")}
+    finally:
+        conn.close()
+    assert {"events", "matches", "logs", "schema_version"} <= tables
+
+
+def test_db_without_database(fast_tmp):
+    sb = ih.Sandbox(fast_tmp, db="none")
+    done = sb.run(action="db status", expect=2)
+    assert "no database configured" in done.stderr
+
+
+# -- the .local override ------------------------------------------------------------------------
+def test_local_file_overrides_the_config_file(fast_tmp):
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, settings={"node": "fromconf", "batch_size": "7"})
+    local = sb.config.with_suffix(".local")
+    local.write_text("[modsec-tools]\nnode = fromlocal\n")
+    shown = sb.run(action="config show")
+    assert "node = fromlocal\n" in shown.stdout
+    assert "batch_size = 7\n" in shown.stdout  # not overridden: the .conf value
+    assert f"# read from: {sb.config}, {local}" in shown.stdout
+    flagged = sb.run("--node", "fromflag", action="config show")
+    assert "node = fromflag\n" in flagged.stdout  # a flag beats both files
+
+    ih.merge_runs(fast_tmp, sb.storage, ("r7_pl2_concurrent_noremoteip",))
+    sb.run()
+    nodes = {line.node for line in sb.lines()}
+    assert nodes == {"fromlocal"}
+    conn = ih.sqlite_connect(sb.db_path)
+    try:
+        assert {r[0] for r in conn.execute("SELECT DISTINCT node FROM events")} == {"fromlocal"}
+    finally:
+        conn.close()
+
+
+# -- usage errors: exit 2, the key named --------------------------------------------------------
+BAD_FLAGS = [
+    ("--batch-size", "x", "batch_size"),
+    ("--max-entry-size", "0", "max_entry_size"),
+    ("--max-entry-size", "lots", "max_entry_size"),
+    ("--workers", "-1", "workers"),
+    ("--quarantine-after", "soon", "quarantine_after"),
+    ("--settle-seconds", "two", "settle_seconds"),
+    ("--node", "bad node!", "node"),
+    ("--detect-min-severity", "HUGE", "detect_min_severity"),
+    ("--detect-min-score", "5.5", "detect_min_score"),
+    ("--trusted-proxies", "10.0.0.300", "trusted_proxies"),
+]
+
+
+@pytest.mark.parametrize("flag, value, key", BAD_FLAGS, ids=[f"{f}={v}" for f, v, _ in BAD_FLAGS])
+def test_bad_flag_value_exits_2_naming_the_key(fast_tmp, flag, value, key):
+    sb = _ready(ih.Sandbox(fast_tmp))
+    done = sb.run(flag, value, expect=2)
+    assert f"ERROR: {key} (command line): " in done.stderr, done.stderr
+    assert not sb.events.exists()  # nothing ran
+
+
+def test_bad_value_in_config_file_exits_2_naming_key_and_file(fast_tmp):
+    sb = _ready(ih.Sandbox(fast_tmp, settings={"batch_size": "ten"}))
+    done = sb.run(expect=2)
+    assert f"ERROR: batch_size ({sb.config}): " in done.stderr, done.stderr
+
+
+def test_unknown_key_in_config_file_exits_2_naming_it(fast_tmp):
+    sb = _ready(ih.Sandbox(fast_tmp, settings={"batch_sise": "100"}))
+    for action in ("ingest", "config check", "db status"):
+        done = sb.run(action=action, expect=2)
+        assert f"{sb.config}: unknown key 'batch_sise' in [modsec-tools]" in done.stderr
+
+
+def test_unknown_key_in_local_file_exits_2_naming_it(fast_tmp):
+    sb = _ready(ih.Sandbox(fast_tmp))
+    sb.config.with_suffix(".local").write_text("[modsec-tools]\nstorage_dri = /tmp\n")
+    done = sb.run(expect=2)
+    assert "unknown key 'storage_dri' in [modsec-tools]" in done.stderr, done.stderr
+
+
+def test_missing_config_file_exits_2(fast_tmp):
+    missing = fast_tmp / "nope.conf"
+    done = ih.run_cli([*ih.Sandbox(fast_tmp).command()[:4], "ingest", "--config", str(missing)])
+    assert done.returncode == 2
+    assert f"{missing}: no such configuration file" in done.stderr
+
+
+def test_unknown_flag_exits_2(fast_tmp):
+    sb = ih.Sandbox(fast_tmp)
+    done = sb.run("--batch-sizes", "5", expect=2)
+    assert "unrecognized arguments: --batch-sizes" in done.stderr, done.stderr

@@ -1,0 +1,181 @@
+"""MariaDB outages during ``modsec-tools ingest``: the archive and the event log keep
+advancing, database rows go to ``<state_dir>/db-spool`` (durably, before the files are
+deleted), and are replayed once the server is back: nothing lost, nothing duplicated, one
+clear log line when it goes down and one when it comes back."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests import corpus
+from tests import ingest_helpers as ih
+from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
+
+DOWN = "database unreachable, spooling events to "
+
+
+def _db(server) -> ih.DB:
+    return ih.DB("mariadb", server.url, server.connect)
+
+
+def _stored(server) -> list[str]:
+    conn = server.connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW TABLES LIKE 'events'")
+            if not cursor.fetchall():
+                return []
+            cursor.execute("SELECT unique_id FROM events")
+            return [row[0] for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def _no_secret(server, text: str) -> None:
+    assert server.password not in text, "the database password appears in the log"
+
+
+def test_outage_between_runs_spools_then_replays(fast_tmp, mariadb_private):
+    """cron runs: one with the server up, two while it is stopped (entries keep arriving),
+    one after it is back."""
+    corpus.require_corpus()
+    server = mariadb_private
+    sb = ih.Sandbox(fast_tmp, db=server.url)
+    spool = sb.state / "db-spool"
+    stages = {"up": ("r2_auditengine_on_concurrent",), "down1": ("r7_pl2_concurrent_noremoteip",),
+              "down2": ("r3_json_concurrent",)}
+    want: dict[str, ih.Original] = {}
+    arrived: dict[str, set[str]] = {}
+
+    def arrive(stage: str) -> None:
+        ih.merge_runs(fast_tmp / stage, sb.storage, stages[stage])
+        found = ih.originals(sb.storage)
+        arrived[stage] = set(found)
+        want.update(found)
+
+    arrive("up")
+    first = sb.run()
+    assert DOWN not in first.stderr
+    assert sorted(_stored(server)) == sorted(arrived["up"])
+    assert ih.spool_ids(spool) == []
+
+    server.stop()
+    logs = []
+    for stage in ("down1", "down2"):
+        arrive(stage)
+        done = sb.run()  # spooling is not an error: exit 0
+        logs.append(done.stderr)
+        assert done.stderr.count(DOWN) == 1, done.stderr  # one line per outage and run
+        assert f"{DOWN}{spool}: mysql modsec@127.0.0.1/" in done.stderr
+        assert f"{len(arrived[stage])} spooled for the database" in done.stderr
+        ih.check_tree_empty(sb)  # deleted ...
+        spooled = ih.spool_ids(spool)  # ... only once their rows were in the spool
+        assert not ih.duplicates(spooled)
+        assert set(spooled) == arrived["down1"] | (arrived["down2"] if stage == "down2"
+                                                   else set())
+        ih.check_archive(sb, want)  # archive and event log kept advancing
+        ih.check_event_log(sb, want)
+
+    server.start()
+    back = sb.run()
+    logs.append(back.stderr)
+    replayed = len(arrived["down1"]) + len(arrived["down2"])
+    assert f"database: replayed {replayed} spooled events" in back.stderr, back.stderr
+    assert DOWN not in back.stderr
+    assert os.path.getsize(spool) == 0
+    ih.check_database(_db(server), want, tuple(r for runs in stages.values() for r in runs))
+    ih.check_archive(sb, want)
+    ih.check_event_log(sb, want)
+    for text in logs:
+        _no_secret(server, text)
+
+    again = sb.run()  # nothing is replayed twice
+    assert "replayed" not in again.stderr
+    assert sorted(_stored(server)) == sorted(want)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run(fast_tmp, mariadb_private):
+    """kill -9 of mariadbd while ingest works through 7,344 entries in batches of 50;
+    while it is down, entries are still archived, logged and deleted, their rows spooled
+    first; it comes back (InnoDB recovery) and the spool is replayed, by the same run when it
+    retries in time, else by the next one."""
+    corpus.require_corpus()
+    server = mariadb_private
+    batch = 50
+    sb = ih.Sandbox(fast_tmp, db=server.url, settings={"batch_size": str(batch),
+                                                        "workers": "0"})
+    spool = sb.state / "db-spool"
+    expected = ih.replicate("r1_relevant_concurrent", sb.storage, 6, tag="Out")
+    proc = sb.popen(log_name="ingest.log")
+    try:
+        _wait(lambda: _lines(sb) >= 600 or proc.poll() is not None, 60, "600 event lines")
+        assert proc.poll() is None, "ingest finished before the outage"
+        present_at_kill = set(sb.left())
+        server.kill()
+        down_at = _lines(sb)
+        # While it is down: files keep going (archived, logged), their rows spooled first.
+        samples = 0
+        while _lines(sb) < down_at + 800 and proc.poll() is None:
+            left = set(sb.left())
+            spooled = set(ih.spool_ids(spool))
+            archived = set(ih.archive_ids_fast(sb.archive))
+            gone = {_uid(p) for p in present_at_kill - left}
+            # at most the batch in flight at the kill went to the database instead
+            unspooled = gone - spooled
+            assert len(unspooled) <= batch, f"{len(unspooled)} deleted, not spooled"
+            assert gone <= archived, "deleted before archived"
+            samples += 1
+            time.sleep(0.05)
+        advanced = _lines(sb) - down_at
+        server.start()
+        code = proc.wait(240)
+    finally:
+        if proc.poll() is None:
+            ih.kill_group(proc)
+    log = (sb.logs / "ingest.log").read_text(errors="replace")
+    assert code == 0, log[-3000:]
+    assert advanced >= 800 or samples > 0, f"event log advanced by {advanced} while down"
+    assert log.count(DOWN) == 1, log[-3000:]
+    same_run = "database is back: mysql modsec@127.0.0.1/" in log
+    if not same_run:  # the run ended before its next retry: the next run replays
+        nxt = sb.run()
+        log += nxt.stderr
+        assert "database: replayed" in nxt.stderr, nxt.stderr
+    else:
+        assert "database: replayed" in log
+    print(f"\n{advanced} events while down ({samples} samples); replayed by the "
+          f"{'same' if same_run else 'next'} run")
+    _no_secret(server, log)
+    assert os.path.getsize(spool) == 0
+    stored = _stored(server)
+    assert not ih.duplicates(stored), list(ih.duplicates(stored))[:5]
+    assert set(stored) == set(expected), (len(set(expected) - set(stored)),
+                                          len(set(stored) - set(expected)))
+    ih.check_tree_empty(sb)
+    ids = [line.id for line in sb.lines()]
+    assert not ih.duplicates(ids) and set(ids) == set(expected)
+    archived = [ih.uid_of(piece) for piece in sb.archived()]
+    assert not ih.duplicates(archived) and set(archived) == set(expected)
+
+
+def _uid(relpath: str) -> str:
+    return relpath.rsplit("/", 1)[-1].split("-", 2)[2]
+
+
+def _lines(sb: ih.Sandbox) -> int:
+    try:
+        with open(sb.events, "rb") as stream:
+            return stream.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
