@@ -265,12 +265,13 @@ def iptables_flavour() -> str:
 _SKIP_CONF = ("jail.d", "fail2ban.d", "jail.local", "fail2ban.local")
 
 
-def make_confdir(root: Path, jails: str, *, fail2ban_local: str = "", extra: dict[str, str] | None = None,
-                 with_bundle_jails: bool = True) -> Path:
+def make_confdir(root: Path, jails: str, *, server_options: dict[str, str] | None = None,
+                 extra: dict[str, str] | None = None, with_bundle_jails: bool = True) -> Path:
     """A private fail2ban configuration: stock base files, our bundle, a jail.local.
 
-    ``jails`` becomes jail.local (it may enable/override our jail.d/modsec.conf); ``extra``
-    maps relative paths to file contents (e.g. a test filter).
+    ``jails`` becomes jail.local (it may enable/override our jail.d/modsec.conf);
+    ``server_options`` override fail2ban.local's [Definition] (loglevel, dbpurgeage...);
+    ``extra`` maps relative paths to file contents (e.g. a test filter).
     """
     conf = root / "conf"
     shutil.copytree(SYSTEM_CONF, conf, ignore=lambda d, names: [n for n in names if n in _SKIP_CONF
@@ -284,15 +285,11 @@ def make_confdir(root: Path, jails: str, *, fail2ban_local: str = "", extra: dic
     if with_bundle_jails:
         shutil.copy(BUNDLE / "jail.d" / "modsec.conf", conf / "jail.d" / "modsec.conf")
     (conf / "jail.local").write_text(textwrap.dedent(jails))
-    (conf / "fail2ban.local").write_text(textwrap.dedent(f"""\
-        [Definition]
-        loglevel = INFO
-        logtarget = {root}/fail2ban.log
-        socket = {root}/fail2ban.sock
-        pidfile = {root}/fail2ban.pid
-        dbfile = {root}/fail2ban.sqlite3
-        dbpurgeage = 30d
-        """) + textwrap.dedent(fail2ban_local))
+    options = {"loglevel": "INFO", "logtarget": f"{root}/fail2ban.log", "socket": f"{root}/fail2ban.sock",
+               "pidfile": f"{root}/fail2ban.pid", "dbfile": f"{root}/fail2ban.sqlite3", "dbpurgeage": "30d",
+               **(server_options or {})}
+    (conf / "fail2ban.local").write_text(
+        "[Definition]\n" + "".join(f"{key} = {value}\n" for key, value in options.items()))
     for rel, text in (extra or {}).items():
         (conf / rel).parent.mkdir(parents=True, exist_ok=True)
         (conf / rel).write_text(textwrap.dedent(text))
@@ -381,7 +378,8 @@ class Fail2Ban:
 
 
 @contextlib.contextmanager
-def fail2ban_server(ns: Netns, jails: str, *, fail2ban_local: str = "", extra: dict[str, str] | None = None,
+def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | None = None,
+                    extra: dict[str, str] | None = None,
                     with_bundle_jails: bool = True, root: Path | None = None,
                     graceful_exit: bool = False) -> Iterator[Fail2Ban]:
     """Start fail2ban-server in ``ns`` with ``jails`` as jail.local; stop it afterwards.
@@ -405,7 +403,7 @@ def fail2ban_server(ns: Netns, jails: str, *, fail2ban_local: str = "", extra: d
         for name in ("events.log", "fail2ban.log"):
             (base / name).touch()
         jails = textwrap.dedent(jails).replace("{root}", str(base))
-        conf = make_confdir(base, jails, fail2ban_local=fail2ban_local, extra=extra,
+        conf = make_confdir(base, jails, server_options=server_options, extra=extra,
                             with_bundle_jails=with_bundle_jails)
         f2b = Fail2Ban(ns, base, conf)
         f2b.start()
@@ -572,21 +570,30 @@ while True:          # accept and close at once: probes only need the handshake
 """
 
 _PROBE = r"""
-import errno, socket, sys
-src, dst, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-s = socket.socket(family, socket.SOCK_STREAM)
-s.settimeout(timeout)
-s.bind((src, 0))
-try:
-    s.connect((dst, port))
-    print("open")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as e:
-    print("error-%s" % errno.errorcode.get(e.errno, e.errno))
+import errno, json, socket, sys, threading
+timeout = float(sys.argv[1])
+probes = json.loads(sys.argv[2])
+results = [None] * len(probes)
+def probe(i, src, dst, port):
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.bind((src, 0))
+    try:
+        s.connect((dst, port))
+        results[i] = "open"
+    except socket.timeout:
+        results[i] = "timeout"
+    except ConnectionRefusedError:
+        results[i] = "refused"
+    except OSError as e:
+        results[i] = "error-%s" % errno.errorcode.get(e.errno, e.errno)
+    finally:
+        s.close()
+threads = [threading.Thread(target=probe, args=(i, *p)) for i, p in enumerate(probes)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(results))
 """
 
 
@@ -603,9 +610,15 @@ def listener(ns: Netns, *endpoints: str) -> Iterator[None]:
         proc.wait(10)
 
 
+def tcp_probes(ns: Netns, probes: Sequence[tuple[str, str, int]], timeout: float = 0.5) -> list[str]:
+    """Connect (concurrently) from src to dst:port for each probe inside ns: 'open', 'refused'
+    or 'timeout' each."""
+    return json.loads(ns.out(PYTHON, "-c", _PROBE, str(timeout), json.dumps([list(p) for p in probes])))
+
+
 def tcp_probe(ns: Netns, src: str, dst: str, port: int, timeout: float = 0.5) -> str:
     """Connect from src to dst:port inside ns: 'open', 'refused' or 'timeout'."""
-    return ns.out(PYTHON, "-c", _PROBE, src, dst, str(port), str(timeout)).strip()
+    return tcp_probes(ns, [(src, dst, port)], timeout)[0]
 
 
 def add_addresses(ns: Netns, *addresses: str) -> None:

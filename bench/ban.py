@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Ban throughput and per-packet cost: action.d/modsec-block.py vs fail2ban's stock actions.
+
+Everything runs in network namespaces this script creates (mt-bench-*), each with its own
+fail2ban-server (tests/f2b_harness.py), and never touches the host's firewall.
+
+1. Throughput: --count distinct IPv4 addresses are banned through fail2ban
+   (`fail2ban-client set modsec banip` with --batch addresses per call, --clients calls in
+   flight) and the clock stops when the kernel holds all of them.  Measured for our action
+   (auto, plus each backend) and, in the same run, the stock iptables-multiport and
+   iptables-ipset-proto6 actions (--stock-count addresses).
+2. Per-packet cost for a client that is NOT banned: connect() latency from a loopback
+   client to a small TCP server on port 80 in the namespace, with 0 bans and with
+   --packet-bans bans (our action, set lookup) and with the stock multiport chain at 10,000
+   (banned through fail2ban in step 1) and --packet-bans rules (topped up with
+   iptables-restore in the stock action's exact rule shape: banning 50,000 through the stock
+   action alone takes ~5 minutes).  Namespaces are measured round-robin, --rounds rounds of
+   --connects connects each, so background load hits all of them alike; figures are the
+   median of the per-round medians.
+3. Log-to-kernel latency of the jail's backend: 10 blocked lines for a fresh address are
+   appended to the event log; time until the kernel blocks it (pyinotify vs polling).
+
+usage: python3 bench/ban.py [--count N] [--stock-count N] [--packet-bans N] [--rounds N]
+                            [--connects N] [--results bench/RESULTS.md] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import ipaddress
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.f2b_harness import (PYTHON, Fail2Ban, Netns, append_events, event_line,  # noqa: E402
+                               fail2ban_server, iptables_flavour, listener, netns)
+
+JAIL = """
+[modsec]
+enabled = true
+logpath = {{root}}/events.log
+bantime = 1d
+action = {action}
+{extra}
+"""
+
+# name -> (action line, kind of kernel object to count)
+OURS = {
+    "modsec-block auto": ('modsec-block.py[backend=auto, port="%(port)s"]', "auto"),
+    "modsec-block nftables": ('modsec-block.py[backend=nftables, port="%(port)s"]', "nftables"),
+    "modsec-block ipset": ('modsec-block.py[backend=ipset, port="%(port)s"]', "ipset"),
+    "modsec-block iptables-legacy": ('modsec-block.py[backend=iptables-legacy, port="%(port)s"]',
+                                     "iptables-legacy"),
+}
+# fail2ban's own ceiling: the same jail with no action at all
+NO_ACTION = {"fail2ban without action": ("", "none")}
+STOCK = {
+    "stock iptables-multiport": ('iptables-multiport[name=modsec, port="http,https", protocol=tcp]',
+                                 "multiport"),
+    "stock iptables-ipset-proto6": ('iptables-ipset-proto6[name=modsec, port="http,https", protocol=tcp]',
+                                    "stock-ipset"),
+}
+
+
+def addresses(count: int, offset: int = 0, base: str = "10.0.0.0") -> list[str]:
+    first = int(ipaddress.IPv4Address(base)) + 1 + offset
+    return [str(ipaddress.IPv4Address(first + n)) for n in range(count)]
+
+
+# -- counting what the kernel holds ------------------------------------------------------------
+
+def kernel_count(ns: Netns, kind: str, f2b: Fail2Ban | None = None) -> int:
+    if kind == "none":                                # no kernel object: what fail2ban holds
+        return len(f2b.banned("modsec")) if f2b else 0
+    if kind == "nftables":
+        out = ns.out("nft", "list", "set", "inet", "mt-modsec", "v4", check=False)
+        return len(re.findall(r"\d+\.\d+\.\d+\.\d+", out))
+    if kind in ("ipset", "stock-ipset"):
+        name = "mt-modsec-4" if kind == "ipset" else "f2b-modsec"
+        out = ns.out("ipset", "list", "-t", name, check=False)
+        found = re.search(r"Number of entries: (\d+)", out)
+        return int(found.group(1)) if found else 0
+    if kind == "iptables-legacy":
+        return ns.out("iptables-legacy", "-w", "-S", "mt-modsec", check=False).count("\n-A mt-modsec -s ")
+    if kind == "multiport":
+        return ns.out("iptables", "-w", "-S", "f2b-modsec", check=False).count("-A f2b-modsec -s ")
+    raise ValueError(kind)
+
+
+# -- 1. throughput ---------------------------------------------------------------------------
+
+def ban_flood(f2b: Fail2Ban, ns: Netns, kind: str, ips: list[str], batch: int, clients: int) -> dict:
+    """Ban ips through fail2ban-client; seconds until the kernel holds all of them."""
+    have = kernel_count(ns, kind, f2b)
+    chunks = [ips[i:i + batch] for i in range(0, len(ips), batch)]
+    started = time.monotonic()
+    accepted: list[float] = []
+
+    def send(chunk: list[str]) -> None:
+        f2b.client("set", "modsec", "banip", *chunk, timeout=1800)
+        accepted.append(time.monotonic())
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(send, c) for c in chunks]
+        deadline = started + max(120, len(ips) / 20)
+        while True:
+            held = kernel_count(ns, kind, f2b) - have
+            if held >= len(ips):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind}: {held}/{len(ips)} bans in the kernel after {deadline - started:.0f}s")
+            time.sleep(0.02 if kind != "none" else 0.3)
+        done = time.monotonic()
+        for future in futures:
+            future.result()
+    seconds = done - started
+    return {"count": len(ips), "seconds": seconds, "rate": len(ips) / seconds,
+            "accepted": max(accepted) - started}
+
+
+def throughput(stack: ExitStack, setups: dict[str, tuple[str, str, int]], args) -> dict[str, dict]:
+    """Ban through every setup, interleaved: round r bans the r-th slice in each setup in turn,
+    so the load of this shared machine hits all setups alike.  name -> result (+ ns, f2b)."""
+    state = {}
+    for name, (action, kind, count) in setups.items():
+        ns = stack.enter_context(netns("mt-bench-"))
+        f2b = stack.enter_context(fail2ban_server(ns, JAIL.format(action=action, extra="")))
+        if kind == "auto":
+            kind = "nftables" if iptables_flavour() == "nf_tables" else "iptables-legacy"
+        state[name] = {"name": name, "kind": kind, "count": 0, "seconds": 0.0, "accepted": 0.0,
+                       "rounds": [], "ns": ns, "f2b": f2b, "ips": addresses(count)}
+    time.sleep(1)                                     # every jail's action has started
+    order = list(state)
+    for r in range(args.rounds_throughput):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            st = state[name]
+            per_round = len(st["ips"]) // args.rounds_throughput
+            chunk = st["ips"][r * per_round:(r + 1) * per_round]
+            flood = ban_flood(st["f2b"], st["ns"], st["kind"], chunk, args.batch, args.clients)
+            st["count"] += flood["count"]
+            st["seconds"] += flood["seconds"]
+            st["accepted"] += flood["accepted"]
+            st["rounds"].append(flood["rate"])
+            print(f"  round {r + 1}: {name:30s} {flood['count']:6d} bans in {flood['seconds']:6.2f} s = "
+                  f"{flood['rate']:7.0f} bans/s", flush=True)
+    for st in state.values():
+        st["rate"] = st["count"] / st["seconds"]
+        print(f"  {st['name']:32s} {st['count']:6d} bans in {st['seconds']:7.2f} s = {st['rate']:8.0f} bans/s "
+              f"(rounds {min(st['rounds']):.0f}-{max(st['rounds']):.0f})", flush=True)
+    return state
+
+
+_ALONE = r"""
+import importlib.machinery, json, sys, time
+mod = importlib.machinery.SourceFileLoader("modsec-block", sys.argv[1]).load_module()
+class Jail: name = "modsec"
+action = mod.Action(Jail(), "modsec-block", backend=sys.argv[2])
+action.start()
+ips = json.loads(sys.stdin.read())
+now = time.time()
+started = time.perf_counter()
+for ip in ips:
+    action.ban({"ip": ip, "time": now, "bantime": 86400})
+queued = time.perf_counter()
+action.drain(600)
+done = time.perf_counter()
+print(json.dumps({"seconds": done - started, "queue_seconds": queued - started, "backend": action.backend}))
+"""
+
+
+def action_alone(backend: str, ips: list[str]) -> dict:
+    """The action without fail2ban: ban() calls from one thread, until the kernel holds all."""
+
+    with netns("mt-bench-") as ns:
+        proc = ns.run(PYTHON, "-c", _ALONE, str(ROOT / "fail2ban" / "action.d" / "modsec-block.py"), backend,
+                      input=json.dumps(ips), timeout=600)
+        out = json.loads(proc.stdout)
+        kind = out["backend"]
+        held = kernel_count(ns, kind)
+    assert held == len(ips), (held, len(ips))
+    result = {"name": f"modsec-block {backend}, without fail2ban", "kind": kind, "count": len(ips),
+              "seconds": out["seconds"], "rate": len(ips) / out["seconds"], "accepted": out["queue_seconds"]}
+    print(f"  {result['name']:32s} {len(ips):6d} bans in {out['seconds']:7.2f} s = {result['rate']:8.0f} bans/s"
+          f"  (ban() calls done after {out['queue_seconds']:.2f} s)", flush=True)
+    return result
+
+
+# -- 2. per-packet cost ------------------------------------------------------------------------
+
+_PROBER = r"""
+import socket, struct, sys, time
+linger = struct.pack("ii", 1, 0)          # close with RST: no TIME_WAIT pile-up
+for line in sys.stdin:
+    n = int(line)
+    lat = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.settimeout(2)
+        t = time.perf_counter_ns()
+        s.connect(("127.0.0.1", 80))
+        lat.append(time.perf_counter_ns() - t)
+        s.close()
+    lat.sort()
+    print(lat[len(lat) // 2], lat[int(len(lat) * 0.9)], flush=True)
+"""
+
+
+class Prober:
+    """A connect() loop living in one namespace; each round: N connects, (median, p90) in ns."""
+
+    def __init__(self, stack: ExitStack, ns: Netns):
+        stack.enter_context(listener(ns, "127.0.0.1:80"))
+        self.proc = ns.popen(PYTHON, "-c", _PROBER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stack.callback(self.proc.kill)
+
+    def round(self, connects: int) -> tuple[int, int]:
+        self.proc.stdin.write(f"{connects}\n")
+        self.proc.stdin.flush()
+        median, p90 = self.proc.stdout.readline().split()
+        return int(median), int(p90)
+
+
+def top_up_multiport(ns: Netns, total: int) -> None:
+    """Fill the stock f2b-modsec chain to `total` rules, in the stock action's own rule shape."""
+    have = kernel_count(ns, "multiport")
+    extra = addresses(total - have, offset=500000)
+    rules = "".join(f"-I f2b-modsec 1 -s {ip}/32 -j REJECT --reject-with icmp-port-unreachable\n" for ip in extra)
+    ns.run("iptables-restore", "-w", "--noflush", input=f"*filter\n{rules}COMMIT\n", timeout=600)
+    assert kernel_count(ns, "multiport") == total
+
+
+@dataclass
+class Setup:
+    """One namespace (one prober) and the kernel states measured in it.
+
+    rows: row name -> (bans held, callable that puts the kernel into that state, or None
+    when the namespace has a single state).  Several states in one namespace are measured
+    by the same prober, alternately: the cleanest comparison this shared machine allows.
+    """
+    ns: Netns
+    rows: dict[str, tuple[int, Callable[[], None] | None]]
+
+
+def packet_cost(setups: list[Setup], stack: ExitStack, rounds: int, connects: int) -> dict[str, dict]:
+    probers = [Prober(stack, setup.ns) for setup in setups]
+    for prober in probers:
+        prober.round(50)                                # warm-up
+    samples: dict[str, list[tuple[int, int]]] = {row: [] for setup in setups for row in setup.rows}
+    for r in range(rounds):
+        for i in [(r + k) % len(setups) for k in range(len(setups))]:   # rotate who goes first
+            rows = list(setups[i].rows.items())
+            for name, (_, enter) in rows[r % len(rows):] + rows[:r % len(rows)]:
+                if enter is not None:
+                    enter()
+                samples[name].append(probers[i].round(connects))
+    return {name: {"median_us": statistics.median(m for m, _ in s) / 1000,
+                   "p90_us": statistics.median(p for _, p in s) / 1000} for name, s in samples.items()}
+
+
+def set_toggles(ns: Netns, kind: str, ips: list[str]) -> tuple[Callable[[], None], Callable[[], None]] | None:
+    """(fill, empty) for our set backends: the same namespace with all bans, then with none."""
+    if kind == "nftables":
+        fill = "add element inet mt-modsec v4 { " + ", ".join(f"{ip} timeout 86400s" for ip in ips) + " }\n"
+        return (lambda: ns.run("nft", "-f", "-", input=fill),
+                lambda: ns.run("nft", "flush", "set", "inet", "mt-modsec", "v4"))
+    if kind == "ipset":
+        fill = "".join(f"add mt-modsec-4 {ip} timeout 86400\n" for ip in ips)
+        return (lambda: ns.run("ipset", "restore", "-exist", input=fill),
+                lambda: ns.run("ipset", "flush", "mt-modsec-4"))
+    return None
+
+
+# -- 3. log -> kernel latency ---------------------------------------------------------------------
+
+def log_latency(stack: ExitStack, backend: str, repeats: int) -> dict:
+    ns = stack.enter_context(netns("mt-bench-"))
+    f2b = stack.enter_context(fail2ban_server(ns, JAIL.format(
+        action='modsec-block.py[backend=nftables, port="%(port)s"]', extra=f"backend = {backend}")))
+    time.sleep(0.5)
+    latencies: list[float] = []
+    found: list[float] = []
+    for n, ip in enumerate(addresses(repeats, base="172.16.0.0")):
+        before = kernel_count(ns, "nftables")
+        lines = [event_line(ip) for _ in range(10)]
+        started, wall = time.monotonic(), time.time()
+        append_events(f2b.root / "events.log", lines)
+        deadline = started + 10
+        while kernel_count(ns, "nftables") <= before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{backend}: no ban after 10 s")
+            time.sleep(0.002)
+        latencies.append(time.monotonic() - started)
+        found.append(found_time(f2b, ip) - wall)
+        time.sleep(0.3 + 0.37 * (n % 3))               # vary the phase against polling loops
+    result = {"backend": backend, "median_ms": 1000 * statistics.median(latencies),
+              "max_ms": 1000 * max(latencies), "found_ms": 1000 * statistics.median(found),
+              "found_max_ms": 1000 * max(found)}
+    print(f"  {backend:10s} log line -> fail2ban found it: median {result['found_ms']:.0f} ms "
+          f"(max {result['found_max_ms']:.0f}); -> kernel: median {result['median_ms']:.0f} ms, "
+          f"max {result['max_ms']:.0f} ms ({repeats} bans)", flush=True)
+    return result
+
+
+def found_time(f2b: Fail2Ban, ip: str) -> float:
+    """Wall time of fail2ban's last "Found <ip>" log line (the filter saw the 10th line)."""
+    stamp = None
+    for line in f2b.log_text().splitlines():
+        if f"] Found {ip} " in line:
+            stamp = line[:23]
+    if stamp is None:
+        raise RuntimeError(f"no Found line for {ip}")
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:23]) / 1000
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def report(res: dict, command: str) -> str:
+    lines = ["## bench/ban.py", "",
+             f"Run {res['date']} on {res['machine']}; load average {res['load_before']} before, "
+             f"{res['load_after']} after (shared VM: other sessions' tests run at the same time, "
+             f"so absolute figures are noisy). fail2ban {res['fail2ban']}, `iptables -V`: "
+             f"{res['iptables']}. Took {res['minutes']:.1f} min.", "",
+             "```", command, "```", "",
+             "### Ban throughput (through fail2ban, until the kernel holds every address)", "",
+             f"`fail2ban-client set modsec banip` with {res['batch']} addresses per call, "
+             f"{res['clients']} calls in flight; jail = our shipped [modsec] (bantime.increment on). "
+             f"Each setup's bans are split into {res['rounds_throughput']} rounds, interleaved "
+             "across setups (the machine's load varies by the minute); bans/s = all bans / "
+             "summed time, with the slowest and fastest round. `without fail2ban`: the action "
+             "module driven directly (ban() calls from one thread), i.e. what the action and "
+             "the kernel alone sustain.", "",
+             "| action | bans | seconds | bans/s | rounds, bans/s |",
+             "|---|---:|---:|---:|---:|"]
+    for r in res["throughput"]:
+        spread = f"{min(r['rounds']):.0f} – {max(r['rounds']):.0f}" if r.get("rounds") else "–"
+        lines.append(f"| {r['name']} ({r['kind']}) | {r['count']} | {r['seconds']:.2f} | "
+                     f"**{r['rate']:.0f}** | {spread} |")
+    lines += ["", "### Per-packet cost for a client that is not banned", "",
+              f"connect() to 127.0.0.1:80 in the namespace (SYN traverses INPUT and our rule); "
+              f"{res['rounds']} interleaved rounds of {res['connects']} connects per setup; "
+              "median of the per-round medians (and of the per-round 90th percentiles). Our "
+              "action's two rows come from the same namespace and prober: its set, filled through "
+              "fail2ban, is alternately emptied and refilled between rounds. The stock rows come "
+              "from separate namespaces (refilling 50,000 rules takes too long to alternate).", "",
+              "| setup | banned | connect median µs | p90 µs | vs 0 bans |",
+              "|---|---:|---:|---:|---:|"]
+    for row in res["packets"]:
+        lines.append(f"| {row['setup']} | {row['banned']} | {row['median_us']:.1f} | {row['p90_us']:.1f} | "
+                     f"{row['delta']:+.1f} % |")
+    lines += ["", "### Event log line to kernel ban (jail backend)", "",
+              "10 blocked lines for a fresh address appended at once. `found`: until fail2ban's "
+              "filter logged the 10th failure (its log has ms resolution); `kernel`: until the "
+              "kernel blocks the address. The difference is fail2ban's actions thread, which "
+              "polls its ban queue with sleeps of 0.2, 0.4, 0.6 and 0.8 s (Utils.wait_for), "
+              "whatever the backend.", "",
+              "| jail backend | found median ms | found max ms | kernel median ms | kernel max ms |",
+              "|---|---:|---:|---:|---:|"]
+    for r in res["latency"]:
+        lines.append(f"| {r['backend']} | {r['found_ms']:.0f} | {r['found_max_ms']:.0f} | "
+                     f"{r['median_ms']:.0f} | {r['max_ms']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_results(path: Path, section: str) -> None:
+    """Replace (or append) only the '## bench/ban.py' section; the others are kept."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(r"^## bench/ban\.py\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=10000, help="bans per action (ours)")
+    parser.add_argument("--stock-count", type=int, default=10000, help="bans per stock action")
+    parser.add_argument("--packet-bans", type=int, default=50000)
+    parser.add_argument("--batch", type=int, default=2500, help="addresses per fail2ban-client call")
+    parser.add_argument("--clients", type=int, default=2, help="fail2ban-client calls in flight")
+    parser.add_argument("--rounds-throughput", type=int, default=5,
+                        help="interleaved rounds the --count bans are split into")
+    parser.add_argument("--rounds", type=int, default=25, help="per-packet rounds")
+    parser.add_argument("--connects", type=int, default=400)
+    parser.add_argument("--latency-repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--results", type=Path, help="update this RESULTS.md section")
+    args = parser.parse_args()
+    if args.quick:
+        args.count, args.stock_count, args.packet_bans = 2000, 500, 5000
+        args.rounds, args.connects, args.latency_repeats, args.rounds_throughput = 4, 200, 4, 2
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    command = " ".join(["python3 bench/ban.py", *sys.argv[1:]])
+    started = time.monotonic()
+    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
+           "load_before": os.getloadavg()[0],
+           "fail2ban": subprocess.run(["fail2ban-client", "-V"], capture_output=True, text=True).stdout.strip(),
+           "iptables": subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout.strip(),
+           "batch": args.batch, "clients": args.clients, "rounds": args.rounds, "connects": args.connects,
+           "rounds_throughput": args.rounds_throughput,
+           "throughput": [], "packets": [], "latency": []}
+    with ExitStack() as stack:
+        print(f"1. throughput: {args.count} bans (ours), {args.stock_count} (stock)", flush=True)
+        setups = {name: (action, kind, args.stock_count if name in STOCK else args.count)
+                  for name, (action, kind) in {**OURS, **NO_ACTION, **STOCK}.items()}
+        state = throughput(stack, setups, args)
+        res["throughput"] = [{k: v for k, v in st.items() if k not in ("ns", "f2b", "ips")}
+                             for st in state.values()]
+        kept = {name: (st["ns"], st["f2b"], st["kind"]) for name, st in state.items()}
+
+        for backend in ("nftables", "ipset", "iptables-legacy"):
+            res["throughput"].append(action_alone(backend, addresses(args.count)))
+
+        print(f"2. per-packet cost for a non-banned client, {args.packet_bans} bans", flush=True)
+        setups = packet_setups(stack, kept, args)
+        for _, f2b, _ in kept.values():
+            f2b.kill()                                  # kernel state stays; no background work
+        setups, baselines = setups
+        measured = packet_cost(setups, stack, args.rounds, args.connects)
+        for name, baseline in baselines.items():
+            banned = next(s.rows[name][0] for s in setups if name in s.rows)
+            row = dict(setup=name.rsplit(",", 1)[0], banned=banned, **measured[name])
+            row["delta"] = 100 * (row["median_us"] / measured[baseline]["median_us"] - 1)
+            res["packets"].append(row)
+            print(f"  {name:45s} median {row['median_us']:8.1f} us  p90 {row['p90_us']:8.1f} us  "
+                  f"{row['delta']:+6.1f} % vs 0 bans", flush=True)
+        stack.close()                                   # namespaces gone before step 3
+
+        print("3. event log line -> kernel ban", flush=True)
+        for backend in ("pyinotify", "polling"):
+            with ExitStack() as inner:
+                res["latency"].append(log_latency(inner, backend, args.latency_repeats))
+    res["load_after"] = os.getloadavg()[0]
+    res["minutes"] = (time.monotonic() - started) / 60
+    section = report(res, command)
+    print()
+    print(section)
+    if args.results:
+        update_results(args.results, section)
+        print(f"updated {args.results}")
+    return 0
+
+
+def packet_setups(stack: ExitStack, kept: dict, args) -> tuple[list[Setup], dict[str, str]]:
+    """The namespaces to measure, and for each row the row it is compared with (its 0 bans)."""
+    ours_ns, ours_f2b, kind = kept["modsec-block auto"]
+    more = addresses(args.packet_bans - args.count, offset=args.count)
+    for i in range(0, len(more), 5000):
+        ours_f2b.banip("modsec", *more[i:i + 5000])
+    deadline = time.monotonic() + 600
+    while kernel_count(ours_ns, kind) < args.packet_bans:
+        if time.monotonic() > deadline:
+            raise TimeoutError("top-up of our action did not complete")
+        time.sleep(0.1)
+    ours0, ours_full = f"modsec-block ({kind}), 0", f"modsec-block ({kind}), {args.packet_bans}"
+    toggles = set_toggles(ours_ns, kind, addresses(args.packet_bans))
+    if toggles:       # the bans were made through fail2ban; toggling only re-creates that state
+        setups = [Setup(ours_ns, {ours_full: (args.packet_bans, toggles[0]), ours0: (0, toggles[1])})]
+    else:
+        setups = [Setup(ours_ns, {ours_full: (args.packet_bans, None)}),
+                  Setup(fresh(stack, OURS["modsec-block auto"][0]), {ours0: (0, None)})]
+    multi0 = "stock iptables-multiport, 0"
+    multi_ns = kept["stock iptables-multiport"][0]
+    held = kernel_count(multi_ns, "multiport")
+    multi_some = f"stock iptables-multiport, {held}"
+    multi_full = f"stock iptables-multiport (topped up), {args.packet_bans}"
+    big = fresh(stack, STOCK["stock iptables-multiport"][0])
+    top_up_multiport(big, args.packet_bans)
+    setups += [Setup(fresh(stack, STOCK["stock iptables-multiport"][0]), {multi0: (0, None)}),
+               Setup(multi_ns, {multi_some: (held, None)}), Setup(big, {multi_full: (args.packet_bans, None)})]
+    baselines = {ours0: ours0, ours_full: ours0, multi0: multi0, multi_some: multi0, multi_full: multi0}
+    return setups, baselines
+
+
+def fresh(stack: ExitStack, action: str) -> Netns:
+    """A namespace whose fail2ban started `action` with no ban (then killed: state stays).
+
+    Stock iptables actions start on demand (first ban): one ban and unban creates their
+    chain and jump rule, as on any server that has banned once.
+    """
+    ns = stack.enter_context(netns("mt-bench-"))
+    f2b = stack.enter_context(fail2ban_server(ns, JAIL.format(action=action, extra="")))
+    f2b.banip("modsec", "192.0.2.99")
+    f2b.unbanip("modsec", "192.0.2.99")
+    time.sleep(0.5)
+    f2b.kill()
+    return ns
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
