@@ -88,6 +88,8 @@ class Sandbox:
     db: str = ""
     index_log: Path | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    #: how Python starts the CLI (a test may put a ``-c`` wrapper here)
+    launcher: tuple[str, ...] = ("-m", "modsec_tools.cli")
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -123,7 +125,7 @@ class Sandbox:
 
     def command(self, *args: str, action: str = "ingest") -> list[str]:
         """``-v`` always: the INFO summary line ("ingest: N entries ...") is on stderr."""
-        return [sys.executable, "-m", "modsec_tools.cli", "-v", *action.split(),
+        return [sys.executable, *self.launcher, "-v", *action.split(),
                 "--config", str(self.config), *args]
 
     def run(self, *args: str, action: str = "ingest", timeout: float = 180.0,

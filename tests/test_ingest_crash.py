@@ -198,13 +198,14 @@ def all_logs(sb: ih.Sandbox) -> str:
 
 
 def crash_scenario(tmp_path: Path, db: str, db_ids, connect, copies: int, kills_wanted: int,
-                   index: bool, settings: dict[str, str]) -> None:
+                   index: bool, settings: dict[str, str],
+                   launcher: tuple[str, ...] = ("-m", "modsec_tools.cli")) -> ih.Sandbox:
     corpus.require_corpus()
     print(f"\nseed={SEED} copies={copies} kills={kills_wanted} index={index} "
           f"db={db.split(':', 1)[0]}")
     rng = random.Random(SEED)
     sb = ih.Sandbox(tmp_path, db=db, index_log=tmp_path / "index.log" if index else None,
-                    settings=settings)
+                    settings=settings, launcher=launcher)
     if index:
         (tmp_path / "index.log").touch()
     began = time.monotonic()
@@ -238,11 +239,10 @@ def crash_scenario(tmp_path: Path, db: str, db_ids, connect, copies: int, kills_
     # Some kills must have hit a batch in flight (between its journal record and its done
     # record), or the test proves little; about a third do.
     assert recovered >= max(3, kills_wanted // 10), f"only {recovered} kills hit a batch"
+    return sb
 
 
-def test_kill9_sqlite_tree_mode(fast_tmp):
-    """17 copies of r1 (20,808 entries), batch size 200, >= 50 kills, SQLite, tree mode."""
-    tmp_path = fast_tmp
+def _sqlite(tmp_path: Path):
     db_path = tmp_path / "out" / "events.db"
 
     def db_ids():
@@ -258,8 +258,31 @@ def test_kill9_sqlite_tree_mode(fast_tmp):
         finally:
             conn.close()
 
-    crash_scenario(tmp_path, f"sqlite:///{db_path}", db_ids, lambda: ih.sqlite_connect(db_path),
-                   copies=17, kills_wanted=50, index=False, settings={"batch_size": "200"})
+    return f"sqlite:///{db_path}", db_ids, lambda: ih.sqlite_connect(db_path)
+
+
+#: The CLI with the journal compacted at 16 KB instead of 4 MB (every few batches).
+SMALL_JOURNAL = ("-c", "import sys; import modsec_tools.journal as j; j.COMPACT_AT = 16384; "
+                 "from modsec_tools.cli import main; sys.argv[0] = 'modsec-tools'; "
+                 "sys.exit(main())")
+
+
+def test_kill9_during_journal_compaction(fast_tmp):
+    """2 copies of r1 (2,448 entries), batches of 50, the journal compacted every few
+    batches (write the checkpoint, fsync, rename): >= 20 kills, SQLite, index mode."""
+    db, db_ids, connect = _sqlite(fast_tmp)
+    sb = crash_scenario(fast_tmp, db, db_ids, connect, copies=2, kills_wanted=20, index=True,
+                        settings={"batch_size": "50"}, launcher=SMALL_JOURNAL)
+    journal = (sb.state / "journal").read_bytes()
+    assert b'"type":"checkpoint"' in journal, "the journal was never compacted"
+    assert len(journal) < 16384 + 20000
+
+
+def test_kill9_sqlite_tree_mode(fast_tmp):
+    """17 copies of r1 (20,808 entries), batch size 200, >= 50 kills, SQLite, tree mode."""
+    db, db_ids, connect = _sqlite(fast_tmp)
+    crash_scenario(fast_tmp, db, db_ids, connect, copies=17, kills_wanted=50, index=False,
+                   settings={"batch_size": "200"})
 
 
 def test_kill9_mariadb_index_mode(fast_tmp, mariadb, mariadb_db):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -32,12 +33,24 @@ def _name(tag: str) -> str:
     return f"20261128-152959-{(tag + 'A' * 27)[:27]}"
 
 
+#: Files of /etc that nothing else touches while the tests run (other tests on the machine
+#: may add or remove their own files under /etc, so /etc as a whole is not compared).
+ETC_FILES = ("/etc/shadow", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/hostname",
+             "/etc/fstab", "/etc/os-release")
+
+
 def _snapshot(path: str) -> dict:
-    """Names, inodes, modes, sizes and mtimes of a directory's entries (not followed)."""
+    """/etc itself and its stable files: inode, mode, size, mtime, links, content."""
     found = {}
-    for name in sorted(os.listdir(path)):
-        info = os.lstat(os.path.join(path, name))
-        found[name] = (info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns, info.st_nlink)
+    for name in (path, *ETC_FILES):
+        if not os.path.lexists(name):
+            continue
+        info = os.lstat(name)
+        if stat.S_ISDIR(info.st_mode):  # its mtime moves with other tests' files
+            found[name] = (info.st_ino, info.st_mode)
+            continue
+        found[name] = (info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns,
+                       info.st_nlink, _digest(name) if stat.S_ISREG(info.st_mode) else None)
     return found
 
 
@@ -201,7 +214,7 @@ def test_hostile_tree(fast_tmp):
                                                    f"{_name('Fifo')}").st_mode)
     for relpath in planted.left_alone:
         assert os.path.lexists(sb.storage / relpath), f"{relpath} was removed"
-    assert os.path.islink(sb.storage / DAY / "20261128-1530")
+    assert os.readlink(sb.storage / DAY / "20261128-1530") == "/etc"
     assert "directory named like an entry; left alone" in log
     unexpected = held - {f"{MINUTE.replace('/', '_')}_{n}{suffix}"
                          for n in planted.quarantined for suffix in ("", ".reason")}
@@ -352,3 +365,72 @@ def test_odd_unique_id_is_stored_not_refused(fast_tmp, any_database, poison):
     finally:
         conn.close()
     assert len(stored) == 1 or sb.quarantined(), (stored, sb.quarantined())
+
+
+# -- races: names swapped while ingest works ----------------------------------------------------
+SWAPPER = r"""
+import os, sys
+from modsec_tools import config, ingest, storage
+settings = config.load(sys.argv[1])
+real, moved, victim, hook = sys.argv[2:6]
+original = getattr(storage.StorageTree, hook)
+swapped = []
+def swap_first(self, ref, *args):
+    if not swapped:
+        swapped.append(ref.relpath)
+        if hook == "read":     # the minute directory becomes a symlink after the scan
+            os.rename(real, moved)
+            os.symlink(victim, real)
+        else:                  # the entry becomes a symlink after it was read, before unlink
+            path = os.path.join(real, ref.name)
+            os.rename(path, os.path.join(moved, ref.name))
+            os.symlink(os.path.join(victim, ref.name), path)
+    return original(self, ref, *args)
+setattr(storage.StorageTree, hook, swap_first)
+pipeline = ingest.Pipeline(settings)
+stats = pipeline.run_once()
+pipeline.close()
+print(stats.entries, stats.errors)
+"""
+
+
+@pytest.mark.parametrize("hook", ["read", "remove"])
+def test_names_swapped_for_symlinks_during_ingest(fast_tmp, hook):
+    """``read``: after the scan, the minute directory is renamed away and replaced by a
+    symlink to a directory outside holding files of the same names. ``remove``: after an
+    entry was read and committed, its name becomes a symlink to such a file. Nothing outside
+    is read, changed or deleted; no file is deleted that was not the one archived."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, settings={"workers": "0", "batch_size": "50"})
+    ih.extract(RUN, fast_tmp / "x", sb.storage)
+    want = ih.originals(sb.storage)
+    real = sb.storage / MINUTE
+    victim = fast_tmp / "outside" / "victim"
+    moved = fast_tmp / "outside" / "moved"
+    victim.mkdir(parents=True)
+    if hook == "remove":
+        moved.mkdir()
+    for name in os.listdir(real):
+        (victim / name).write_bytes(MARKER + b"\n" + (real / name).read_bytes())
+    before = {name: (victim / name).read_bytes() for name in os.listdir(victim)}
+    done = ih.run_cli([sys.executable, "-c", SWAPPER, str(sb.config), str(real), str(moved),
+                       str(victim), hook])
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    entries, errors = map(int, done.stdout.split())
+    assert {n: (victim / n).read_bytes() for n in os.listdir(victim)} == before
+    for sink in (sb.archive, sb.events):
+        assert MARKER not in sink.read_bytes()
+    if hook == "read":
+        # every entry of that directory failed to read (the link is refused), none lost
+        assert entries == 0 and errors == len(want), done.stderr[-2000:]
+        assert sorted(os.listdir(moved)) == sorted(Path(want[u].relpath).name for u in want)
+    else:
+        # the swapped name held another inode: not deleted; the real file was archived
+        assert entries == len(want) and errors == 0, done.stderr[-2000:]
+        assert "was replaced after it was read; not deleting it" in done.stderr
+        (name,) = os.listdir(moved)
+        assert os.path.islink(real / name)  # left for the next run to quarantine
+        ih.check_archive(sb, want)
+        again = sb.run(expect=1)
+        assert "symbolic link, not an entry file" in again.stderr
+        assert len(sb.lines()) == len(want)
