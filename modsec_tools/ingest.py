@@ -239,32 +239,37 @@ class Pipeline:
                           None)
         if last_batch is None:
             return
+        skipped: set[str] = set()
         if self.journal.unfinished() is not None:
             log.warning("completing batch %d interrupted by a crash (%d files)",
                         last_batch["seq"], len(last_batch["files"]))
-            self._apply(last_batch, self._reload(last_batch))
+            self._apply(last_batch, self._reload(last_batch, skipped))
             self.journal.append({"type": "done", "seq": last_batch["seq"]})
-        self._delete(last_batch)
+        self._delete(last_batch, keep=skipped)
         self.tree.release()
 
-    def _reload(self, record: dict) -> list[Outcome]:
-        """The journaled batch's entries, rendered again from their files."""
+    def _reload(self, record: dict, skipped: set[str]) -> list[Outcome]:
+        """The journaled batch's entries, rendered again from the bytes that were journaled
+        (the file's first ``size`` bytes, checked by CRC, whatever max_entry_size is now).
+        An entry that no longer holds them is left in the tree, never deleted."""
         batch = []
         for relpath, inode, device, size, crc, indexed_status in record["files"]:
             ref = EntryRef.from_relpath(relpath)
             try:
-                file = self.tree.read(ref, self.settings.max_entry_size)
-                event = parse_entry(file.data, relpath, self.settings.trusted_proxies)
+                file = self.tree.read(ref, max(size, self.settings.max_entry_size))
+                data = file.data[:size]
+                if (file.stat.st_ino, file.stat.st_dev) != (inode, device) or \
+                        zlib.crc32(data) != crc:
+                    raise ParseError("changed since it was journaled")
+                event = parse_entry(data, relpath, self.settings.trusted_proxies)
             except (OSError, ParseError) as exc:
-                log.error("%s: journaled but unreadable on recovery (%s); skipped", relpath, exc)
-                continue
-            if (file.stat.st_ino, file.stat.st_dev) != (inode, device) or zlib.crc32(
-                    file.data) != crc:
-                log.error("%s changed since it was journaled; skipped", relpath)
+                skipped.add(relpath)
+                log.error("%s: journaled, but cannot be read as it was on recovery (%s); "
+                          "left in place", relpath, exc)
                 continue
             if event.status is None:
                 event.status = indexed_status
-            batch.append(render(ref, file.data, file.stat, event, self.rules))
+            batch.append(render(ref, data, file.stat, event, self.rules))
         return batch
 
     # -- finding work --------------------------------------------------------------------------
@@ -356,8 +361,10 @@ class Pipeline:
         if self.db is not None:
             self.stats.spooled += self.db.write([p.row for p in batch])
 
-    def _delete(self, record: dict) -> None:
+    def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         for relpath, inode, device, *_ in record["files"]:
+            if relpath in keep:
+                continue
             try:
                 self.tree.remove(EntryRef.from_relpath(relpath), (inode, device))
             except OSError as exc:
