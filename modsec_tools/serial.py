@@ -19,6 +19,9 @@ class Piece:
     offset: int          # byte offset of the entry in the log
     data: bytes          # the entry; when oversized, only its first max_entry bytes
     oversized: bool = False
+    # Found inside another entry that never ended: after a crash that is a real entry, but
+    # it may as well be one forged in a request body, so it is not to be trusted.
+    nested: bool = False
 
 
 class SerialSplitter:
@@ -72,7 +75,9 @@ class SerialSplitter:
                 piece, rest = entry.cut()
                 yield piece
                 yield from self._refeed(rest)
-                yield from self.close()
+                for piece in self.close():
+                    piece.nested = True
+                    yield piece
 
     def _open_more(self, at: int, chunk: bytes, line_start: bool) -> Iterator[Piece]:
         entry = self._open
@@ -85,19 +90,22 @@ class SerialSplitter:
         boundary = _A_AT_END.search(chunk)
         if entry.add(at, chunk, boundary.start() if boundary else None):
             return
-        # Too long to be one entry, and an entry started inside it: it was cut short.
+        # Far longer than one entry may be, with an entry start inside: it was cut short.
         self._open = None
         piece, rest = entry.cut()
         yield piece
-        yield from self._refeed([*rest, (at, chunk)])
+        yield from self._refeed(rest)
 
     def _refeed(self, chunks: list[tuple[int, bytes]]) -> Iterator[Piece]:
-        """Read again chunks of an entry that turned out to be cut short."""
+        """Read again chunks of an entry that turned out to be cut short; what they hold is
+        flagged nested."""
         end = self._offset
         self._line_start = True  # the first one starts with an A boundary
         for at, chunk in chunks:
             self._offset = at
-            yield from self.feed(chunk)
+            for piece in self.feed(chunk):
+                piece.nested = True
+                yield piece
         self._offset = end
 
     def _json_more(self, chunk: bytes) -> Iterator[Piece]:
@@ -109,46 +117,62 @@ class SerialSplitter:
 
 
 class _OpenEntry:
-    """A native entry being gathered, whole (at most ``max_entry`` bytes are kept), with the
-    first place an A boundary appeared inside it."""
+    """A native entry being gathered: its first ``max_entry`` bytes, and, from the first A
+    boundary seen inside it, the chunks that follow (up to ``REST_CAP`` times max_entry), to
+    be read again should the entry turn out to be cut short. Its own Z line proves the
+    boundary forged (it is then dropped with the rest); the end of the log, or more than the
+    cap of chunks without that Z, proves it real."""
+
+    REST_CAP = 4
 
     def __init__(self, at: int, z_line: bytes, max_entry: int) -> None:
         self.at = at
         self.z_line = z_line
         self.max_entry = max_entry
-        self.chunks: list[tuple[int, bytes]] = []
+        self.kept: list[bytes] = []
+        self.kept_size = 0
         self.size = 0
-        self.restart: int | None = None     # index in chunks where an A boundary begins
-        self.oversized = False
+        self.restart_size: int | None = None     # entry bytes before the first A boundary
+        self.rest: list[tuple[int, bytes]] = []
+        self.rest_size = 0
+
+    @property
+    def restart(self) -> int | None:
+        return self.restart_size
 
     def add(self, at: int, chunk: bytes, boundary_at: int | None) -> bool:
-        """Keep ``chunk``; False when it does not fit and the entry must be cut at its restart."""
-        if self.oversized:
-            return True  # only the prefix is kept; the rest is read past, to the Z line
-        if self.size + len(chunk) > self.max_entry:
-            if self.restart is not None:
-                return False
-            self.chunks.append((at, chunk[:self.max_entry - self.size]))
-            self.size = self.max_entry
-            self.oversized = True
+        """Take ``chunk``; False when the chunks kept since the A boundary exceed the cap
+        (the entry must then be cut there)."""
+        if boundary_at is not None and self.restart_size is None:
+            self.restart_size = self.size + boundary_at
+            self._keep(chunk)
+            self.rest.append((at + boundary_at, chunk[boundary_at:]))
+            self.rest_size += len(chunk) - boundary_at
             return True
-        if boundary_at is not None and self.restart is None:
-            if boundary_at:
-                self.chunks.append((at, chunk[:boundary_at]))  # the unfinished line
-            self.restart = len(self.chunks)
-            self.chunks.append((at + boundary_at, chunk[boundary_at:]))
-        else:
-            self.chunks.append((at, chunk))
-        self.size += len(chunk)
+        self._keep(chunk)
+        if self.restart_size is not None:
+            self.rest.append((at, chunk))
+            self.rest_size += len(chunk)
+            return self.rest_size <= self.REST_CAP * self.max_entry
         return True
 
+    def _keep(self, chunk: bytes) -> None:
+        room = self.max_entry - self.kept_size
+        if room > 0:
+            piece = chunk[:room]
+            self.kept.append(piece)
+            self.kept_size += len(piece)
+        self.size += len(chunk)
+
     def whole(self) -> Piece:
-        return Piece(self.at, b"".join(c for _, c in self.chunks), self.oversized)
+        return Piece(self.at, b"".join(self.kept), self.size > self.max_entry)
 
     def cut(self) -> tuple[Piece, list[tuple[int, bytes]]]:
-        assert self.restart is not None
-        before = b"".join(c for _, c in self.chunks[:self.restart])
-        return Piece(self.at, before), self.chunks[self.restart:]
+        """The entry up to its first A boundary, and the chunks to read again from there."""
+        assert self.restart_size is not None
+        data = b"".join(self.kept)[:self.restart_size]
+        return (Piece(self.at, data, self.restart_size > self.max_entry, nested=False),
+                self.rest)
 
 
 class _OpenJson:

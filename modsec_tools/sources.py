@@ -77,9 +77,14 @@ def iter_path(path: str, storage_dir: str | None = None,
         yield ReadFailure(path, "not an audit log, index log or storage directory")
 
 
-def iter_log_stream(stream, name: str, max_entry: int = MAX_ENTRY) -> Iterator[RawEntry]:
+def iter_log_stream(stream, name: str, max_entry: int = MAX_ENTRY) -> Iterator[Item]:
     """Entries of one entry file or Serial log (native or JSON lines)."""
     for piece in split_serial(stream, max_entry):
+        if piece.nested:
+            yield ReadFailure(f"{name}:{piece.offset}", "entry found inside an earlier entry "
+                              "that never ended (a crash, or a boundary forged in a request "
+                              "body); not trusted")
+            continue
         yield RawEntry(piece.data, name if piece.offset == 0 else f"{name}:{piece.offset}",
                        oversized=piece.oversized)
 
