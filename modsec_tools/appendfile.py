@@ -58,7 +58,7 @@ class AppendFile:
         """
         now = self.position()
         if now.inode != start.inode:
-            return "rotated"
+            return self._complete_rotated(start, expected)
         present = now.size - start.size
         if present <= 0:
             self.append(expected)
@@ -77,6 +77,28 @@ class AppendFile:
             return "rest"
         # Not our bytes after the mark (should not happen): keep them, and add ours whole.
         self.append(b"\n" + expected if not written.endswith(b"\n") else expected)
+        self.sync()
+        return "whole"
+
+    def _complete_rotated(self, start: Position, expected: bytes) -> str:
+        """The file was rotated since the batch began (logrotate's ``create``): if the
+        rotated file (found by its inode beside ours) already holds the whole batch, nothing
+        is missing; otherwise the batch goes to the new file, which is what readers follow."""
+        directory = os.path.dirname(self.path) or "."
+        base = os.path.basename(self.path)
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    if entry.name.startswith(base) and entry.inode() == start.inode \
+                            and entry.is_file(follow_symlinks=False):
+                        with open(entry.path, "rb") as old:
+                            old.seek(start.size)
+                            if old.read(len(expected)) == expected:
+                                return "rotated"
+                        break
+        except OSError:
+            pass
+        self.append(expected)
         self.sync()
         return "whole"
 

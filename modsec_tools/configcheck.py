@@ -33,7 +33,13 @@ def _output_file(path: str, what: str) -> list[tuple[str, str]]:
 
 def check(settings: Settings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
-    problems += _directory(settings.storage_dir, "storage_dir", must_write=True)
+    # Apache creates the storage tree, not us: a missing one is a typo or a missing
+    # SecAuditLogStorageDir, and ingest/watch would find nothing.
+    if not os.path.exists(settings.storage_dir):
+        problems.append(("error", f"storage_dir {settings.storage_dir} does not exist "
+                                  "(set it to SecAuditLogStorageDir)"))
+    elif not os.path.isdir(settings.storage_dir):
+        problems.append(("error", f"storage_dir {settings.storage_dir} is not a directory"))
     if settings.index_log and not os.path.isfile(settings.index_log):
         problems.append(("error", f"index_log {settings.index_log} is not a file"))
     problems += _output_file(settings.archive, "archive")

@@ -61,7 +61,8 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
                    0 if event.messages else None)
     # Text columns get text any database accepts, cut to the column's size: a hostile
     # entry must not become a row the database refuses forever (it would block the spool).
-    row = (node, _fit(event.unique_id, 64), created, offset, _fit(event.client_ip, 45),
+    unique_id = _fit(event.unique_id, 64)
+    row = (node, unique_id, created, offset, _fit(event.client_ip, 45),
            _fit(event.peer_ip, 45), event.peer_port, _fit(event.local_ip, 45), event.local_port,
            raw(event.method), raw(event.uri), _fit(event.protocol, 255), raw(event.host),
            raw(event.user_agent), event.status, raw(event.response_status_line),
@@ -72,7 +73,7 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
     matches = [_match_row(seq, m) for seq, m in enumerate(event.messages)]
-    return Row(event.unique_id, row, matches)
+    return Row(unique_id, row, matches)
 
 
 def _match_row(seq: int, message) -> tuple:

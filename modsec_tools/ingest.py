@@ -409,7 +409,13 @@ class Pipeline:
     def run_once(self, progress=None) -> Stats:
         """Everything complete now: index lines first (already proven), then the tree."""
         self.read_index()
-        work = list(self.scan())
+        try:
+            work = list(self.scan())
+        except OSError as exc:
+            self.stats.errors += 1
+            log.error("cannot open the storage directory %s: %s", self.settings.storage_dir,
+                      exc.strerror or exc)
+            return self.stats
         work.sort(key=lambda item: item[0].name)  # ModSecurity's names sort by time
         if progress is not None:
             work = progress(work)

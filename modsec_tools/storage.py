@@ -92,11 +92,7 @@ class StorageTree:
     # -- discovery -----------------------------------------------------------------------
     def scan(self) -> Iterator[Candidate | Oddity]:
         """Every entry file (oldest minute first) and every odd name at entry depth."""
-        try:
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.error("cannot open storage directory %s: %s", self.root, exc.strerror)
-            return
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             yield from self._scan_dir(root_fd, ())
         finally:

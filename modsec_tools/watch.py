@@ -205,8 +205,11 @@ class Watcher:
         for dirs in self._walk_dirs():
             self._adopt_dir(dirs, fresh=False)
         self.pipeline.read_index()
-        for ref, proof in self.pipeline.scan():
-            self._queue(ref, proof)
+        try:
+            for ref, proof in self.pipeline.scan():
+                self._queue(ref, proof)
+        except OSError as exc:
+            self._warn_once((), f"cannot scan: {exc.strerror or exc}")
 
     # -- main loop -------------------------------------------------------------------------------
     def start(self, signals: Signals | None = None) -> None:
