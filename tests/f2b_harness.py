@@ -430,7 +430,8 @@ def ipset_members(ns: Netns, name: str) -> dict[str, int | None]:
     for line in proc.stdout.splitlines():
         words = line.split()
         if len(words) >= 3 and words[0] == "add":
-            members[words[2]] = int(words[4]) if len(words) >= 5 and words[3] == "timeout" else None
+            # "timeout 0" in a set with timeouts is a permanent entry
+            members[words[2]] = (int(words[4]) or None) if len(words) >= 5 and words[3] == "timeout" else None
     return members
 
 

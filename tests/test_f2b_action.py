@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.f2b_harness import (BUNDLE, add_addresses, append_events, event_line, fail2ban_server,
+from tests.f2b_harness import (BUNDLE, PYTHON, add_addresses, append_events, event_line, fail2ban_server,
                                firewall_snapshot, iptables_flavour, kernel_bans, legacy_rules,
                                listener, netns, populate_host_firewall, tcp_probes, wait_for)
 
@@ -111,6 +111,36 @@ def test_restart_and_crash_restore_bans_without_duplicates(backend):
         assert set(held) == set(addresses)              # legacy_members raises on duplicates
         _assert_single_hook(ns, backend)
         assert f2b.banned("modsec") == set(addresses)
+
+
+_DIRECT = r"""
+import importlib.machinery, sys, time
+mod = importlib.machinery.SourceFileLoader("modsec-block", sys.argv[1]).load_module()
+class Jail: name = "modsec"
+action = mod.Action(Jail(), "modsec-block", backend=sys.argv[2])
+step = sys.argv[3]
+if step == "start":
+    action.start(); action.start()                 # twice: nothing doubled
+    action.ban({"ip": "192.0.2.7", "time": time.time(), "bantime": 600})
+    action.ban({"ip": "2001:db8::7", "time": time.time(), "bantime": -1})
+    action.drain()
+else:
+    action.stop(); action.stop()                   # twice: no error, nothing left
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_action_start_and_stop_are_idempotent(backend):
+    """The action module itself (no fail2ban): start twice, stop twice, in one namespace."""
+    with netns() as ns:
+        populate_host_firewall(ns)
+        before = firewall_snapshot(ns)
+        ns.run(PYTHON, "-c", _DIRECT, str(BUNDLE / "action.d" / "modsec-block.py"), backend, "start")
+        held = bans(ns, backend)
+        assert set(held) == {V4, V6} and 590 <= held[V4] <= 600 and held[V6] is None   # -1: permanent
+        _assert_single_hook(ns, backend)
+        ns.run(PYTHON, "-c", _DIRECT, str(BUNDLE / "action.d" / "modsec-block.py"), backend, "stop")
+        assert firewall_snapshot(ns) == before
 
 
 def _assert_single_hook(ns, backend):
