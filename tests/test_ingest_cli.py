@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,12 @@ def test_second_ingest_at_once_fails_clearly(fast_tmp):
     assert len(sb.lines()) == 392
 
 
+def _storage_error(report: str, path: Path) -> bool:
+    """``config check`` printed an error line about storage_dir naming ``path``."""
+    return any(line.startswith("error: storage_dir ") and str(path) in line
+               for line in report.splitlines())
+
+
 # -- config check -------------------------------------------------------------------------------
 def test_config_check_good_config(fast_tmp):
     sb = _ready(ih.Sandbox(fast_tmp))
@@ -98,30 +105,28 @@ def test_config_check_unusable_sqlite(fast_tmp):
 def test_config_check_storage_dir_missing_with_its_parent(fast_tmp):
     sb = _ready(ih.Sandbox(fast_tmp, settings={"storage_dir": str(fast_tmp / "no" / "such")}))
     done = sb.run(action="config check", expect=1)
-    assert f"error: storage_dir {fast_tmp / 'no' / 'such'} does not exist" in done.stdout
+    assert _storage_error(done.stdout, fast_tmp / "no" / "such"), done.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a missing storage_dir whose parent is writable is "
-                   "only a warning ('does not exist yet (it will be created)') and config "
-                   "check exits 0, but nothing creates it: ingest logs 'cannot open storage "
-                   "directory' and exits 0 having done nothing")
 def test_config_check_storage_dir_missing(fast_tmp):
-    missing = fast_tmp / "modsec_audit"   # a typo'd SecAuditLogStorageDir: parent exists
+    """A typo'd SecAuditLogStorageDir whose parent exists and is writable: nothing creates
+    it (Apache does), so it is an error, not a warning. (Regression: it was reported as
+    'does not exist yet (it will be created)' with exit 0.)"""
+    missing = fast_tmp / "modsec_audit"
     sb = _ready(ih.Sandbox(fast_tmp, settings={"storage_dir": str(missing)}))
-    os.rmdir(missing)
+    assert not missing.exists() and os.access(fast_tmp, os.W_OK)
     done = sb.run(action="config check", expect=None)
-    assert f"error: storage_dir {missing} does not exist" in done.stdout, done.stdout
+    assert _storage_error(done.stdout, missing), done.stdout
     assert done.returncode == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ingest exits 0 when the storage directory "
-                   "cannot be opened (StorageTree.scan only logs it), so cron never reports "
-                   "a broken or typo'd storage_dir")
 def test_ingest_with_missing_storage_dir_fails(fast_tmp):
+    """(Regression: ingest only logged 'cannot open storage directory' and exited 0, so a
+    cron job never reported a broken storage_dir.)"""
     sb = _ready(ih.Sandbox(fast_tmp))
     os.rmdir(sb.storage)
     done = sb.run(expect=None)
-    assert "cannot open storage directory" in done.stderr
+    assert "storage directory" in done.stderr and str(sb.storage) in done.stderr
     assert done.returncode == 1
 
 

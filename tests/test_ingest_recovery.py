@@ -86,17 +86,13 @@ def _lower_max_entry_size(sb: ih.Sandbox, made) -> list[str]:
     return ["--max-entry-size", str(smallest)]   # every bigger entry now reads short
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Pipeline.recover() skips a journaled entry it "
-                   "cannot reload as it was (changed since journaled, unreadable, or now "
-                   "beyond max_entry_size), then _delete(last_batch) unlinks every file of the "
-                   "batch, the skipped ones included: they are deleted without being archived "
-                   "(or, when the archive already had the batch, the rest is appended again: "
-                   "duplicates)")
 @pytest.mark.parametrize("change", [_modify_in_place, _lower_max_entry_size],
                          ids=["entry-modified-in-place", "max-entry-size-lowered"])
 @pytest.mark.parametrize("sink", ["archive", "events"])
 def test_recovery_never_deletes_an_entry_it_skipped(fast_tmp, sink, change):
-    """Between the crash and the restart, a journaled entry no longer reads as it did."""
+    """Between the crash and the restart, a journaled entry no longer reads as it did.
+    (Regression: recovery skipped it, then unlinked every file of the batch, the skipped one
+    included: deleted unarchived, or the rest of the batch archived twice.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
     made = ih.replicate(RUN, sb.storage, 1)
@@ -150,17 +146,12 @@ def test_kill9_of_main_process_lets_the_next_run_start(fast_tmp):
     check_nothing_lost(sb, made)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: AppendFile.complete_batch() takes a file rotated "
-                   "since the batch began (other inode) as proof the batch was finished "
-                   "before the rotation and appends nothing; after a crash before the "
-                   "archive/event-log write, a logrotate ('create', the supported mode) before "
-                   "the restart makes recovery delete the whole batch with no archive entry "
-                   "and no event line anywhere")
 @pytest.mark.parametrize("sink", ["archive", "events"])
 def test_crash_then_logrotate_then_restart_loses_nothing(fast_tmp, sink):
     """cron ingest is killed inside a batch; logrotate (create) rotates the archive and the
     event log; the next ingest completes the batch. Across the rotated and the new files,
-    every entry is there exactly once."""
+    every entry is there exactly once. (Regression: a rotated file was taken as proof the
+    batch was done, and the whole batch was deleted with no archive entry or event line.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
     made = ih.replicate(RUN, sb.storage, 1)
