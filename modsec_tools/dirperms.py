@@ -43,25 +43,23 @@ class DirPolicy:
 
 
 def _uid(name: str) -> int:
-    if not name:
-        return -1
-    if name.isascii() and name.isdigit():
-        return int(name)
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise ValueError(f"dir_owner: no such user {name!r}") from None
+    return _lookup(name, lambda n: pwd.getpwnam(n).pw_uid, "dir_owner", "user")
 
 
 def _gid(name: str) -> int:
+    return _lookup(name, lambda n: grp.getgrnam(n).gr_gid, "dir_group", "group")
+
+
+def _lookup(name: str, by_name, key: str, what: str) -> int:
+    """A numeric id, or a name looked up; -1 (leave unchanged) when not set."""
     if not name:
         return -1
     if name.isascii() and name.isdigit():
         return int(name)
     try:
-        return grp.getgrnam(name).gr_gid
+        return by_name(name)
     except KeyError:
-        raise ValueError(f"dir_group: no such group {name!r}") from None
+        raise ValueError(f"{key}: no such {what} {name!r}") from None
 
 
 def is_layout_dir(dirs: tuple[str, ...]) -> bool:
