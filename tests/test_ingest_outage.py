@@ -179,3 +179,25 @@ def _wait(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def test_server_down_from_the_first_run(fast_tmp, mariadb_private):
+    """The database is down before ingest ever created its schema: everything is spooled,
+    and the first run after it is back creates the schema and replays the spool."""
+    corpus.require_corpus()
+    server = mariadb_private
+    run = "r7_pl2_concurrent_noremoteip"
+    sb = ih.Sandbox(fast_tmp, db=server.url)
+    ih.merge_runs(fast_tmp, sb.storage, (run,))
+    want = ih.originals(sb.storage)
+    server.stop()
+    down = sb.run()
+    assert down.stderr.count(DOWN) == 1 and f"{len(want)} spooled" in down.stderr
+    assert sorted(ih.spool_ids(sb.state / "db-spool")) == sorted(want)
+    ih.check_tree_empty(sb)
+    server.start()
+    assert _stored(server) == []  # no schema yet
+    back = sb.run()
+    assert f"database: replayed {len(want)} spooled events" in back.stderr, back.stderr
+    ih.check_database(_db(server), want, (run,))
+    _no_secret(server, down.stderr + back.stderr)

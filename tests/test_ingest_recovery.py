@@ -42,7 +42,10 @@ def crash_before(sb: ih.Sandbox, sink: str) -> None:
     assert done.returncode == 9, done.stderr[-2000:]
 
 
-def check_nothing_lost(sb: ih.Sandbox, made: dict[str, ih.Copy]) -> None:
+def check_nothing_lost(sb: ih.Sandbox, made: dict[str, ih.Copy],
+                       changed: frozenset[str] = frozenset()) -> None:
+    """Every entry whose file is gone is in every sink; no sink holds an entry twice, except
+    that an entry ``changed`` after it was journaled may be there in both versions."""
     present = {path.rsplit("/", 1)[-1].split("-", 2)[2] for path in sb.left()}
     archived = [ih.uid_of(piece) for piece in sb.archived()]
     logged = [line.id for line in sb.lines()]
@@ -52,7 +55,8 @@ def check_nothing_lost(sb: ih.Sandbox, made: dict[str, ih.Copy]) -> None:
     finally:
         conn.close()
     for sink, ids in (("archive", archived), ("event log", logged), ("database", stored)):
-        assert not ih.duplicates(ids), f"{sink}: duplicated {list(ih.duplicates(ids))[:3]}"
+        twice = set(ih.duplicates(ids)) - changed
+        assert not twice, f"{sink}: {len(twice)} duplicated, e.g. {sorted(twice)[:3]}"
         lost = set(made) - present - set(ids)
         assert not lost, (f"{len(lost)} deleted from the tree but not in the {sink}, e.g. "
                           f"{sorted(lost)[:3]}")
@@ -74,21 +78,53 @@ def test_crash_inside_a_batch_is_completed_exactly_once(fast_tmp, sink):
     assert len(sb.lines()) == len(made)
 
 
-def _modify_in_place(sb: ih.Sandbox, made) -> list[str]:
-    victim = sb.storage / sb.left()[0]
-    with open(victim, "ab") as stream:   # same inode, other bytes (CRC differs)
+def _modify_in_place(sb: ih.Sandbox, made) -> tuple[list[str], frozenset[str]]:
+    """One byte of the journaled bytes flipped: same inode, another CRC."""
+    _flip(sb.storage / sb.left()[0])
+    return [], frozenset({_uid(sb.left()[0])})
+
+
+def _append_in_place(sb: ih.Sandbox, made) -> tuple[list[str], frozenset[str]]:
+    """Bytes appended after the journaled ones (those are still there, unchanged)."""
+    with open(sb.storage / sb.left()[0], "ab") as stream:
         stream.write(b"\n")
-    return []
+    return [], frozenset({_uid(sb.left()[0])})
 
 
-def _lower_max_entry_size(sb: ih.Sandbox, made) -> list[str]:
+def _uid(relpath: str) -> str:
+    return relpath.rsplit("/", 1)[-1].split("-", 2)[2]
+
+
+def _flip(path, offset: int = 100) -> None:
+    with open(path, "r+b") as stream:
+        stream.seek(offset)
+        byte = stream.read(1)[0]
+        stream.seek(offset)
+        stream.write(bytes([byte ^ 0x20]))
+
+
+def _lower_max_entry_size(sb: ih.Sandbox, made) -> tuple[list[str], frozenset[str]]:
     smallest = min(c.size for c in made.values())
-    return ["--max-entry-size", str(smallest)]   # every bigger entry now reads short
+    return ["--max-entry-size", str(smallest)], frozenset()  # bigger entries read short
 
 
-@pytest.mark.parametrize("change", [_modify_in_place, _lower_max_entry_size],
-                         ids=["entry-modified-in-place", "max-entry-size-lowered"])
-@pytest.mark.parametrize("sink", ["archive", "events"])
+DUPLICATES_AFTER_SKIP = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG: when the crash came after the archive append, recovery rebuilds the batch without "
+    "the entry it skipped, so AppendFile.complete_batch() finds 'not our bytes after the "
+    "mark' and appends the rest of the batch again: every other entry of the batch is "
+    "archived twice"))
+RECOVERY_CASES = [
+    pytest.param("archive", _modify_in_place, id="archive-entry-modified-in-place"),
+    pytest.param("events", _modify_in_place, id="events-entry-modified-in-place",
+                 marks=DUPLICATES_AFTER_SKIP),
+    pytest.param("archive", _append_in_place, id="archive-entry-appended-to"),
+    pytest.param("events", _append_in_place, id="events-entry-appended-to"),
+    pytest.param("archive", _lower_max_entry_size, id="archive-max-entry-size-lowered"),
+    pytest.param("events", _lower_max_entry_size, id="events-max-entry-size-lowered"),
+]
+
+
+@pytest.mark.parametrize("sink, change", RECOVERY_CASES)
 def test_recovery_never_deletes_an_entry_it_skipped(fast_tmp, sink, change):
     """Between the crash and the restart, a journaled entry no longer reads as it did.
     (Regression: recovery skipped it, then unlinked every file of the batch, the skipped one
@@ -98,9 +134,45 @@ def test_recovery_never_deletes_an_entry_it_skipped(fast_tmp, sink, change):
     made = ih.replicate(RUN, sb.storage, 1)
     crash_before(sb, sink)
     assert len(sb.left()) == len(made)
-    args = change(sb, made)
+    args, changed = change(sb, made)
     done = sb.run(*args, expect=None)
     assert "Traceback" not in done.stderr
+    check_nothing_lost(sb, made, changed)
+
+
+#: Runs start-up recovery only, and dies at its first unlink (after the done record).
+CRASH_AT_FIRST_UNLINK = r"""
+import os, sys
+from modsec_tools import config, ingest, storage
+settings = config.load(sys.argv[1])
+def remove(self, ref, expect):
+    os._exit(9)
+storage.StorageTree.remove = remove
+ingest.Pipeline(settings)
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG: recover() keeps the entries it skipped (changed since journaled) only in memory: "
+    "the done record it appends does not name them, so when the recovering run dies during "
+    "its deletions, the next start-up's _delete(last_batch) unlinks the skipped entry, "
+    "which was never archived"))
+def test_second_crash_during_recovery_deletions_keeps_skipped_entries(fast_tmp):
+    """Crash inside a batch; one of its entries is changed; the recovering run skips it
+    (left in place) but dies while unlinking the others; the next run must still not
+    delete the skipped entry, which no sink holds."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp)
+    made = ih.replicate(RUN, sb.storage, 1)
+    crash_before(sb, "archive")
+    victim = sb.storage / sb.left()[0]
+    _flip(victim)
+    died = subprocess.run([sys.executable, "-c", CRASH_AT_FIRST_UNLINK, str(sb.config)],
+                          cwd=ih.REPO, env=ih.cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert died.returncode == 9, died.stderr[-2000:]
+    assert "cannot be read as it was on recovery" in died.stderr and victim.exists()
+    sb.run(expect=None)
     check_nothing_lost(sb, made)
 
 
