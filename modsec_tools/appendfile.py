@@ -50,6 +50,30 @@ class AppendFile:
     def sync(self) -> None:
         os.fdatasync(self.fd)
 
+    def complete_regions(self, start: Position, regions: list[tuple[int, bytes | None]]) -> str:
+        """Like ``complete_batch``, entry by entry: ``regions`` are each entry's length and
+        bytes (None when they can no longer be produced). Entries already written whole are
+        left alone; the rest are appended, so an entry whose bytes are gone costs only itself
+        (at worst a torn fragment of it stays), never a second copy of the others."""
+        if all(data is not None for _, data in regions):
+            return self.complete_batch(start, b"".join(data for _, data in regions))
+        now = self.position()
+        written_end = now.size if now.inode == start.inode else start.size
+        cursor = start.size
+        missing: list[bytes] = []
+        for length, data in regions:
+            if cursor + length <= written_end:
+                cursor += length
+                continue
+            if data is not None:
+                missing.append(data[max(0, written_end - cursor):])
+            cursor = written_end = -1  # everything after the first gap is missing whole
+        if missing:
+            self.append(b"".join(missing))
+            self.sync()
+            return "rest"
+        return "nothing"
+
     def complete_batch(self, start: Position, expected: bytes) -> str:
         """Make the bytes after ``start`` equal ``expected`` by appending what is missing.
 

@@ -342,8 +342,10 @@ def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.action == "show":
+        from .database import redact
         for name in config.setting_names():
-            print(f"{name} = {getattr(settings, name)}")
+            value = getattr(settings, name)
+            print(f"{name} = {redact(value) if name == 'db' else value}")
         print(f"# read from: {', '.join(settings.sources) or 'defaults only'}")
         return EXIT_OK
     from .configcheck import check

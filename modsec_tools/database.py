@@ -200,6 +200,15 @@ class Target:
         return "no database"
 
 
+def redact(url: str) -> str:
+    """The URL without its password (for anything printed or logged)."""
+    parts = urllib.parse.urlsplit(url) if "://" in url else None
+    if parts is None or not parts.password:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def parse_target(url: str, option_file: str = "") -> Target:
     """``none``, a path, ``sqlite:///rel``, ``sqlite:////abs``, or
     ``mysql://user[:password]@host[:port]/db[?unix_socket=/path]``."""
@@ -305,19 +314,21 @@ class Database:
 
     # schema -------------------------------------------------------------------------------------
     def version(self) -> int:
-        def read(cursor) -> int:
-            try:
-                cursor.execute("SELECT MAX(version) FROM schema_version")
-            except Exception:
-                return 0
+        """The schema version; 0 for an empty database. DatabaseError when unreachable."""
+        cursor = self._cursor()  # connects: raises DatabaseError
+        try:
+            cursor.execute("SELECT MAX(version) FROM schema_version")
             row = cursor.fetchone()
             return int(row[0] or 0) if row else 0
+        except Exception:
+            self._end_read()
+            return 0  # no schema_version table yet
+
+    def _end_read(self) -> None:
         try:
-            cursor = self._cursor()
-            return read(cursor)
+            self.conn.rollback()
         except Exception:
             self.close()
-            return 0
 
     def migrate(self) -> list[int]:
         """Apply missing schema versions; returns those applied. ``init`` is the same."""

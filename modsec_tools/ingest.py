@@ -239,13 +239,16 @@ class Pipeline:
                           None)
         if last_batch is None:
             return
-        skipped: set[str] = set()
         if self.journal.unfinished() is not None:
             log.warning("completing batch %d interrupted by a crash (%d files)",
                         last_batch["seq"], len(last_batch["files"]))
+            skipped: set[str] = set()
             self._apply(last_batch, self._reload(last_batch, skipped))
-            self.journal.append({"type": "done", "seq": last_batch["seq"]})
-        self._delete(last_batch, keep=skipped)
+            # The entries left in place are named, so a crash during the deletions below
+            # cannot make the next start-up delete them.
+            self.journal.append({"type": "done", "seq": last_batch["seq"],
+                                 "kept": sorted(skipped)})
+        self._delete(last_batch, keep=set(self.journal.records[-1].get("kept", ())))
         self.tree.release()
 
     def _reload(self, record: dict, skipped: set[str]) -> list[Outcome]:
@@ -253,7 +256,7 @@ class Pipeline:
         (the file's first ``size`` bytes, checked by CRC, whatever max_entry_size is now).
         An entry that no longer holds them is left in the tree, never deleted."""
         batch = []
-        for relpath, inode, device, size, crc, indexed_status in record["files"]:
+        for relpath, inode, device, size, crc, indexed_status, *_lengths in record["files"]:
             ref = EntryRef.from_relpath(relpath)
             try:
                 file = self.tree.read(ref, max(size, self.settings.max_entry_size))
@@ -329,8 +332,10 @@ class Pipeline:
         record = {
             "type": "batch", "seq": self.journal.next_seq(),
             "archive": _pos(self.archive.position()), "events": _pos(self.event_log.position()),
+            # Each entry's length in the archive and the event log: recovery can then tell
+            # entry by entry what is already there.
             "files": [[p.ref.relpath, p.inode, p.device, len(p.data), zlib.crc32(p.data),
-                       p.status] for p in batch],
+                       p.status, len(_archived(p.data)), len(p.line)] for p in batch],
         }
         self.journal.append(record)
         self._apply(record, batch, fresh=True)
@@ -348,16 +353,20 @@ class Pipeline:
         self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
 
     def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
-        archive = b"".join(_archived(p.data) for p in batch)
-        lines = b"".join(p.line for p in batch)
         if fresh:
-            self.archive.append(archive)
+            self.archive.append(b"".join(_archived(p.data) for p in batch))
             self.archive.sync()
-            self.event_log.append(lines)
+            self.event_log.append(b"".join(p.line for p in batch))
             self.event_log.sync()
         else:
-            self.archive.complete_batch(Position(*record["archive"]), archive)
-            self.event_log.complete_batch(Position(*record["events"]), lines)
+            reloaded = {p.ref.relpath: p for p in batch}
+            archive_regions, line_regions = [], []
+            for relpath, *_, archived_len, line_len in record["files"]:
+                entry = reloaded.get(relpath)
+                archive_regions.append((archived_len, _archived(entry.data) if entry else None))
+                line_regions.append((line_len, entry.line if entry else None))
+            self.archive.complete_regions(Position(*record["archive"]), archive_regions)
+            self.event_log.complete_regions(Position(*record["events"]), line_regions)
         if self.db is not None:
             self.stats.spooled += self.db.write([p.row for p in batch])
 
