@@ -3,11 +3,13 @@ the final run every entry is exactly once in every sink, byte-exact in the archi
 file was ever deleted before it was durable in all three sinks.
 
 Every kill takes the ingest's whole process group (the process and the examiner workers it
-forked), as a crashed cron job's cgroup or an OOM-killed session would. Killing the main
-process alone is a separate test (test_kill9_of_main_process_lets_the_next_run_start).
+started), as a crashed cron job's cgroup would; killing the main process alone is
+test_ingest_recovery.py::test_kill9_of_main_process_lets_the_next_run_start. Exact crash
+points (before a given sink write, during recovery) are in test_ingest_recovery.py.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -213,10 +215,10 @@ def crash_scenario(tmp_path: Path, db: str, db_ids, connect, copies: int, kills_
                             index_path=sb.index_log)
     made = time.monotonic()
     assert len(expected) >= copies * 1224
-    tags = iter("LMNOPQRSTUVWXYZ")
+    top_ups = itertools.count(1)
 
-    def top_up() -> None:
-        expected.update(ih.replicate(RUN, sb.storage, 1, tag=next(tags),
+    def top_up() -> None:  # a fresh copy of r1 arrives
+        expected.update(ih.replicate(RUN, sb.storage, 1, tag=f"T{next(top_ups)}",
                                      index_path=sb.index_log))
 
     watcher = SinkWatcher(sb, expected, db_ids)

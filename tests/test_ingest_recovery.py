@@ -108,15 +108,9 @@ def _lower_max_entry_size(sb: ih.Sandbox, made) -> tuple[list[str], frozenset[st
     return ["--max-entry-size", str(smallest)], frozenset()  # bigger entries read short
 
 
-DUPLICATES_AFTER_SKIP = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: when the crash came after the archive append, recovery rebuilds the batch without "
-    "the entry it skipped, so AppendFile.complete_batch() finds 'not our bytes after the "
-    "mark' and appends the rest of the batch again: every other entry of the batch is "
-    "archived twice"))
 RECOVERY_CASES = [
     pytest.param("archive", _modify_in_place, id="archive-entry-modified-in-place"),
-    pytest.param("events", _modify_in_place, id="events-entry-modified-in-place",
-                 marks=DUPLICATES_AFTER_SKIP),
+    pytest.param("events", _modify_in_place, id="events-entry-modified-in-place"),
     pytest.param("archive", _append_in_place, id="archive-entry-appended-to"),
     pytest.param("events", _append_in_place, id="events-entry-appended-to"),
     pytest.param("archive", _lower_max_entry_size, id="archive-max-entry-size-lowered"),
@@ -128,7 +122,8 @@ RECOVERY_CASES = [
 def test_recovery_never_deletes_an_entry_it_skipped(fast_tmp, sink, change):
     """Between the crash and the restart, a journaled entry no longer reads as it did.
     (Regression: recovery skipped it, then unlinked every file of the batch, the skipped one
-    included: deleted unarchived, or the rest of the batch archived twice.)"""
+    included: deleted unarchived; and when the crash came after the archive append, the rest
+    of the batch was appended again, every other entry archived twice.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
     made = ih.replicate(RUN, sb.storage, 1)
@@ -152,15 +147,11 @@ ingest.Pipeline(settings)
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: recover() keeps the entries it skipped (changed since journaled) only in memory: "
-    "the done record it appends does not name them, so when the recovering run dies during "
-    "its deletions, the next start-up's _delete(last_batch) unlinks the skipped entry, "
-    "which was never archived"))
 def test_second_crash_during_recovery_deletions_keeps_skipped_entries(fast_tmp):
     """Crash inside a batch; one of its entries is changed; the recovering run skips it
     (left in place) but dies while unlinking the others; the next run must still not
-    delete the skipped entry, which no sink holds."""
+    delete the skipped entry, which no sink holds. (Regression: the skipped entries were
+    kept only in memory, and the next start-up's deletions took them.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
     made = ih.replicate(RUN, sb.storage, 1)

@@ -16,6 +16,7 @@ from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
 
+
 # -- the two databases ------------------------------------------------------------------------
 @pytest.fixture(params=["sqlite", "mariadb"])
 def database(request, fast_tmp) -> ih.DB:
@@ -30,11 +31,10 @@ def database(request, fast_tmp) -> ih.DB:
 # -- the tests ----------------------------------------------------------------------------------
 def test_index_mode_r1_every_sink(fast_tmp, database):
     """r1 (1,224 native entries, 4 minute directories) announced by its real index log."""
-    tmp_path = fast_tmp
     run = "r1_relevant_concurrent"
-    sb = ih.Sandbox(tmp_path, db=database.url, settings={"settle_seconds": "600"})
+    sb = ih.Sandbox(fast_tmp, db=database.url, settings={"settle_seconds": "600"})
     index = ("--index-log", str(ih.index_log(run)))  # as a flag, the config file has none
-    ih.extract(run, tmp_path / "x", sb.storage)
+    ih.extract(run, fast_tmp / "x", sb.storage)
     want = ih.originals(sb.storage, ih.read_index(ih.index_log(run)))
     assert len(want) == corpus.run_info(run)["audit_entries"] == 1224
     # Files just written: without their index lines they would wait (settle_seconds = 600);
@@ -67,9 +67,8 @@ TREE_RUNS = ("r2_auditengine_on_concurrent", "r3_json_concurrent",
 def test_tree_mode_native_json_detectiononly_pl2_every_sink(fast_tmp, database):
     """No index log: r2 (SecAuditEngine On), r3 (JSON), r6 (DetectionOnly, HTTP/0.9 without
     a status), r7 (paranoia level 2) in one tree, found by the scan."""
-    tmp_path = fast_tmp
-    sb = ih.Sandbox(tmp_path, db=database.url)
-    ih.merge_runs(tmp_path, sb.storage, TREE_RUNS)
+    sb = ih.Sandbox(fast_tmp, db=database.url)
+    ih.merge_runs(fast_tmp, sb.storage, TREE_RUNS)
     want = ih.originals(sb.storage)
     total = sum(corpus.run_info(run)["audit_entries"] for run in TREE_RUNS)
     assert len(want) == total
@@ -82,9 +81,8 @@ def test_empty_directories_of_past_days_are_removed(fast_tmp):
     """A day that is over (a newer day exists) gets no more entries: once its directories
     are empty and old, all of them go, like the older minutes of today. (Regression: the
     newest minute of every past day, and so the day, used to stay forever.)"""
-    tmp_path = fast_tmp
-    sb = ih.Sandbox(tmp_path, db="none")
-    ih.merge_runs(tmp_path, sb.storage, ("r1_relevant_concurrent",
+    sb = ih.Sandbox(fast_tmp, db="none")
+    ih.merge_runs(fast_tmp, sb.storage, ("r1_relevant_concurrent",
                                        "r6_detectiononly_concurrent"))
     assert ih.directories(sb.storage)[:2] == ["www-data", "www-data/20261128"]
     assert "www-data/20261129/20261129-0031" in ih.directories(sb.storage)
@@ -151,8 +149,7 @@ def test_injection_payloads_round_trip_byte_exact(fast_tmp, database):
     """SQL injection, quotes, backslashes, NUL, latin-1 and control bytes in the URI, Host
     and User-Agent: stored as the exact bytes (parameterized queries), the schema intact,
     the event log escaped and reversible, the archive untouched."""
-    tmp_path = fast_tmp
-    sb = ih.Sandbox(tmp_path, db=database.url)
+    sb = ih.Sandbox(fast_tmp, db=database.url)
     made = plant_payloads(sb.storage)
     want = ih.originals(sb.storage)
     for uid, (uri, host, ua) in made.items():  # the parser sees the crafted bytes
