@@ -10,9 +10,9 @@ SYNOPSIS
 DESCRIPTION
     A Python action (loaded by fail2ban into its own process: no fork per ban).  ban()
     and unban() only queue the change; a worker thread coalesces the queue and applies it
-    to the kernel in one transaction per batch (one `nft -f -`, one `ipset restore`, or one
-    libiptc commit), so a flood of bans reaches the kernel at thousands per second and a
-    single ban within a few milliseconds.
+    to the kernel in one transaction per batch (one libnftables call in-process, one
+    `ipset restore`, or one libiptc commit), so a flood of bans reaches the kernel at
+    thousands per second and a single ban within a few milliseconds.
 
     Every kernel entry carries its own expiry: the ticket's (possibly escalated) bantime,
     counted from the ticket's time, i.e. exactly when fail2ban itself will unban.  Bans
@@ -52,7 +52,7 @@ OPTIONS
     batchdelay  seconds the worker waits to gather more changes after a quiet spell
                 (default 0.002).
     batchinterval  least seconds between two kernel transactions during a flood
-                (default 0.05): bigger batches, far fewer tool runs.
+                (default 0.2): bigger batches, far fewer tool runs.
     batchmax    largest batch (default 20000 changes).
 
 KERNEL OBJECTS (name = mt-modsec for the jail "modsec")
@@ -83,6 +83,8 @@ SEE ALSO
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import ipaddress
@@ -198,7 +200,7 @@ class Settings:
             name=_object_name(str(opts.get("name") or f"mt-{jail_name}")),
             maxtimeout=max(1, min(int(opts.get("maxtimeout", IPSET_MAX_TIMEOUT)), IPSET_MAX_TIMEOUT)),
             maxelem=int(opts.get("maxelem", 1048576)), batchdelay=float(opts.get("batchdelay", 0.002)),
-            batchinterval=float(opts.get("batchinterval", 0.05)), batchmax=max(1, int(opts.get("batchmax", 20000))))
+            batchinterval=float(opts.get("batchinterval", 0.2)), batchmax=max(1, int(opts.get("batchmax", 20000))))
 
 
 def detect_backend() -> str:
@@ -221,6 +223,47 @@ def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subpr
     if check and proc.returncode != 0:
         raise BackendError(f"{' '.join(argv[:4])}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
+
+
+class _LibNftables:
+    """nft scripts run by libnftables inside fail2ban's process (ctypes; the GIL is released
+    during the call), so a batch costs no fork: forking the fail2ban process blocks its
+    other threads, fail2ban's own ban handling included.  Falls back to `nft -f -`."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ctx = None
+        path = ctypes.util.find_library("nftables")
+        if not path:
+            return
+        try:
+            lib = ctypes.CDLL(path)
+            lib.nft_ctx_new.restype = ctypes.c_void_p
+            lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+            for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+                getattr(lib, name).argtypes = [ctypes.c_void_p]
+            for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+                getattr(lib, name).argtypes = [ctypes.c_void_p]
+                getattr(lib, name).restype = ctypes.c_char_p
+            lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+            ctx = lib.nft_ctx_new(0)
+            if not ctx or lib.nft_ctx_buffer_output(ctx) or lib.nft_ctx_buffer_error(ctx):
+                return
+            self.lib, self.ctx = lib, ctx
+        except (OSError, AttributeError):
+            self.ctx = None
+
+    def run(self, script: str) -> str:
+        if self.ctx is None:
+            return _run(["nft", "-f", "-"], stdin=script).stdout
+        with self.lock:
+            rc = self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode())
+            output = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode(errors="replace")
+            error = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode(errors="replace")
+        if rc != 0:
+            raise BackendError(f"nft: {error.strip() or 'failed'}")
+        return output
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,6 +303,7 @@ class NftBackend(Backend):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self._chains()                     # validate the hook now, not at start
+        self.nft = _LibNftables()
         # Elements we know the kernel holds: only those need the delete + re-add dance to
         # get a new timeout; a new address is one plain "add".  Filled from the kernel by
         # setup() (bans that survived a crash), kept by apply().
@@ -280,8 +324,8 @@ class NftBackend(Backend):
         return {"filter": f"type filter hook {hook} priority filter - 10; policy accept;",
                 "raw": "type filter hook prerouting priority raw; policy accept;"}
 
-    def _nft(self, script: str) -> None:
-        _run(["nft", "-f", "-"], stdin=script)
+    def _nft(self, script: str) -> str:
+        return self.nft.run(script)
 
     def setup(self) -> None:
         t = f"inet {self.s.name}"
@@ -301,7 +345,7 @@ class NftBackend(Backend):
     def _elements(self) -> set[Key]:
         found: set[Key] = set()
         for family, set_name in self.SETS.items():
-            out = _run(["nft", "list", "set", "inet", self.s.name, set_name]).stdout
+            out = self._nft(f"list set inet {self.s.name} {set_name}")
             body = out.split("elements = {", 1)[1] if "elements = {" in out else ""
             pattern = r"(\d+\.\d+\.\d+\.\d+)" if family == 4 else r"([0-9a-f]*:[0-9a-f:.]+)"
             found.update((family, str(ipaddress.ip_address(a))) for a in re.findall(pattern, body))
@@ -672,8 +716,9 @@ class Batcher:
                 self._queue_refreshes()
                 self.busy = True
             # Let a burst pile up: the first change after a quiet spell waits `delay` (2 ms);
-            # during a flood transactions start at most every `interval` (50 ms), so the
-            # kernel tools run ~20 times a second instead of once per handful of bans.
+            # during a flood transactions start at most every `interval` (0.2 s), so the
+            # kernel tools run ~5 times a second instead of once per handful of bans
+            # (fail2ban itself hands bans to actions 0.2-0.8 s after the failure).
             pause = max(self.delay, self.last_apply + self.interval - time.monotonic())
             if pause > 0:
                 time.sleep(pause)
