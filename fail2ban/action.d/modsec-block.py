@@ -718,8 +718,11 @@ class Batcher:
             # Let a burst pile up: the first change after a quiet spell waits `delay` (2 ms);
             # during a flood transactions start at most every `interval` (0.2 s), so the
             # kernel tools run ~5 times a second instead of once per handful of bans
-            # (fail2ban itself hands bans to actions 0.2-0.8 s after the failure).
-            pause = max(self.delay, self.last_apply + self.interval - time.monotonic())
+            # (fail2ban itself hands bans to actions 0.2-0.8 s after the failure) -- unless
+            # a big batch is already waiting: that one is worth a transaction right away.
+            pause = self.delay
+            if len(self.pending) < max(1, self.batchmax // 20):
+                pause = max(pause, self.last_apply + self.interval - time.monotonic())
             if pause > 0:
                 time.sleep(pause)
             self.last_apply = time.monotonic()
