@@ -715,16 +715,7 @@ class Batcher:
                     return
                 self._queue_refreshes()
                 self.busy = True
-            # Let a burst pile up: the first change after a quiet spell waits `delay` (2 ms);
-            # during a flood transactions start at most every `interval` (0.2 s), so the
-            # kernel tools run ~5 times a second instead of once per handful of bans
-            # (fail2ban itself hands bans to actions 0.2-0.8 s after the failure) -- unless
-            # a big batch is already waiting: that one is worth a transaction right away.
-            pause = self.delay
-            if len(self.pending) < max(1, self.batchmax // 20):
-                pause = max(pause, self.last_apply + self.interval - time.monotonic())
-            if pause > 0:
-                time.sleep(pause)
+            self._gather()
             self.last_apply = time.monotonic()
             with self.cond:
                 batch = dict(list(self.pending.items())[: self.batchmax])
@@ -736,6 +727,26 @@ class Batcher:
                 with self.cond:
                     self.busy = False
                     self.cond.notify_all()
+
+    def _gather(self) -> None:
+        """Let a burst pile up before a transaction.
+
+        The first change after a quiet spell waits `delay` (2 ms).  While changes keep
+        arriving, transactions start at most every `interval` (0.2 s), so the kernel tools
+        run a few times a second instead of once per handful of bans (fail2ban itself hands
+        bans to actions 0.2-0.8 s after the failure) -- but a big waiting batch goes at
+        once, and so does the tail of a burst once nothing new arrived for 10 ms.
+        """
+        time.sleep(self.delay)
+        big = max(1, self.batchmax // 20)
+        deadline = self.last_apply + self.interval
+        seen = len(self.pending)
+        while seen < big and time.monotonic() < deadline:
+            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+            now_pending = len(self.pending)
+            if now_pending == seen:
+                return                              # the burst is over
+            seen = now_pending
 
     def _queue_refreshes(self) -> None:
         """(under cond) Re-queue long bans when their shortened kernel timeout runs low."""
