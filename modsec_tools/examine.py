@@ -10,7 +10,8 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -152,15 +153,26 @@ class ExaminerPool:
         # instance lock, inotify, journal) and keep them after the daemon's death.
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
             "spawn"), initializer=_init_worker, initargs=(root, rules))
+        self.in_flight = 2 * workers
 
-    def submit(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]],
-               cutoff: float | None = None) -> list[Future]:
-        futures = []
-        for start in range(0, len(work), self.CHUNK):
-            chunk = [(ref.dirs, ref.name, proof, index)
-                     for ref, proof, index in work[start:start + self.CHUNK]]
-            futures.append(self.executor.submit(_examine_chunk, chunk, cutoff))
-        return futures
+    def examine(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]],
+                cutoff: float | None = None) -> Iterator[Outcome]:
+        """Outcomes in submission order. Only a few chunks a worker are in flight: a
+        finished chunk holds its entries' bytes until the caller commits them, so
+        submitting a whole backlog at once would cost memory in proportion to it."""
+        pending: deque[Future] = deque()
+        try:
+            for start in range(0, len(work), self.CHUNK):
+                chunk = [(ref.dirs, ref.name, proof, index)
+                         for ref, proof, index in work[start:start + self.CHUNK]]
+                pending.append(self.executor.submit(_examine_chunk, chunk, cutoff))
+                if len(pending) >= self.in_flight:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

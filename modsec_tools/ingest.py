@@ -412,8 +412,7 @@ class Pipeline:
             return
         if self.pool is None:
             self.pool = ExaminerPool(self.settings.storage_dir, self.rules, workers)
-        for future in self.pool.submit(items, cutoff):
-            yield from future.result()
+        yield from self.pool.examine(items, cutoff)
 
     def run_once(self, progress=None) -> Stats:
         """Everything complete now: index lines first (already proven), then the tree."""
