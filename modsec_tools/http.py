@@ -14,17 +14,21 @@ def lines(text: str) -> list[str]:
 
 def headers(head_lines: list[str]) -> list[tuple[str, str]]:
     """``Name: value`` pairs in order, duplicates kept, folded lines joined."""
-    found: list[tuple[str, list[str]]] = []
+    found: list[tuple[str, str]] = []
+    folded: dict[int, list[str]] = {}  # index in found → its continuation lines
     for line in head_lines:
         if not line:
             continue
         if line[0] in " \t" and found:  # obsolete line folding
-            found[-1][1].append(line.strip())
+            folded.setdefault(len(found) - 1, []).append(line.strip())
             continue
         name, sep, value = line.partition(":")
         if sep:
-            found.append((name.strip(), [value.strip()]))
-    return [(name, parts[0] if len(parts) == 1 else " ".join(parts)) for name, parts in found]
+            found.append((name.strip(), value.strip()))
+    for at, more in folded.items():
+        name, value = found[at]
+        found[at] = (name, " ".join([value, *more]))
+    return found
 
 
 def apply_request_line(event: Event, request_line: str) -> None:

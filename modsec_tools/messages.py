@@ -5,7 +5,10 @@ escaping included), so nothing is lost or reinterpreted.
 """
 from __future__ import annotations
 
+import functools
 import re
+from itertools import repeat
+from operator import itemgetter
 
 from .event import Message
 
@@ -13,11 +16,17 @@ from .event import Message
 # keep hostile values linear-time.
 _FIELD = re.compile(r'\[(\w+) "((?:[^"\\]++|\\.)*+)"\]')
 _FIRST_FIELD = re.compile(r'\[\w+ "')
+# Every key ModSecurity 2.9 writes (all \w+): any other key takes the regex path.
+_PLAIN_KEYS = frozenset(("file", "line", "id", "rev", "msg", "data", "severity", "ver",
+                         "maturity", "accuracy", "tag", "hostname", "uri", "unique_id"))
 _APACHE_PREFIX = re.compile(r"(?:\[\w+ [^\]]*\] )*ModSecurity: ")
 
 
+# A flood repeats the same few messages (same rule, same payload, same score line) across
+# thousands of entries; Message is immutable, so one parsed instance serves all of them.
+@functools.lru_cache(maxsize=1024)
 def parse_message(text: str) -> Message:
-    """Split one message into its head and its fields."""
+    """Split one message into its head and its fields (a shared, immutable Message)."""
     # ModSecurity always logs [file "..."] first; the regex is only a fallback.
     start = text.find(' [file "')
     if start == -1:
@@ -29,15 +38,22 @@ def parse_message(text: str) -> Message:
 
 
 def _split_fields(text: str, start: int) -> list[tuple[str, str]]:
-    """The ``[key "value"]`` list by splitting on ``"] [``, several times faster than the
-    regex; anything unusual (an escaped quote before ``] [``, a piece that is not
-    ``key "value``) falls back to the regex, which is the definition."""
+    """The ``[key "value"]`` list. When a body has no backslash (no escapes) and no quotes
+    but the delimiters, splitting on ``"] [`` and ``' "'`` (C-level calls only: several
+    times faster) gives exactly what the regex, which is the definition, finds; any other
+    body (about 5 % of CRS messages) takes the regex."""
     body = text[start:].strip()
-    if body[:1] != "[" or body[-2:] != '"]' or '\\"] [' in body:
+    if body[:1] != "[" or body[-2:] != '"]' or "\\" in body:
         return _FIELD.findall(text, start)
-    parts = [piece.partition(' "') for piece in body[1:-2].split('"] [')]
-    fields = [(key, value) for key, sep, value in parts if sep and " " not in key]
-    return fields if len(fields) == len(parts) else _FIELD.findall(text, start)
+    pieces = body[1:-2].split('"] [')
+    count = len(pieces)
+    if body.count('"') != 2 * count or body.count(' "') != count or "\n" in body:
+        return _FIELD.findall(text, start)
+    fields = list(map(tuple, map(str.split, pieces, repeat(' "'), repeat(1))))
+    if sum(map(len, fields)) != 2 * count or not _PLAIN_KEYS.issuperset(
+            map(itemgetter(0), fields)):  # a piece without ' "', or an unusual key
+        return _FIELD.findall(text, start)
+    return fields
 
 
 def modsecurity_part_of_apache_error(line: str) -> str | None:
@@ -54,27 +70,27 @@ def modsecurity_part_of_apache_error(line: str) -> str | None:
 _TOTAL = re.compile(r"Total (?:Inbound )?Score: ([0-9]{1,9})\b")
 _CRS4_INBOUND = re.compile(r"Inbound Scores: blocking=([0-9]{1,9})\b")
 _CATEGORY = re.compile(r"\b([A-Za-z_]+)=([0-9]{1,9})\b")
-_SCORE_RULE_PREFERENCE = ("980130", "980170", "949110")
+_SCORE_RANK = {rule: rank for rank, rule in enumerate(("980130", "980170", "949110"))}
 
 
 def anomaly_scores(messages: list[Message]) -> tuple[int | None, dict[str, int], str | None]:
     """Inbound anomaly score, per-category scores and the rule id they were read from."""
-    best: tuple[int, int, dict[str, int], str | None] | None = None
+    best: tuple[int, Message, re.Match] | None = None
     for message in messages:
         text = message.first.get("msg")
         if text is None or "Inbound" not in text:
             continue
-        total = _TOTAL.search(text) or _CRS4_INBOUND.search(text)
-        if total is None:
+        rule = message.first.get("id")
+        rank = _SCORE_RANK.get(rule, len(_SCORE_RANK))  # type: ignore[arg-type]
+        if best is not None and rank >= best[0]:
             continue
-        rule = message.rule_id
-        rank = (_SCORE_RULE_PREFERENCE.index(rule)
-                if rule in _SCORE_RULE_PREFERENCE else len(_SCORE_RULE_PREFERENCE))
-        if best is None or rank < best[0]:
-            best = (rank, int(total.group(1)), _categories(text[total.end():]), rule)
+        total = _TOTAL.search(text) or _CRS4_INBOUND.search(text)
+        if total is not None:
+            best = (rank, message, total)
     if best is None:
         return None, {}, None
-    return best[1], best[2], best[3]
+    _, message, total = best
+    return int(total.group(1)), _categories(total.string[total.end():]), message.rule_id
 
 
 # CRS's default points per severity (tx.critical_anomaly_score etc. in crs-setup.conf).

@@ -45,26 +45,27 @@ def split_sections(entry: bytes) -> Sections:
     if match is None:
         raise ParseError("no section A boundary at the start of the entry")
     boundary = match.group(1)
-    pieces = entry[match.end():].split(b"\n--" + boundary + b"-")
+    separator = b"\n--" + boundary + b"-"
+    pieces = entry[match.end():].split(separator)
     parts: dict[str, bytes] = {}
     unknown: list[str] = []
-    letter, body = "A", [pieces[0] + b"\n"]
-    complete = False
+    letter, body = "A", pieces[0] + b"\n"
+    spilled: list[bytes] = []  # pieces after a false boundary (a body can hold many)
     for piece in pieces[1:]:
         if not _starts_boundary_tail(piece):
-            body.append(b"\n--" + boundary + b"-" + piece)  # not a boundary line after all
+            spilled += (separator, piece)  # not a boundary line after all
             continue
-        parts[letter] = b"".join(body)
+        if spilled:
+            body, spilled = b"".join([body, *spilled]), []
+        parts[letter] = body
         letter = chr(piece[0])
-        body = [piece[piece.find(b"\n") + 1:] if b"\n" in piece[:6] else b""]
         if letter == "Z":
-            complete = True
-            break
+            return Sections(boundary, parts, True, unknown)
+        body = piece[piece.find(b"\n") + 1:] if b"\n" in piece[:6] else b""
         if letter not in _KNOWN:
             unknown.append(letter)
-    if not complete:
-        parts[letter] = b"".join(body)
-    return Sections(boundary, parts, complete, unknown)
+    parts[letter] = b"".join([body, *spilled])
+    return Sections(boundary, parts, False, unknown)
 
 
 def _starts_boundary_tail(piece: bytes) -> bool:
@@ -114,20 +115,29 @@ def _event_from_section_a(text: str, source: str) -> Event:
                  local_port=int(local_port), source=source)
 
 
-_TRAILER_KEY = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
+_TRAILER_KEY = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z").match
+# What ModSecurity 2.9 writes: a set lookup spares the key regex on the hot path.
+_USUAL_KEYS = frozenset((
+    "Message", "Apache-Error", "Action", "Stopwatch", "Stopwatch2", "Producer", "Server",
+    "Engine-Mode", "Response-Body-Transformed", "WebApp-Info", "Apache-Handler",
+    "Sanitised-Args", "Sanitised-Request-Headers", "Sanitised-Response-Headers"))
 
 
 def _trailer_lines(text: str) -> list[tuple[str, str]]:
     """``Key: value`` lines; a line that is not one continues the previous value (a
     message may contain a newline)."""
-    trailer: list[tuple[str, list[str]]] = []
+    trailer: list[tuple[str, str]] = []
+    continued: dict[int, list[str]] = {}  # index in trailer → its continuation lines
     for line in text.split("\n"):
         key, sep, value = line.partition(": ")
-        if sep and _TRAILER_KEY.match(key):
-            trailer.append((key, [value[:-1] if value[-1:] == "\r" else value]))
+        if sep and (key in _USUAL_KEYS or _TRAILER_KEY(key)):
+            trailer.append((key, value[:-1] if value[-1:] == "\r" else value))
         elif trailer and line.strip():
-            trailer[-1][1].append(line.rstrip("\r"))
-    return [(key, parts[0] if len(parts) == 1 else "\n".join(parts)) for key, parts in trailer]
+            continued.setdefault(len(trailer) - 1, []).append(line.rstrip("\r"))
+    for at, more in continued.items():
+        key, value = trailer[at]
+        trailer[at] = (key, "\n".join([value, *more]))
+    return trailer
 
 
 def _apply_trailer(event: Event, text: str) -> None:

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modsec_tools.entry import parse_entry
@@ -352,3 +352,39 @@ def test_known_bug_tolerance_is_narrow(monkeypatch) -> None:
     monkeypatch.setattr(f"{__name__}.parse_entry", broken)
     with pytest.raises(Failure, match="RuntimeError"):
         check(real)
+
+
+# -- the message fields' fast path against their definition ----------------------------------
+
+_FIELD_TEXT = st.lists(st.sampled_from(list('ab "\\[] \né') + ["id", "tag", "x-y", '"] [']),
+                       max_size=30).map("".join)
+
+
+@st.composite
+def message_texts(draw) -> str:
+    """Messages built like ModSecurity's (keys, escaped values), then often damaged."""
+    fields = draw(st.lists(st.tuples(st.sampled_from(["file", "id", "msg", "tag", "data",
+                                                      "odd key", "x-y", "ünï", ""]),
+                                     _FIELD_TEXT), max_size=6))
+    if draw(st.booleans()):  # as ModSecurity writes values
+        fields = [(key, value.replace("\\", "\\\\").replace('"', '\\"'))
+                  for key, value in fields]
+    text = "Warning. head" + "".join(f' [{key} "{value}"]' for key, value in fields)
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(_FIELD_TEXT) + text[at + draw(st.integers(0, 3)):]
+    return text
+
+
+@FUZZ
+@given(message_texts())
+@example('W. [file"] [id "a "b"]')
+@example('W. [file ""\\"]')
+@example('W. [file "\\\n"]')
+def test_message_fields_fast_path_equals_the_regex(text: str) -> None:
+    """``_split_fields`` splits on ``"] [`` when the body is well formed, else uses the regex:
+    either way the fields must be exactly those the regex (the definition) finds."""
+    from modsec_tools.messages import _FIELD, _split_fields
+    start = text.find(' [')
+    if start != -1:
+        assert _split_fields(text, start) == _FIELD.findall(text, start)
