@@ -11,9 +11,14 @@ picks up anything else (settled entries, rotated index logs) and prunes empty di
 """
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import logging
 import os
+import select
+import struct
+import termios
 import time
 from dataclasses import dataclass
 
@@ -50,17 +55,37 @@ class WatchOptions:
     status_seconds: float = 5.0
 
 
-class _Collector(pyinotify.ProcessEvent):
-    """Turns inotify events into work lists; nothing is done inside the callback."""
+@dataclass(slots=True)
+class InotifyEvent:
+    wd: int
+    mask: int
+    name: str   # os.fsdecode()d: a name that is not UTF-8 survives as surrogates
 
-    def my_init(self, watcher: "Watcher") -> None:  # pyinotify's constructor hook
-        self.watcher = watcher
 
-    def process_default(self, event: pyinotify.Event) -> None:
-        self.watcher.on_event(event)
+_EVENT_HEAD = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len
 
-    # ProcessEvent has its own handler for overflows that only logs; ours must see them.
-    process_IN_Q_OVERFLOW = process_default
+
+def read_inotify_events(fd: int) -> list[InotifyEvent]:
+    """Everything queued on the inotify descriptor (pyinotify's WatchManager owns it).
+
+    Read here rather than by pyinotify's Notifier, which decodes names as strict UTF-8 (a
+    file name planted in the world-writable tree would raise in the daemon) and formats
+    every event as text for a debug log line (a sixth of the daemon's CPU in a flood).
+    """
+    pending = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, pending, True)
+    if pending[0] <= 0:
+        return []
+    data = os.read(fd, pending[0])  # whole events only: the kernel never splits one
+    events: list[InotifyEvent] = []
+    at = 0
+    while at + _EVENT_HEAD.size <= len(data):
+        wd, mask, _cookie, length = _EVENT_HEAD.unpack_from(data, at)
+        at += _EVENT_HEAD.size
+        name = os.fsdecode(data[at:at + length].rstrip(b"\0"))
+        at += length
+        events.append(InotifyEvent(wd, mask, name))
+    return events
 
 
 class Watcher:
@@ -73,7 +98,8 @@ class Watcher:
                                                        settings.dir_group)
         self.pipeline = pipeline or Pipeline(settings)
         self.wm = pyinotify.WatchManager()
-        self.notifier = pyinotify.Notifier(self.wm, _Collector(watcher=self), timeout=0)
+        self.poller = select.poll()
+        self.poller.register(self.wm.get_fd(), select.POLLIN)
         self.pending: dict[str, tuple[EntryRef, str]] = {}
         self.wd_dirs: dict[int, tuple[str, ...]] = {}   # watch descriptor → directory
         self.index_wd = -1
@@ -89,7 +115,13 @@ class Watcher:
         self.index_name = os.path.basename(settings.index_log) if settings.index_log else None
 
     # -- inotify ---------------------------------------------------------------------------------
-    def on_event(self, event: pyinotify.Event) -> None:
+    def take_events(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for inotify events and take in all that are queued."""
+        if self.poller.poll(timeout_ms):
+            for event in read_inotify_events(self.wm.get_fd()):
+                self.on_event(event)
+
+    def on_event(self, event: InotifyEvent) -> None:
         """Events are mapped to directories by watch descriptor, never by path: a path can be
         swapped for a symlink, a descriptor cannot."""
         self.last_event_at = time.monotonic()
@@ -101,6 +133,8 @@ class Watcher:
             return
         if event.mask & pyinotify.IN_IGNORED:  # the directory is gone: forget its watch
             self.wd_dirs.pop(event.wd, None)
+            if event.wd in self.wm.watches:
+                self.wm.del_watch(event.wd)
             return
         if event.wd == self.index_wd and event.name == self.index_name:
             self.index_touched = True
@@ -130,7 +164,8 @@ class Watcher:
         key = "/".join(dirs) + "\0" + problem
         if key not in self.reported:
             self.reported.add(key)
-            log.warning("%s: %s", os.path.join(self.root, *dirs), problem)
+            path = os.fsencode(os.path.join(self.root, *dirs))
+            log.warning("%s: %s", path.decode("utf-8", "backslashreplace"), problem)
 
     def _watch_fd(self, fd: int, dirs: tuple[str, ...]) -> None:
         """Watch the directory open on ``fd``: through /proc/self/fd, inotify resolves to
@@ -261,9 +296,7 @@ class Watcher:
         next_status = 0.0
         while not signals.stop:
             timeout = self._timeout(next_rescan)
-            if self.notifier.check_events(timeout=timeout):
-                self.notifier.read_events()
-                self.notifier.process_events()
+            self.take_events(timeout)
             self._adopt_new_dirs()
             now = time.monotonic()
             if self.rescan_due or now >= next_rescan:
@@ -314,5 +347,5 @@ class Watcher:
             log.debug("status file: %s", exc)
 
     def close(self) -> None:
-        self.notifier.stop()
+        self.wm.close()
         self.pipeline.close()

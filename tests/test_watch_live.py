@@ -91,6 +91,28 @@ def test_corpus_entries_written_live_land_exactly_once_and_whole(tmp_path, daemo
     assert "Traceback" not in daemon.log_text()
 
 
+def test_names_that_are_not_utf8_do_not_stop_the_daemon(tmp_path, daemons):
+    """The tree is world-writable: anyone can plant names that are not UTF-8 (pyinotify's
+    own reader would raise on them and kill the daemon). A stray file and a directory at
+    the root, and a vhost directory whose name is not UTF-8: the daemon lives on, that
+    vhost's entries land exactly once, and so do entries written after them."""
+    daemon = daemons(tmp_path).start()
+    root = os.fsencode(daemon.storage)
+    os.close(os.open(root + b"/\xff\xfe", os.O_CREAT | os.O_WRONLY, 0o644))
+    os.mkdir(root + b"/\xfe-dir")
+    odd = wh.make_entries(20, "NU", user=os.fsdecode(b"vhost-\xff"))
+    wh.write_all(daemon.storage, odd)
+    time.sleep(0.5)
+    assert daemon.proc.poll() is None, daemon.log_tail()
+    after = wh.make_entries(20, "NA", start=20)
+    wh.write_all(daemon.storage, after)
+    daemon.wait_events(40, timeout=30)
+    assert daemon.proc.poll() is None, daemon.log_tail()
+    daemon.stop()
+    wh.check_exactly_once(daemon, wh.digests(odd + after))
+    assert "Traceback" not in daemon.log_text()
+
+
 def test_backlog_present_at_start_is_processed_first(tmp_path, daemons):
     """Entries left while watch was down go out before entries written during start-up."""
     daemon = daemons(tmp_path)
@@ -355,9 +377,7 @@ def test_removed_directories_are_forgotten(tmp_path):
 
     def pump() -> None:
         for _ in range(5):
-            if watcher.notifier.check_events(50):
-                watcher.notifier.read_events()
-                watcher.notifier.process_events()
+            watcher.take_events(50)
             watcher._adopt_new_dirs()
 
     try:
