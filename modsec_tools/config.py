@@ -6,6 +6,7 @@ overrides it (section ``[modsec-tools]``); command-line flags override both.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -68,6 +69,20 @@ def parse_workers(text: str) -> int:
     return value
 
 
+def parse_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def parse_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:  # also refuses nan
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
 def _default_node() -> str:
     name = socket.gethostname().split(".")[0]
     return name if NODE.fullmatch(name) else "localhost"
@@ -114,14 +129,14 @@ KEYS: tuple[Key, ...] = (
         "a non-intercepted inbound anomaly score this high is verdict=detected", int, "N"),
     Key("settle_seconds", "2",
         "without an index log, a file is taken once it ends with its Z boundary and has "
-        "not changed for this long", float, "SECONDS"),
+        "not changed for this long", parse_seconds, "SECONDS"),
     Key("quarantine_after", "3600",
         "an entry still incomplete after this long is quarantined as truncated",
-        float, "SECONDS"),
+        parse_seconds, "SECONDS"),
     Key("max_entry_size", "64M", "larger entries are quarantined, not parsed", parse_size,
         "SIZE"),
     Key("batch_size", "500", "entries made durable per batch (one fsync / commit each)",
-        int, "N"),
+        parse_count, "N"),
     Key("workers", "auto", "processes that read and parse entries in parallel for large "
         "backlogs ('auto': one per CPU; 0: none)", parse_workers, "N"),
     Key("dir_mode", "", "watch: mode given to each new storage subdirectory (e.g. 0770)",

@@ -218,10 +218,15 @@ def test_config_show_does_not_print_the_database_password(fast_tmp):
 # -- usage errors: exit 2, the key named --------------------------------------------------------
 BAD_FLAGS = [
     ("--batch-size", "x", "batch_size"),
+    ("--batch-size", "0", "batch_size"),
+    ("--batch-size", "-5", "batch_size"),
     ("--max-entry-size", "0", "max_entry_size"),
     ("--max-entry-size", "lots", "max_entry_size"),
     ("--workers", "-1", "workers"),
     ("--quarantine-after", "soon", "quarantine_after"),
+    ("--quarantine-after", "nan", "quarantine_after"),
+    ("--quarantine-after", "-1", "quarantine_after"),
+    ("--settle-seconds", "inf", "settle_seconds"),
     ("--settle-seconds", "two", "settle_seconds"),
     ("--node", "bad node!", "node"),
     ("--detect-min-severity", "HUGE", "detect_min_severity"),
