@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--log-target", metavar="TARGET", default=None,
                        help="stderr, syslog or a file path (default: stderr in the "
                        "foreground, syslog otherwise)")
-    watch.add_argument("--flush-ms", type=float, default=20.0, metavar="MS",
-                       help="longest a processed entry waits for its batch (default: 20)")
+    watch.add_argument("--flush-ms", type=float, default=0.0, metavar="MS",
+                       help="wait this long after an entry for others to join its batch "
+                       "(default: 0, group commit: a batch starts at once and whatever "
+                       "closes meanwhile forms the next one)")
     watch.add_argument("--rescan-seconds", type=float, default=10.0, metavar="SECONDS",
                        help="period of the safety rescan and directory cleanup (default: 10)")
     _settings_flags(watch, PIPELINE_SETTINGS + ("dir_mode", "dir_owner", "dir_group"))
@@ -152,9 +154,11 @@ PIPELINE_SETTINGS = ("storage_dir", "index_log", "archive", "event_log", "db",
 WATCH_HELP = """\
 Watch the storage tree with inotify and process each entry as soon as ModSecurity closes
 its file (never on create: the file is written in many small writes first). Entries are
-micro-batched: a batch is made durable when it is full (--batch-size) or --flush-ms after
-its first entry, so a flood costs few fsyncs and a lone event reaches the event log (and
-fail2ban) within tens of milliseconds. The backlog is processed first. Same sinks, same
+group-committed: a batch starts as soon as an entry is waiting and holds everything closed
+by then (up to --batch-size); what closes while it is being made durable forms the next
+batch. So a flood costs few fsyncs, and a lone event reaches the event log (and fail2ban)
+within a few milliseconds. --flush-ms adds a wait before each batch, for disks where an
+fsync is dear. The backlog is processed first. Same sinks, same
 exactly-once guarantees and same lock as 'ingest': run one or the other.
 
 With --dir-mode/--dir-owner/--dir-group every new user/day/minute directory gets that mode

