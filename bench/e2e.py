@@ -1095,8 +1095,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "addresses each, 65,534 in all")
     parser.add_argument("--port", type=int, default=8080, help="Apache's port in the namespace "
                         "(default: 8080)")
-    parser.add_argument("--flush-ms", type=float, default=20.0,
-                        help="watch --flush-ms (default: 20, watch's own default)")
+    parser.add_argument("--flush-ms", type=float, default=0.0,
+                        help="watch --flush-ms (default: 0, watch's own default: group "
+                        "commit)")
     parser.add_argument("--watch-workers", metavar="N",
                         help="watch's `workers` setting (default: its own, auto = one per CPU; "
                         "batches of 128+ entries go to these spawned processes, started at "
