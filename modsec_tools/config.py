@@ -60,27 +60,27 @@ def parse_networks_text(text: str) -> tuple:
     return tuple(parse_networks(text.replace(" ", ",").split(",")))
 
 
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool],
+             problem: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise ValueError(problem)
+        return value
+    return parse
+
+
+parse_count = _checked(int, lambda value: value >= 1, "must be 1 or more")
+# (nan fails the comparison too)
+parse_seconds = _checked(float, lambda value: 0 <= value < math.inf,
+                         "must be a number of seconds, 0 or more")
+_parse_worker_count = _checked(int, lambda value: value >= 0, "workers must be 0 or more")
+
+
 def parse_workers(text: str) -> int:
     if text == "auto":
         return os.cpu_count() or 1 if (os.cpu_count() or 1) > 1 else 0
-    value = int(text)
-    if value < 0:
-        raise ValueError("workers must be 0 or more")
-    return value
-
-
-def parse_count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
-
-
-def parse_seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < math.inf:  # also refuses nan
-        raise ValueError("must be a number of seconds, 0 or more")
-    return value
+    return _parse_worker_count(text)
 
 
 def _default_node() -> str:

@@ -304,6 +304,31 @@ def query(conn, sql: str, params: tuple = (), with_columns: bool = False):
     return (description, rows) if with_columns else rows
 
 
+def database_param(request, tmp: Path) -> "DB":
+    """The database of a fixture parametrized with "sqlite" / "mariadb" (the latter from the
+    session's MariaDB server, a fresh database)."""
+    if request.param == "sqlite":
+        path = tmp / "out" / "events.db"
+        return DB("sqlite", f"sqlite:///{path}", lambda: sqlite_connect(path))
+    server = request.getfixturevalue("mariadb")
+    name = request.getfixturevalue("mariadb_db")
+    return DB("mariadb", server.url_for(name), lambda: server.connect(name))
+
+
+def mariadb_unique_ids(connect) -> list[str]:
+    """Every unique_id in the events table ([] before the schema exists)."""
+    conn = connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW TABLES LIKE 'events'")
+            if not cursor.fetchall():
+                return []
+            cursor.execute("SELECT unique_id FROM events")
+            return [row[0] for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
 def duplicates(ids) -> dict[str, int]:
     return {uid: n for uid, n in Counter(ids).items() if n > 1}
 

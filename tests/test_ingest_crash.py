@@ -292,16 +292,7 @@ def test_kill9_mariadb_index_mode(fast_tmp, mariadb, mariadb_db):
     cursor journaled), batch size 200, >= 15 kills, MariaDB."""
 
     def db_ids():
-        conn = mariadb.connect(mariadb_db)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("SHOW TABLES LIKE 'events'")
-                if not cursor.fetchall():
-                    return []
-                cursor.execute("SELECT unique_id FROM events")
-                return [row[0] for row in cursor.fetchall()]
-        finally:
-            conn.close()
+        return ih.mariadb_unique_ids(lambda: mariadb.connect(mariadb_db))
 
     crash_scenario(fast_tmp, mariadb.url_for(mariadb_db), db_ids,
                    lambda: mariadb.connect(mariadb_db), copies=4, kills_wanted=15, index=True,

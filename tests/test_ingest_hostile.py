@@ -296,12 +296,7 @@ def _poison_uid(poison: str) -> str:
 
 @pytest.fixture(params=["sqlite", "mariadb"])
 def any_database(request, fast_tmp) -> ih.DB:
-    if request.param == "sqlite":
-        path = fast_tmp / "out" / "events.db"
-        return ih.DB("sqlite", f"sqlite:///{path}", lambda: ih.sqlite_connect(path))
-    server = request.getfixturevalue("mariadb")
-    name = request.getfixturevalue("mariadb_db")
-    return ih.DB("mariadb", server.url_for(name), lambda: server.connect(name))
+    return ih.database_param(request, fast_tmp)
 
 
 @pytest.mark.parametrize("poison", sorted(POISON))

@@ -21,16 +21,7 @@ def _db(server) -> ih.DB:
 
 
 def _stored(server) -> list[str]:
-    conn = server.connect()
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SHOW TABLES LIKE 'events'")
-            if not cursor.fetchall():
-                return []
-            cursor.execute("SELECT unique_id FROM events")
-            return [row[0] for row in cursor.fetchall()]
-    finally:
-        conn.close()
+    return ih.mariadb_unique_ids(server.connect)
 
 
 def _no_secret(server, text: str) -> None:

@@ -20,12 +20,7 @@ from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
 # -- the two databases ------------------------------------------------------------------------
 @pytest.fixture(params=["sqlite", "mariadb"])
 def database(request, fast_tmp) -> ih.DB:
-    if request.param == "sqlite":
-        path = fast_tmp / "out" / "events.db"
-        return ih.DB("sqlite", f"sqlite:///{path}", lambda: ih.sqlite_connect(path))
-    server = request.getfixturevalue("mariadb")
-    name = request.getfixturevalue("mariadb_db")
-    return ih.DB("mariadb", server.url_for(name), lambda: server.connect(name))
+    return ih.database_param(request, fast_tmp)
 
 
 # -- the tests ----------------------------------------------------------------------------------

@@ -37,17 +37,6 @@ def writers(daemon: wh.WatchDaemon, count: int, start: int,
                              cwd=wh.REPO, stdout=subprocess.DEVNULL) for tag in TAGS]
 
 
-def finish(procs: list[subprocess.Popen], timeout: float) -> None:
-    try:
-        for proc in procs:
-            assert proc.wait(timeout) == 0, f"writer failed: {proc.args}"
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def test_burst_then_kill9_mid_burst_exactly_once(tmp_path):
     """workers = 2: large batches (rescans, start-up backlogs) go through the examiner pool.
     kill -9 hits the daemon process only (its workers must die with it, see
@@ -58,7 +47,7 @@ def test_burst_then_kill9_mid_burst_exactly_once(tmp_path):
         # 1. 20,000 entries (2 writers x 10,000, both in the same 50 minute directories).
         daemon.start()
         began = time.monotonic()
-        finish(writers(daemon, 10_000, 0), timeout=240)
+        wh.wait_writers(writers(daemon, 10_000, 0), timeout=240)
         written = time.monotonic() - began
         daemon.wait_events(20_000, timeout=120)
         drained = time.monotonic() - began
@@ -92,7 +81,7 @@ def test_burst_then_kill9_mid_burst_exactly_once(tmp_path):
                 daemon.start(wait_ready=False)
                 time.sleep(rng.uniform(0.2, 0.6))  # let it get into its start-up batches
         finally:
-            finish(procs, timeout=240)
+            wh.wait_writers(procs, timeout=240)
         assert kills >= 3, "the burst ended before the daemon could be killed 3 times"
         if daemon.proc.poll() is None and "watching " not in daemon.log_text(this_run=True):
             daemon.wait_log("watching ", timeout=60)

@@ -47,15 +47,8 @@ def daemons():
 
 
 def run_writers(commands: list[list[str]], timeout: float = 120.0) -> None:
-    procs = [subprocess.Popen(c, cwd=wh.REPO, stdout=subprocess.DEVNULL) for c in commands]
-    try:
-        for proc in procs:
-            assert proc.wait(timeout) == 0, f"writer failed: {proc.args}"
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    wh.wait_writers([subprocess.Popen(c, cwd=wh.REPO, stdout=subprocess.DEVNULL)
+                     for c in commands], timeout)
 
 
 def expected_line(entry: wh.Entry) -> str:

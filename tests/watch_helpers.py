@@ -242,6 +242,18 @@ def write_all(storage: str | os.PathLike, entries: list[Entry],
     return closed
 
 
+def wait_writers(procs: list[subprocess.Popen], timeout: float) -> None:
+    """Each writer must exit 0 within ``timeout``; any left running is killed."""
+    try:
+        for proc in procs:
+            assert proc.wait(timeout) == 0, f"writer failed: {proc.args}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def writer_command(storage: str | os.PathLike, count: int, tag: str, *, start: int = 0,
                    per_minute: int = 1_000_000, index_log: str | os.PathLike | None = None,
                    rate: float | None = None, writes: int = 40, pause_ms: float = 0.0,

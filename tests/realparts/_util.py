@@ -16,6 +16,39 @@ class Unavailable(RuntimeError):
     """A real part (binary, module, privilege) is missing; fixtures turn this into skip/fail."""
 
 
+class ServerProcess:
+    """A server run as a subprocess: a context manager that starts it and always closes
+    it (also when start() fails half-way). Subclasses set ``proc`` in start()."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's (master's) pid; ``ip netns exec`` execs into it."""
+        return self.proc.pid if self.running else None  # type: ignore[union-attr]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago (bind to port 0, read it, close)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -42,8 +42,8 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ._util import (Unavailable, die_with_parent, free_port, read_from, size, stop_process, tail,
-                    traversable, wait_until)
+from ._util import (ServerProcess, Unavailable, die_with_parent, free_port, read_from, size,
+                    stop_process, tail, traversable, wait_until)
 
 if TYPE_CHECKING:
     from .netns import NetNS
@@ -57,7 +57,7 @@ RUN_USER = "www-data"
 ATTACK = "/?id=1' or '1'='1"         # CRS 942100 (libinjection) & co: 403 at paranoia level 1
 
 
-class ApacheModSec:
+class ApacheModSec(ServerProcess):
     """One private Apache with ModSecurity; a context manager (start on enter; on exit a fast
     SIGTERM stop, so call ``stop()`` first when in-flight requests must reach the audit log)."""
 
@@ -112,26 +112,6 @@ class ApacheModSec:
         self.index_log = Path(index_log) if index_log else self.root / "audit" / default_log
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "ApacheModSec":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The Apache master's pid (``ip netns exec`` execs into it)."""
-        return self.proc.pid if self.running else None  # type: ignore[union-attr]
-
     @property
     def url(self) -> str:
         host, port = self.listen[0]

@@ -32,7 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._util import Unavailable, die_with_parent, free_port, size, stop_process, tail, wait_until
+from ._util import (ServerProcess, Unavailable, die_with_parent, free_port, size, stop_process,
+                    tail, wait_until)
 
 MARIADBD = "/usr/sbin/mariadbd"
 INSTALL_DB = "/usr/bin/mariadb-install-db"
@@ -61,7 +62,7 @@ def fast_tmp(min_free: int = 512 << 20) -> str | None:
     return None
 
 
-class MariaDB:
+class MariaDB(ServerProcess):
     """One private ``mariadbd``; a context manager (start on enter, stop + delete on exit)."""
 
     host = "127.0.0.1"
@@ -103,25 +104,6 @@ class MariaDB:
         return f"mysql://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "MariaDB":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.running else None  # type: ignore[union-attr]
-
     def start(self, timeout: float | None = None) -> None:
         """Start (or restart) the server on the same datadir, socket and port; wait until ready."""
         if self.running:
