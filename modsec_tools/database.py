@@ -1,7 +1,10 @@
 """The event database: SQLite (stdlib, the default) or MySQL/MariaDB (pymysql).
 
-Attacker-controlled values are stored as the bytes they were (BLOB/VARBINARY) with
-parameterized queries only: nothing is "sanitized", so a payload round-trips byte-exact.
+Attacker-controlled values are stored as the bytes they were (BLOB/VARBINARY): nothing is
+"sanitized", so a payload round-trips byte-exact. SQLite gets parameterized queries; MySQL
+gets multi-row INSERTs whose values are literals made by ``sql_literal`` (bytes as hex,
+text escaped as mysql_real_escape_string does for utf8mb4), written in the worker
+processes that build the rows, so the committing process only joins and sends them.
 Inserts are idempotent on (node, unique_id), which is what lets ingest replay a batch
 after a crash without duplicating rows.
 """
@@ -30,11 +33,22 @@ class DatabaseError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """What one event contributes: the events row and its matches rows."""
+    """What one event contributes: the events row and its matches rows, and (for MySQL,
+    made beforehand by ``with_mysql_text``) the same values as SQL literals."""
 
     unique_id: str
     event: tuple
     matches: list[tuple]
+    mysql: MysqlText | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MysqlText:
+    """``event``: "(v1,...)" for VALUES; ``matches``: ",seq,...)" each, to follow
+    "(" + the event's id, which only the database knows."""
+
+    event: str
+    matches: tuple[str, ...]
 
 
 EVENT_COLUMNS = (
@@ -55,7 +69,8 @@ def _utc(stamp: dt.datetime | None) -> tuple[str | None, int | None]:
     return utc.isoformat(sep=" ", timespec="microseconds"), int(offset.total_seconds() // 60)
 
 
-def event_row(event: Event, node: str, verdict: str) -> Row:
+def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
+    """``dialect`` "mysql": the row carries its SQL literals too (see ``with_mysql_text``)."""
     created, offset = _utc(event.timestamp)
     primary = next((i for i, m in enumerate(event.messages) if "id" in m.first),
                    0 if event.messages else None)
@@ -73,7 +88,8 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
     matches = [_match_row(seq, m) for seq, m in enumerate(event.messages)]
-    return Row(unique_id, row, matches)
+    made = Row(unique_id, row, matches)
+    return with_mysql_text(made) if dialect == "mysql" else made
 
 
 def _match_row(seq: int, message) -> tuple:
@@ -98,6 +114,68 @@ def _json_list(items: list[str]) -> bytes:
     if _PLAIN.fullmatch("".join(items)):
         return ('["' + '","'.join(items) + '"]').encode()
     return json.dumps([printable(item) for item in items], ensure_ascii=False).encode()
+
+
+# -- MySQL literals -------------------------------------------------------------------------------
+# The escaping of mysql_real_escape_string, valid because Database.connect() makes the
+# session's character set utf8mb4 and its sql_mode free of NO_BACKSLASH_ESCAPES (and each
+# statement checks the latter is still so). In UTF-8 no multi-byte character contains a
+# byte below 0x80, so escaping characters is escaping the bytes the server reads.
+_NEEDS_ESCAPE = re.compile(r'[\x00\n\r\x1a\\\'"]')
+
+
+def _escaped(text: str) -> str:
+    # chained str.replace is ~10x faster than str.translate with a dict; backslash first
+    return (text.replace("\\", "\\\\").replace("\0", "\\0").replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\x1a", "\\Z").replace("'", "\\'")
+            .replace('"', '\\"'))
+
+
+def sql_literal(value: str | bytes | int | None) -> str:
+    """A MySQL literal for a row value: bytes as a hex literal (any byte, no escaping
+    involved), text quoted and escaped, integers in decimal, None as NULL."""
+    kind = type(value)
+    if kind is bytes:
+        return "X'" + value.hex() + "'"
+    if kind is str:
+        if _NEEDS_ESCAPE.search(value) is None:
+            return "'" + value + "'"
+        return "'" + _escaped(value) + "'"
+    if value is None:
+        return "NULL"
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "1" if value else "0"
+    raise TypeError(f"no MySQL literal for a {kind.__name__} value")
+
+
+def values_text(values: Iterable) -> str:
+    """``",".join(sql_literal(v) for v in values)``, with the common types inline: ~80
+    values an entry, where a call each was a fifth of the time."""
+    out: list[str] = []
+    add = out.append
+    search = _NEEDS_ESCAPE.search
+    for value in values:
+        kind = type(value)
+        if kind is bytes:
+            add("X'" + value.hex() + "'")
+        elif kind is str:
+            add("'" + (value if search(value) is None else _escaped(value)) + "'")
+        elif value is None:
+            add("NULL")
+        else:
+            add(sql_literal(value))
+    return ",".join(out)
+
+
+def with_mysql_text(row: Row) -> Row:
+    """The row with its MySQL literals (what a worker process does for the committer)."""
+    if row.mysql is not None:
+        return row
+    event = "(" + values_text(row.event) + ")"
+    matches = tuple("," + values_text(m) + ")" for m in row.matches)
+    return Row(row.unique_id, row.event, row.matches, MysqlText(event, matches))
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -243,6 +321,10 @@ def parse_target(url: str, option_file: str = "") -> Target:
     raise ValueError(f"unknown database URL scheme {parts.scheme!r} (use sqlite:// or mysql://)")
 
 
+#: Characters per multi-row INSERT for MySQL (pymysql's executemany uses the same bound).
+MYSQL_STATEMENT = 1024000
+
+
 # -- the database ---------------------------------------------------------------------------------
 class Database:
     """One connection; ``insert`` is idempotent; errors surface as DatabaseError."""
@@ -271,9 +353,31 @@ class Database:
                                             connect_timeout=self.connect_timeout,
                                             read_timeout=60, write_timeout=60,
                                             charset="utf8mb4")
+                self._literal_session()
+        except DatabaseError:
+            self.close()
+            raise
         except Exception as exc:  # sqlite3.Error, pymysql.Error, OSError
-            self.conn = None
+            self.close()
             raise DatabaseError(f"{self.target.describe()}: {exc}") from None
+
+    def _literal_session(self) -> None:
+        """What sql_literal's escaping relies on: utf8mb4 whatever the server's
+        (skip-character-set-client-handshake ignores the handshake's), and backslash
+        escapes (NO_BACKSLASH_ESCAPES removed from this session's sql_mode if set)."""
+        with self.conn.cursor() as cursor:
+            cursor.execute("SET NAMES utf8mb4, SESSION sql_mode = TRIM(BOTH ',' FROM REPLACE("
+                           "CONCAT(',', @@SESSION.sql_mode, ','), ',NO_BACKSLASH_ESCAPES,', ','))")
+        self._check_backslash_escapes()
+
+    def _check_backslash_escapes(self) -> None:
+        """pymysql keeps the server's status flags of its last reply: should this session's
+        sql_mode have gained NO_BACKSLASH_ESCAPES since connect(), the server would read our
+        backslashes literally (a quote would end the string), so nothing is sent then."""
+        from pymysql.constants import SERVER_STATUS
+        if self.conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            raise DatabaseError(f"{self.target.describe()}: NO_BACKSLASH_ESCAPES is set in "
+                                "the session's sql_mode and could not be turned off")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -395,6 +499,9 @@ class Database:
                 fresh.append(r)
         if not fresh:
             return 0
+        if self.kind == "mysql":
+            self._insert_mysql(cursor, node, fresh)
+            return len(fresh)
         marks = ",".join([self.mark] * len(EVENT_COLUMNS))
         cursor.executemany(f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})",
                            [r.event for r in fresh])
@@ -405,6 +512,33 @@ class Database:
             cursor.executemany(
                 f"INSERT INTO matches ({','.join(MATCH_COLUMNS)}) VALUES ({marks})", match_rows)
         return len(fresh)
+
+    def _insert_mysql(self, cursor, node: str, fresh: list[Row]) -> None:
+        """Multi-row INSERTs of literals the workers made (rows replayed from the spool or
+        recovered after a crash get theirs here): no per-value work in this process."""
+        texts = [(r.mysql or with_mysql_text(r).mysql) for r in fresh]
+        self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
+        ids = self._ids(cursor, node, (r.unique_id for r in fresh))
+        self._insert_values(cursor, "matches", MATCH_COLUMNS, [
+            "(" + str(ids[r.unique_id]) + m for r, t in zip(fresh, texts) for m in t.matches])
+
+    def _insert_values(self, cursor, table: str, columns: Sequence[str],
+                       values: list[str]) -> None:
+        """INSERT statements of at most ~MYSQL_STATEMENT characters (a row longer than that
+        goes alone), far below any server's max_allowed_packet default."""
+        head = f"INSERT INTO {table} ({','.join(columns)}) VALUES "
+        start, size = 0, 0
+        for end, text in enumerate(values):
+            if size and size + len(text) > MYSQL_STATEMENT:
+                self._send(cursor, head + ",".join(values[start:end]))
+                start, size = end, 0
+            size += len(text) + 1
+        if start < len(values):
+            self._send(cursor, head + ",".join(values[start:]))
+
+    def _send(self, cursor, statement: str) -> None:
+        self._check_backslash_escapes()
+        cursor.execute(statement)
 
     def count(self, table: str = "events") -> int:
         if table not in ("events", "matches", "logs"):

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -50,6 +51,7 @@ class Rules:
     settle_seconds: float
     quarantine_after: float
     index_mode: bool
+    sql_dialect: str = ""      # "mysql": rows carry their SQL literals, made here in parallel
 
 
 @dataclass(slots=True)
@@ -63,6 +65,7 @@ class Outcome:
     line: bytes = b""          # the event-log line, newline included
     row: Row | None = None     # the database rows
     status: int | None = None  # kept in the journal (an HTTP/0.9 entry may have no other)
+    crc: int = 0               # CRC-32 of data, for the journal (computed here, in parallel)
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
@@ -70,7 +73,8 @@ def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
     verdict = rules.policy.verdict(event)
     line = format_event(event, rules.node, verdict).encode("ascii") + b"\n"
     return Outcome(ref, READY, data=data, inode=info.st_ino, device=info.st_dev, line=line,
-                   row=event_row(event, rules.node, verdict), status=event.status)
+                   row=event_row(event, rules.node, verdict, rules.sql_dialect),
+                   status=event.status, crc=zlib.crc32(data))
 
 
 def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | None,
@@ -148,16 +152,26 @@ class ExaminerPool:
 
     CHUNK = 64
 
-    def __init__(self, root: str, rules: Rules, workers: int) -> None:
+    def __init__(self, root: str, rules: Rules, workers: int, ahead: int = 0) -> None:
+        """``ahead``: entries to have examined beyond what the caller has taken, so the
+        workers keep busy while it commits a batch (the pipeline passes its batch size);
+        with a window smaller than a batch they would stand idle during every commit."""
         # spawn, not fork: a forked worker would inherit the daemon's descriptors (its
         # instance lock, inotify, journal) and keep them after the daemon's death.
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
             "spawn"), initializer=_init_worker, initargs=(root, rules))
-        self.in_flight = 2 * workers
+        self.workers = workers
+        self.in_flight = max(2 * workers, -(-ahead // self.CHUNK) + workers)
+
+    def warm_up(self) -> None:
+        """Start every worker now (the executor starts them one per submission, on
+        demand) so that they are ready when the work comes."""
+        for _ in range(self.workers):
+            self.executor.submit(int)
 
     def examine(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]],
                 cutoff: float | None = None) -> Iterator[Outcome]:
-        """Outcomes in submission order. Only a few chunks a worker are in flight: a
+        """Outcomes in submission order. Only about a batch ahead is in flight: a
         finished chunk holds its entries' bytes until the caller commits them, so
         submitting a whole backlog at once would cost memory in proportion to it."""
         pending: deque[Future] = deque()

@@ -211,18 +211,18 @@ class Pipeline:
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
         self.tree = StorageTree(settings.storage_dir)
+        if db is None:
+            target = parse_target(settings.db, settings.db_option_file)
+            db = Database(target) if target.kind != "none" else None
         self.rules = Rules(settings.node,
                            VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
                            tuple(settings.trusted_proxies), settings.max_entry_size,
                            settings.settle_seconds, settings.quarantine_after,
-                           bool(settings.index_log))
+                           bool(settings.index_log), db.kind if db else "")
         state = settings.state_dir
         self.journal = Journal(os.path.join(state, "journal"))
         self.archive = AppendFile(settings.archive)
         self.event_log = AppendFile(settings.event_log)
-        if db is None:
-            target = parse_target(settings.db, settings.db_option_file)
-            db = Database(target) if target.kind != "none" else None
         self.db = DatabaseSink(db, settings.node, os.path.join(state, "db-spool")) if db else None
         self.index = (IndexFollower(settings.index_log, self.journal.last("index"))
                       if settings.index_log else None)
@@ -334,7 +334,7 @@ class Pipeline:
             "archive": _pos(self.archive.position()), "events": _pos(self.event_log.position()),
             # Each entry's length in the archive and the event log: recovery can then tell
             # entry by entry what is already there.
-            "files": [[p.ref.relpath, p.inode, p.device, len(p.data), zlib.crc32(p.data),
+            "files": [[p.ref.relpath, p.inode, p.device, len(p.data), p.crc,
                        p.status, len(_archived(p.data)), len(p.line)] for p in batch],
         }
         self.journal.append(record)
@@ -345,7 +345,7 @@ class Pipeline:
         if self.index is not None and not self.proven:
             done["index"] = self.index.cursor  # every line read so far is processed
         self.journal.append(done)
-        self._delete(record)
+        self._unlink((p.ref, p.inode, p.device) for p in batch)
         self.tree.release()
         self.stats.entries += len(batch)
         self.stats.bytes += sum(len(p.data) for p in batch)
@@ -371,14 +371,16 @@ class Pipeline:
             self.stats.spooled += self.db.write([p.row for p in batch])
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
-        for relpath, inode, device, *_ in record["files"]:
-            if relpath in keep:
-                continue
+        self._unlink((EntryRef.from_relpath(relpath), inode, device)
+                     for relpath, inode, device, *_ in record["files"] if relpath not in keep)
+
+    def _unlink(self, entries: Iterable[tuple[EntryRef, int, int]]) -> None:
+        for ref, inode, device in entries:
             try:
-                self.tree.remove(EntryRef.from_relpath(relpath), (inode, device))
+                self.tree.remove(ref, (inode, device))
             except OSError as exc:
                 self.stats.errors += 1
-                log.error("%s: cannot delete: %s", relpath, exc.strerror or exc)
+                log.error("%s: cannot delete: %s", ref.relpath, exc.strerror or exc)
 
     # -- driving -------------------------------------------------------------------------------
     def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
@@ -410,15 +412,29 @@ class Pipeline:
                 yield examine(self.tree, ref, proof, index, self.rules, cutoff)
             self.tree.release()
             return
+        yield from self._pool().examine(items, cutoff)
+
+    def _pool(self) -> ExaminerPool:
         if self.pool is None:
-            self.pool = ExaminerPool(self.settings.storage_dir, self.rules, workers)
-        yield from self.pool.examine(items, cutoff)
+            self.pool = ExaminerPool(self.settings.storage_dir, self.rules,
+                                     self.settings.workers, ahead=self.settings.batch_size)
+        return self.pool
+
+    def _scan_all(self) -> list[tuple[EntryRef, str]]:
+        """The whole scan; as soon as it is clearly a backlog the workers are started, so
+        their start-up (~0.3 s of imports) overlaps the rest of the scan."""
+        work = []
+        for found in self.scan():
+            work.append(found)
+            if len(work) == PARALLEL_FROM and self.settings.workers > 0:
+                self._pool().warm_up()
+        return work
 
     def run_once(self, progress=None) -> Stats:
         """Everything complete now: index lines first (already proven), then the tree."""
         self.read_index()
         try:
-            work = list(self.scan())
+            work = self._scan_all()
         except OSError as exc:
             self.stats.errors += 1
             log.error("cannot open the storage directory %s: %s", self.settings.storage_dir,
