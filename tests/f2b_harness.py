@@ -299,8 +299,8 @@ def make_confdir(root: Path, jails: str, *, server_options: dict[str, str] | Non
 class Fail2Ban:
     """A fail2ban-server running in the foreground inside ``ns`` (we own its pid)."""
 
-    def __init__(self, ns: Netns, root: Path, conf: Path):
-        self.ns, self.root, self.conf = ns, root, conf
+    def __init__(self, ns: Netns, root: Path, conf: Path, python: str | None = None):
+        self.ns, self.root, self.conf, self.python = ns, root, conf, python
         self.sock = root / "fail2ban.sock"
         self.log = root / "fail2ban.log"
         self.proc: subprocess.Popen | None = None
@@ -308,10 +308,25 @@ class Fail2Ban:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 30) -> None:
         self.proc = self.ns.popen(
-            FAIL2BAN_SERVER, "-f", "-x", "-c", str(self.conf), "-s", str(self.sock),
-            "-p", str(self.root / "fail2ban.pid"), "--logtarget", str(self.log),
+            *self._interpreter(), FAIL2BAN_SERVER, "-f", "-x", "-c", str(self.conf),
+            "-s", str(self.sock), "-p", str(self.root / "fail2ban.pid"),
+            "--logtarget", str(self.log),
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.stderr", "ab"))
         self.wait_ready(timeout)
+
+    def _interpreter(self) -> list[str]:
+        """Debian's fail2ban package (its Python code) run by another interpreter, e.g. the
+        Python 3.6 of RHEL 8's fail2ban: only the fail2ban and pyinotify modules are put on
+        its path (Debian's other modules are built for Debian's Python). [] for Debian's."""
+        if self.python is None:
+            return []
+        path = self.root / "python-path"
+        path.mkdir(exist_ok=True)
+        for name in ("fail2ban", "pyinotify.py"):
+            link = path / name
+            if not link.exists():
+                link.symlink_to(Path("/usr/lib/python3/dist-packages") / name)
+        return ["env", f"PYTHONPATH={path}", "PYTHONDONTWRITEBYTECODE=1", self.python]
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Wait until the server answers and every configured jail runs."""
@@ -348,7 +363,9 @@ class Fail2Ban:
     # -- client --------------------------------------------------------------------------
     def _client(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         # -c: "reload" makes the client read the configuration and send it to the server
-        proc = subprocess.run([FAIL2BAN_CLIENT, "-c", str(self.conf), "-s", str(self.sock), *args],
+        # (the client runs on the server's interpreter: they exchange pickles)
+        proc = subprocess.run([*self._interpreter(), FAIL2BAN_CLIENT, "-c", str(self.conf),
+                               "-s", str(self.sock), *args],
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"fail2ban-client {' '.join(args)} failed: {proc.stderr}{proc.stdout}"
@@ -381,7 +398,7 @@ class Fail2Ban:
 def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | None = None,
                     extra: dict[str, str] | None = None,
                     with_bundle_jails: bool = True, root: Path | None = None,
-                    graceful_exit: bool = False) -> Iterator[Fail2Ban]:
+                    graceful_exit: bool = False, python: str | None = None) -> Iterator[Fail2Ban]:
     """Start fail2ban-server in ``ns`` with ``jails`` as jail.local; stop it afterwards.
 
     ``jails`` becomes jail.local (after dedent) on top of the stock jail.conf and our
@@ -394,6 +411,7 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
 
     On exit the server is killed (the namespace, deleted by its own context manager, takes
     the firewall objects with it; an orderly stop costs about 2 s) unless graceful_exit.
+    ``python``: run the server with that interpreter instead of Debian's.
     """
     own = root is None
     base = Path(tempfile.mkdtemp(prefix="mt-f2b-")) if own else root
@@ -405,7 +423,7 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
         jails = textwrap.dedent(jails).replace("{root}", str(base))
         conf = make_confdir(base, jails, server_options=server_options, extra=extra,
                             with_bundle_jails=with_bundle_jails)
-        f2b = Fail2Ban(ns, base, conf)
+        f2b = Fail2Ban(ns, base, conf, python)
         f2b.start()
         try:
             yield f2b

@@ -5,6 +5,9 @@ firewall; traffic only flows between addresses of that namespace.
 """
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import subprocess
 import time
 
@@ -51,10 +54,36 @@ def wait_bans(ns, backend, predicate, what, name=NAME, timeout=15):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ban_unban_reload_stop(backend):
     """IPv4+IPv6 bans with the ticket's bantime as kernel timeout, unban, reload, stop cleans up."""
+    _ban_unban_reload_stop(backend)
+
+
+def python36() -> str | None:
+    """A Python 3.6 (what RHEL 8's fail2ban runs on): on PATH, or one pyenv built."""
+    found = shutil.which("python3.6")
+    if found and "/shims/" not in found:      # a pyenv shim runs only the selected version
+        return found
+    pyenv = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+    return next(iter(sorted(glob.glob(f"{pyenv}/versions/3.6*/bin/python3"))), None)
+
+
+@pytest.mark.parametrize("backend", ("nftables", "ipset"))
+def test_action_runs_in_fail2ban_on_python_36(backend):
+    """RHEL 8's fail2ban (EPEL) runs on the platform Python 3.6 and its iptables is nf_tables:
+    the same fail2ban code (Debian's) on a Python 3.6 loads the action and drives both set
+    backends through the whole cycle."""
+    python = python36()
+    if python is None:
+        pytest.skip("no Python 3.6 on this machine (python3.6 on PATH or pyenv)")
+    _ban_unban_reload_stop(backend, python=python)
+
+
+def _ban_unban_reload_stop(backend: str, python: str | None = None) -> None:
     with netns() as ns:
         populate_host_firewall(ns)
         before = firewall_snapshot(ns)
-        with fail2ban_server(ns, jail(backend, bantime="600")) as f2b:
+        with fail2ban_server(ns, jail(backend, bantime="600"), python=python) as f2b:
+            if python is not None:  # the server really is that interpreter
+                assert os.path.realpath(f"/proc/{f2b.proc.pid}/exe") == os.path.realpath(python)
             f2b.banip("modsec", V4, V6)
             held = wait_bans(ns, backend, lambda b: V4 in b and V6 in b, "both bans in the kernel")
             for address in (V4, V6):

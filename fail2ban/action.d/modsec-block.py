@@ -8,7 +8,8 @@ SYNOPSIS
     action = modsec-block.py[backend=auto, blocktype=DROP, port="http,https", protocol=tcp]
 
 DESCRIPTION
-    A Python action (loaded by fail2ban into its own process: no fork per ban).  ban()
+    A Python action (loaded by fail2ban into its own process: no fork per ban; written
+    for Python >= 3.6, the interpreter of RHEL 8's fail2ban, hence typing.List & co).  ban()
     and unban() only queue the change; a worker thread coalesces the queue and applies it
     to the kernel in one transaction per batch (one libnftables call in-process, one
     `ipset restore`, or one libiptc commit), so a flood of bans reaches the kernel at
@@ -81,8 +82,6 @@ CAVEATS
 SEE ALSO
     docs/fail2ban.md, jail.conf(5), nft(8), ipset(8), iptables(8)
 """
-from __future__ import annotations
-
 import ctypes
 import ctypes.util
 import fcntl
@@ -98,14 +97,16 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
 from fail2ban.server.actions import ActionBase
 
 IPSET_MAX_TIMEOUT = 2147483          # ipset's own limit (seconds)
 OPTIONS = ("backend", "blocktype", "port", "protocol", "rawdrop", "chain", "name", "maxtimeout",
            "maxelem", "batchdelay", "batchinterval", "batchmax")
-Key = tuple[int, str]                # (4|6, canonical address)
+Key = Tuple[int, str]                # (4|6, canonical address)
+# subprocess.run(capture_output=True, text=True), spelt as Python 3.6 (RHEL 8's fail2ban) takes it
+_CAPTURE = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "universal_newlines": True}
 # A queued change: the ban's end (epoch seconds; None = permanent) or _REMOVE.
 _REMOVE = "remove"
 
@@ -130,7 +131,7 @@ def _as_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _parse_ports(text: str, protocol: str) -> tuple[tuple[int, int], ...] | None:
+def _parse_ports(text: str, protocol: str) -> Optional[Tuple[Tuple[int, int], ...]]:
     """'http,https,8000:8100' -> ((80, 80), (443, 443), (8000, 8100)); 'all' -> None."""
     text = str(text).strip()
     if text.lower() in ("all", "any", ""):
@@ -159,11 +160,10 @@ def _object_name(base: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     backend: str
     blocktype: str
-    ports: tuple[tuple[int, int], ...] | None
+    ports: Optional[Tuple[Tuple[int, int], ...]]
     protocol: str
     rawdrop: bool
     chain: str
@@ -175,7 +175,7 @@ class Settings:
     batchmax: int
 
     @classmethod
-    def parse(cls, jail_name: str, opts: dict[str, str]) -> "Settings":
+    def parse(cls, jail_name: str, opts: Dict[str, str]) -> "Settings":
         unknown = set(opts) - set(OPTIONS)        # a typo must not silently change behaviour
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
@@ -208,7 +208,7 @@ def detect_backend() -> str:
     iptables = shutil.which("iptables")
     version = ""
     if iptables:
-        version = subprocess.run([iptables, "-V"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([iptables, "-V"], timeout=30, **_CAPTURE).stdout
     if iptables and "nf_tables" not in version:
         try:
             import iptc  # noqa: F401  (python-iptables, the in-process path)
@@ -218,8 +218,8 @@ def detect_backend() -> str:
     return "nftables" if shutil.which("nft") else "ipset"
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
+def _run(argv: List[str], stdin: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, input=stdin, timeout=120, **_CAPTURE)
     if check and proc.returncode != 0:
         raise BackendError(f"{' '.join(argv[:4])}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -276,7 +276,7 @@ class Backend(ABC):
         self.s = settings
 
     @property
-    def max_timeout(self) -> int | None:
+    def max_timeout(self) -> Optional[int]:
         return self.s.maxtimeout
 
     @abstractmethod
@@ -288,7 +288,7 @@ class Backend(ABC):
         """Remove everything setup() created (idempotent)."""
 
     @abstractmethod
-    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+    def apply(self, adds: Dict[Key, Optional[int]], removes: List[Key]) -> None:
         """One transaction: add/refresh entries (timeout seconds, None = permanent), remove others."""
 
     @abstractmethod
@@ -307,7 +307,7 @@ class NftBackend(Backend):
         # Elements we know the kernel holds: only those need the delete + re-add dance to
         # get a new timeout; a new address is one plain "add".  Filled from the kernel by
         # setup() (bans that survived a crash), kept by apply().
-        self.present: set[Key] = set()
+        self.present: Set[Key] = set()
 
 
     def _match(self, family: int) -> str:
@@ -317,7 +317,7 @@ class NftBackend(Backend):
         ports = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.s.ports)
         return f"{addr} {self.s.protocol} dport {{ {ports} }}"
 
-    def _chains(self) -> dict[str, str]:
+    def _chains(self) -> Dict[str, str]:
         hook = {"INPUT": "input", "FORWARD": "forward"}.get(self.s.chain)
         if hook is None:
             raise ValueError("nftables backend: chain must be INPUT or FORWARD")
@@ -342,8 +342,8 @@ class NftBackend(Backend):
         self._nft("\n".join(lines) + "\n")
         self.present = self._elements()
 
-    def _elements(self) -> set[Key]:
-        found: set[Key] = set()
+    def _elements(self) -> Set[Key]:
+        found: Set[Key] = set()
         for family, set_name in self.SETS.items():
             out = self._nft(f"list set inet {self.s.name} {set_name}")
             body = out.split("elements = {", 1)[1] if "elements = {" in out else ""
@@ -355,7 +355,7 @@ class NftBackend(Backend):
         self._nft(f"add table inet {self.s.name}\ndelete table inet {self.s.name}\n")
         self.present = set()
 
-    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+    def apply(self, adds: Dict[Key, Optional[int]], removes: List[Key]) -> None:
         # "add" is a no-op for an element that exists (it keeps its old timeout), and
         # "delete" of a missing element fails the whole transaction (elements also vanish
         # on their own when they time out).  So an element that may exist is first added
@@ -389,11 +389,11 @@ class IptablesRules:
         self.s = settings
         self.comment = f"modsec-tools {settings.name}"
 
-    def _where(self) -> tuple[str, str]:
+    def _where(self) -> Tuple[str, str]:
         return ("raw", "PREROUTING") if self.s.rawdrop else ("filter", self.s.chain)
 
-    def wanted(self, family: int, set_name: str) -> list[str]:
-        spec: list[str] = []
+    def wanted(self, family: int, set_name: str) -> List[str]:
+        spec: List[str] = []
         if self.s.ports is not None:
             ports = ",".join(str(a) if a == b else f"{a}:{b}" for a, b in self.s.ports)
             spec = ["-p", self.s.protocol, "-m", "multiport", "--dports", ports]
@@ -407,7 +407,7 @@ class IptablesRules:
     def tool(family: int) -> str:
         return "iptables" if family == 4 else "ip6tables"
 
-    def _ours(self, family: int, table: str, chain: str) -> list[list[str]]:
+    def _ours(self, family: int, table: str, chain: str) -> List[List[str]]:
         proc = _run([self.tool(family), "-w", "-t", table, "-S", chain], check=False)
         rules = []
         for line in proc.stdout.splitlines():
@@ -453,7 +453,7 @@ class IpsetBackend(Backend):
             if proc.returncode != 0 and "does not exist" not in proc.stderr:
                 raise BackendError(f"ipset destroy {set_name}: {proc.stderr.strip()}")
 
-    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+    def apply(self, adds: Dict[Key, Optional[int]], removes: List[Key]) -> None:
         lines = [f"add {self.sets[f]} {a} timeout {0 if t is None else t}\n" for (f, a), t in adds.items()]
         lines += [f"del {self.sets[f]} {a}\n" for f, a in removes]
         if lines:
@@ -502,12 +502,12 @@ class LegacyBackend(Backend):
         self.iptc = iptc
         self.table_name = "raw" if settings.rawdrop else "filter"
         self.hook = "PREROUTING" if settings.rawdrop else settings.chain
-        self.index: dict[Key, str | None] = {}          # address -> datestop of its rule
+        self.index: Dict[Key, Optional[str]] = {}          # address -> datestop of its rule
         self._ready = False                              # setup() done by this instance
-        self._templates: dict[tuple[int, str | None], object] = {}
+        self._templates: Dict[Tuple[int, Optional[str]], object] = {}
 
     @property
-    def max_timeout(self) -> int | None:
+    def max_timeout(self) -> Optional[int]:
         return None                       # the time match takes any end date
 
     def _table(self, family: int):
@@ -529,7 +529,7 @@ class LegacyBackend(Backend):
         rule.target = self.iptc.Target(rule, self.s.name)
         return rule
 
-    def _template(self, family: int, datestop: str | None):
+    def _template(self, family: int, datestop: Optional[str]):
         """(rule, mask) per (family, end second): only .src changes per address (fast path;
         python-iptables' own append_rule re-parses every match, ~10x slower)."""
         key = (family, datestop)
@@ -594,12 +594,12 @@ class LegacyBackend(Backend):
             self.index.clear()
             self._ready = False
 
-    def _rule_bytes(self, family: int, address: str, datestop: str | None):
+    def _rule_bytes(self, family: int, address: str, datestop: Optional[str]):
         rule, mask = self._template(family, datestop)
         rule.src = address
         return rule.rule, mask
 
-    def apply(self, adds: dict[Key, int | None], removes: list[Key]) -> None:
+    def apply(self, adds: Dict[Key, Optional[int]], removes: List[Key]) -> None:
         now = time.time()
         with _XtablesLock():
             for family in (4, 6):
@@ -635,7 +635,7 @@ class LegacyBackend(Backend):
             self.index.clear()
 
 
-BACKENDS: dict[str, type[Backend]] = {"nftables": NftBackend, "ipset": IpsetBackend,
+BACKENDS: Dict[str, Type[Backend]] = {"nftables": NftBackend, "ipset": IpsetBackend,
                                       "iptables-legacy": LegacyBackend}
 
 
@@ -655,12 +655,12 @@ class Batcher:
         self.backend, self.delay, self.interval, self.batchmax, self.log = backend, delay, interval, batchmax, log
         self.last_apply = 0.0                      # monotonic start of the last transaction
         self.cond = threading.Condition()
-        self.pending: dict[Key, float | None | str] = {}
-        self.long: dict[Key, float] = {}           # bans beyond max_timeout -> end
+        self.pending: Dict[Key, Union[float, None, str]] = {}
+        self.long: Dict[Key, float] = {}           # bans beyond max_timeout -> end
         self.next_refresh = math.inf
         self.busy = False
         self.closing = False
-        self.thread: threading.Thread | None = None
+        self.thread: Optional[threading.Thread] = None
         self.applied = 0
 
     def start(self) -> None:
@@ -672,7 +672,7 @@ class Batcher:
                                            daemon=True)
             self.thread.start()
 
-    def put(self, key: Key, end: float | None | str) -> None:
+    def put(self, key: Key, end: Union[float, None, str]) -> None:
         """Queue a change; applied once start() ran (fail2ban may ban before the action started)."""
         with self.cond:
             self.pending.pop(key, None)             # re-insert: keeps arrival order roughly
@@ -763,13 +763,13 @@ class Batcher:
     def _refresh_interval(self) -> float:
         return max(1.0, (self.backend.max_timeout or IPSET_MAX_TIMEOUT) / 2)
 
-    def _apply(self, batch: dict[Key, float | None | str]) -> None:
+    def _apply(self, batch: Dict[Key, Union[float, None, str]]) -> None:
         if not batch:
             return
         now = time.time()
         cap = self.backend.max_timeout
-        adds: dict[Key, int | None] = {}
-        removes: list[Key] = []
+        adds: Dict[Key, Optional[int]] = {}
+        removes: List[Key] = []
         with self.cond:
             for key, end in batch.items():
                 if end == _REMOVE:
@@ -810,7 +810,7 @@ def _key(aInfo) -> Key:
     return address.version, str(address)
 
 
-def _ban_end(aInfo) -> float | None:
+def _ban_end(aInfo) -> Optional[float]:
     """When fail2ban will unban this ticket (its time + bantime); None for a permanent ban."""
     bantime = int(aInfo["bantime"])
     if bantime < 0:
@@ -828,11 +828,11 @@ class ModsecBlock(ActionBase):
         super().__init__(jail, name)
         self._opts = dict(opts)
         self._settings = Settings.parse(jail.name, self._opts)
-        self._bans: dict[Key, float | None] = {}            # what we asked the kernel to hold
+        self._bans: Dict[Key, Optional[float]] = {}            # what we asked the kernel to hold
         self._lock = threading.Lock()
         self._backend, self._batcher = self._make(self._settings)
 
-    def _make(self, settings: Settings) -> tuple[Backend, Batcher]:
+    def _make(self, settings: Settings) -> Tuple[Backend, Batcher]:
         kind = settings.backend if settings.backend != "auto" else detect_backend()
         backend = BACKENDS[kind](settings)
         return backend, Batcher(backend, settings.batchdelay, settings.batchinterval, settings.batchmax,
