@@ -24,7 +24,7 @@ from typing import Any
 from .event import Event, printable, raw
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class DatabaseError(Exception):
@@ -182,13 +182,16 @@ def with_mysql_text(row: Row) -> Row:
 _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER",
                "str": "TEXT", "blob": "BLOB", "time": "TEXT", "int": "INTEGER",
-               "engine": "", "ifnot": "IF NOT EXISTS ", "view": "CREATE VIEW IF NOT EXISTS"},
+               "engine": "", "ifnot": "IF NOT EXISTS ", "view": "CREATE VIEW IF NOT EXISTS",
+               "uid_binary": ""},  # TEXT compares byte by byte already
     # MariaDB knows CREATE INDEX IF NOT EXISTS; MySQL 8 does not, so a duplicate index
     # (a migration re-run after a failure) is tolerated instead (error 1061).
     "mysql": {"id": "BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY",
               "bigint": "BIGINT UNSIGNED", "str": "VARCHAR(255)", "blob": "MEDIUMBLOB",
               "time": "DATETIME(6)", "int": "INT", "engine": " ENGINE=InnoDB", "ifnot": "",
-              "view": "CREATE OR REPLACE VIEW"},
+              "view": "CREATE OR REPLACE VIEW",
+              "uid_binary": "ALTER TABLE events MODIFY unique_id VARCHAR(64) CHARACTER SET "
+                            "utf8mb4 COLLATE utf8mb4_bin NOT NULL"},
 }
 
 _SCHEMA_V1 = [
@@ -258,7 +261,10 @@ _SCHEMA_V1 = [
         e.phase AS phase, e.created_at AS created_at
       FROM events e LEFT JOIN matches m ON m.event_id = e.id AND m.seq = e.primary_seq""",
 ]
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1}
+# v2: mod_unique_id's ids are case-sensitive (base64), but MySQL's default collation is
+# not: an id differing from a stored one only in case was refused as a duplicate.
+_SCHEMA_V2 = ["{uid_binary}"]
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 # -- connection URLs -----------------------------------------------------------------------------
@@ -441,7 +447,8 @@ class Database:
         for number in sorted(MIGRATIONS):
             if number <= current:
                 continue
-            statements = [s.format(**_TYPES[self.kind]) for s in MIGRATIONS[number]]
+            statements = [text for text in (s.format(**_TYPES[self.kind])
+                                            for s in MIGRATIONS[number]) if text]
 
             def apply(cursor, statements=statements, number=number) -> None:
                 for statement in statements:

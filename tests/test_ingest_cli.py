@@ -133,15 +133,15 @@ def test_ingest_with_missing_storage_dir_fails(fast_tmp):
 # -- db init / status ---------------------------------------------------------------------------
 def _db_status_cycle(sb: ih.Sandbox, describe: str) -> None:
     before = sb.run(action="db status")
-    assert f"{describe}: schema 0 (this modsec-tools: 1)" in before.stdout, before.stdout
+    assert f"{describe}: schema 0 (this modsec-tools: 2)" in before.stdout, before.stdout
     init = sb.run(action="db init")
-    assert f"{describe}: applied schema [1]" in init.stdout, init.stdout
+    assert f"{describe}: applied schema [1, 2]" in init.stdout, init.stdout
     status = sb.run(action="db status")
-    assert f"{describe}: schema 1 (this modsec-tools: 1)" in status.stdout, status.stdout
+    assert f"{describe}: schema 2 (this modsec-tools: 2)" in status.stdout, status.stdout
     again = sb.run(action="db init")
-    assert f"{describe}: schema 1 is current" in again.stdout
+    assert f"{describe}: schema 2 is current" in again.stdout
     migrate = sb.run(action="db migrate")
-    assert f"{describe}: schema 1 is current" in migrate.stdout
+    assert f"{describe}: schema 2 is current" in migrate.stdout
 
 
 def test_db_init_then_status_sqlite(fast_tmp):
@@ -164,6 +164,32 @@ def test_db_init_then_status_mariadb(fast_tmp, mariadb, mariadb_db):
     finally:
         conn.close()
     assert {"events", "matches", "logs", "schema_version"} <= tables
+
+
+def test_db_migrate_from_schema_1_mariadb(fast_tmp, mariadb, mariadb_db):
+    """A version-1 database (unique_id in MySQL's case-insensitive default collation) is
+    brought to version 2 by `db migrate`, its rows kept; then ids differing only in case
+    are two rows."""
+    sb = ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db))
+    sb.run(action="db init")
+    conn = mariadb.connect(mariadb_db)
+    try:
+        with conn.cursor() as cursor:  # back to what version 1 made
+            cursor.execute("ALTER TABLE events MODIFY unique_id VARCHAR(64) NOT NULL")
+            cursor.execute("DELETE FROM schema_version WHERE version = 2")
+            cursor.execute("INSERT INTO events (node, unique_id, intercepted, incomplete) "
+                           "VALUES ('n', 'AbC', 0, 0)")
+        conn.commit()
+        assert "schema 1 (this modsec-tools: 2)" in sb.run(action="db status").stdout
+        assert "applied schema [2]" in sb.run(action="db migrate").stdout
+        with conn.cursor() as cursor:
+            cursor.execute("INSERT INTO events (node, unique_id, intercepted, incomplete) "
+                           "VALUES ('n', 'abc', 0, 0)")
+        conn.commit()
+        ids = sorted(r[0] for r in ih.query(conn, "SELECT unique_id FROM events"))
+    finally:
+        conn.close()
+    assert ids == ["AbC", "abc"]
 
 
 def test_db_status_unreachable_database_fails(fast_tmp):

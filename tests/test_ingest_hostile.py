@@ -358,6 +358,27 @@ def test_odd_unique_id_is_stored_not_refused(fast_tmp, any_database, poison):
     assert len(stored) == 1 or sb.quarantined(), (stored, sb.quarantined())
 
 
+def test_ids_that_differ_only_in_case_are_two_events(fast_tmp, any_database):
+    """mod_unique_id's ids are case-sensitive (base64): two entries whose ids differ only in
+    letter case are two transactions, and a planted one must not push a real one out of the
+    database. Both are stored, in both databases; nothing refused."""
+    sb = ih.Sandbox(fast_tmp, db=any_database.url)
+    minute = sb.storage / MINUTE
+    minute.mkdir(parents=True)
+    for tag in ("CaseX", "casex"):
+        (minute / _name(tag)).write_bytes(_valid_entry(tag))
+    ih.age_tree(sb.storage)
+    done = sb.run(expect=None)
+    assert done.returncode == 0, done.stderr
+    assert not ih.spool_ids(sb.state / "db-rejected")
+    conn = any_database.connect()
+    try:
+        stored = sorted(ih._text(r[0]) for r in ih.query(conn, "SELECT unique_id FROM events"))
+    finally:
+        conn.close()
+    assert stored == sorted((tag + "A" * 27)[:27] for tag in ("CaseX", "casex")), stored
+
+
 # -- races: names swapped while ingest works ----------------------------------------------------
 SWAPPER = r"""
 import os, sys
