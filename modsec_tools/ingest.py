@@ -89,6 +89,7 @@ class DatabaseSink:
         self.retry_at = 0.0
         self.backoff = 1.0
         self.down = False
+        self.refused = 0   # rows put in db-rejected (counted as errors: the exit status shows)
 
     def write(self, rows: list[Row]) -> int:
         """Returns how many rows went to the spool instead of the database (0 when stored)."""
@@ -122,6 +123,7 @@ class DatabaseSink:
         log.error("database refused event %r (kept in %s): %s", row.unique_id,
                   self.rejected.path, exc)
         self.rejected.append({"reason": str(exc), "rows": _encode_rows([row])})
+        self.refused += 1
 
     def _available(self) -> bool:
         return not self.down or time.monotonic() >= self.retry_at
@@ -368,7 +370,9 @@ class Pipeline:
             self.archive.complete_regions(Position(*record["archive"]), archive_regions)
             self.event_log.complete_regions(Position(*record["events"]), line_regions)
         if self.db is not None:
+            refused = self.db.refused
             self.stats.spooled += self.db.write([p.row for p in batch])
+            self.stats.errors += self.db.refused - refused
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         self._unlink((EntryRef.from_relpath(relpath), inode, device)

@@ -379,6 +379,35 @@ def test_ids_that_differ_only_in_case_are_two_events(fast_tmp, any_database):
     assert stored == sorted((tag + "A" * 27)[:27] for tag in ("CaseX", "casex")), stored
 
 
+def test_a_row_the_database_refuses_shows_in_the_exit_status(fast_tmp, mariadb, mariadb_db):
+    """MariaDB itself refuses one row (a trigger signals an error for it): the other entry
+    of the batch is stored, the refused row is kept in db-rejected with the reason, and
+    ingest exits 1, so cron or a monitor sees it."""
+    sb = ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db))
+    sb.run(action="db init")
+    conn = mariadb.connect(mariadb_db)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW "
+                           "IF NEW.unique_id LIKE 'Refuse%' THEN SIGNAL SQLSTATE '45000' "
+                           "SET MESSAGE_TEXT = 'refused by a trigger'; END IF")
+        conn.commit()
+    finally:
+        conn.close()
+    minute = sb.storage / MINUTE
+    minute.mkdir(parents=True)
+    for tag in ("RefuseMe", "KeepMe"):
+        (minute / _name(tag)).write_bytes(_valid_entry(tag))
+    ih.age_tree(sb.storage)
+    done = sb.run(expect=None)
+    assert done.returncode == 1, done.stderr
+    assert "database refused event 'RefuseMeAAAAAAAAAAAAAAAAAAA'" in done.stderr
+    assert ih.spool_ids(sb.state / "db-rejected") == ["RefuseMeAAAAAAAAAAAAAAAAAAA"]
+    assert ih.mariadb_unique_ids(lambda: mariadb.connect(mariadb_db)) == [
+        "KeepMeAAAAAAAAAAAAAAAAAAAAA"]
+    assert len(sb.lines()) == 2 and len(sb.archived()) == 2
+
+
 # -- races: names swapped while ingest works ----------------------------------------------------
 SWAPPER = r"""
 import os, sys
