@@ -424,8 +424,8 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
         conf = make_confdir(base, jails, server_options=server_options, extra=extra,
                             with_bundle_jails=with_bundle_jails)
         f2b = Fail2Ban(ns, base, conf, python)
-        f2b.start()
         try:
+            f2b.start()  # (a server that never got ready is killed too)
             yield f2b
         finally:
             if graceful_exit:
