@@ -358,17 +358,22 @@ def test_odd_unique_id_is_stored_not_refused(fast_tmp, any_database, poison):
     assert len(stored) == 1 or sb.quarantined(), (stored, sb.quarantined())
 
 
+def _ingest_valid_entries(sb: ih.Sandbox, tags: tuple[str, ...]):
+    """One valid entry per tag (its id from the tag) in one minute directory; ingest runs."""
+    minute = sb.storage / MINUTE
+    minute.mkdir(parents=True)
+    for tag in tags:
+        (minute / _name(tag)).write_bytes(_valid_entry(tag))
+    ih.age_tree(sb.storage)
+    return sb.run(expect=None)
+
+
 def test_ids_that_differ_only_in_case_are_two_events(fast_tmp, any_database):
     """mod_unique_id's ids are case-sensitive (base64): two entries whose ids differ only in
     letter case are two transactions, and a planted one must not push a real one out of the
     database. Both are stored, in both databases; nothing refused."""
     sb = ih.Sandbox(fast_tmp, db=any_database.url)
-    minute = sb.storage / MINUTE
-    minute.mkdir(parents=True)
-    for tag in ("CaseX", "casex"):
-        (minute / _name(tag)).write_bytes(_valid_entry(tag))
-    ih.age_tree(sb.storage)
-    done = sb.run(expect=None)
+    done = _ingest_valid_entries(sb, ("CaseX", "casex"))
     assert done.returncode == 0, done.stderr
     assert not ih.spool_ids(sb.state / "db-rejected")
     conn = any_database.connect()
@@ -394,12 +399,7 @@ def test_a_row_the_database_refuses_shows_in_the_exit_status(fast_tmp, mariadb, 
         conn.commit()
     finally:
         conn.close()
-    minute = sb.storage / MINUTE
-    minute.mkdir(parents=True)
-    for tag in ("RefuseMe", "KeepMe"):
-        (minute / _name(tag)).write_bytes(_valid_entry(tag))
-    ih.age_tree(sb.storage)
-    done = sb.run(expect=None)
+    done = _ingest_valid_entries(sb, ("RefuseMe", "KeepMe"))
     assert done.returncode == 1, done.stderr
     assert "database refused event 'RefuseMeAAAAAAAAAAAAAAAAAAA'" in done.stderr
     assert ih.spool_ids(sb.state / "db-rejected") == ["RefuseMeAAAAAAAAAAAAAAAAAAA"]

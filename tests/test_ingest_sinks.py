@@ -142,8 +142,8 @@ def plant_payloads(storage: Path) -> dict[str, tuple[bytes, bytes, bytes]]:
 
 def test_injection_payloads_round_trip_byte_exact(fast_tmp, database):
     """SQL injection, quotes, backslashes, NUL, latin-1 and control bytes in the URI, Host
-    and User-Agent: stored as the exact bytes (parameterized queries), the schema intact,
-    the event log escaped and reversible, the archive untouched."""
+    and User-Agent: stored as the exact bytes (SQLite: parameters; MariaDB: hex literals),
+    the schema intact, the event log escaped and reversible, the archive untouched."""
     sb = ih.Sandbox(fast_tmp, db=database.url)
     made = plant_payloads(sb.storage)
     want = ih.originals(sb.storage)
