@@ -39,7 +39,9 @@ DESCRIPTION
                   index_log detected from the Apache layout (/etc/apache2 or /etc/httpd) and
                   the ModSecurity configuration (SecAuditLogType, SecAuditLogStorageDir,
                   SecAuditLog in /etc/modsecurity/*.conf, /etc/apache2/{mods,conf}-enabled,
-                  /etc/httpd/conf.d, /etc/httpd/modsecurity.d).
+                  /etc/httpd/conf.d, /etc/httpd/modsecurity.d). An existing file is
+                  kept; when ModSecurity's directives no longer match it, the run says
+                  which line to put in modsec-tools.local.
      5. dirs      state_dir (/var/lib/modsec-tools, 0750), quarantine_dir (0700), the log
                   directory (/var/log/modsec-tools, 0750), an empty event log (so the jail
                   can start before the first event) and, when Apache is present and it is
@@ -663,6 +665,20 @@ read_settings() {
     MANIFEST=${SET[state_dir]}/$MANIFEST_NAME
 }
 
+# A configuration written by an earlier run is never rewritten, so say so when ModSecurity
+# has since been pointed elsewhere: the watcher would otherwise watch a tree nobody writes.
+check_detected_paths() {
+    [ "$MS_TYPE" = concurrent ] && [ -n "$MS_STORAGE" ] || return 0
+    local local_file=${CONFIG%.conf}.local
+    if [ "${SET[storage_dir]}" != "$MS_STORAGE" ]; then
+        warn "ModSecurity writes its storage tree to $MS_STORAGE ($MS_SOURCE) but modsec-tools reads ${SET[storage_dir]}: set storage_dir = $MS_STORAGE in $local_file"
+    fi
+    if [ -n "$MS_LOG" ] && [ "${SET[index_log]}" != "$MS_LOG" ]; then
+        note "ModSecurity indexes entries in $MS_LOG; modsec-tools ${SET[index_log]:+reads ${SET[index_log]}}${SET[index_log]:-does not use it}. To take entries once indexed (size and md5 checked), set index_log = $MS_LOG in $local_file"
+    fi
+    return 0
+}
+
 step_dirs() {
     step "dirs: state, quarantine, logs, storage tree"
     ensure_dir "${SET[state_dir]}" 0750 data
@@ -1021,6 +1037,7 @@ main() {
     step_fail2ban
     step_config
     read_settings
+    check_detected_paths
     if [ "$MANIFEST" != "$DEFAULT_STATE_DIR/$MANIFEST_NAME" ]; then
         load_manifest "$(R "$MANIFEST")"
     fi

@@ -258,6 +258,31 @@ def test_config_detected_from_modsecurity(debian):
     assert "ReadWritePaths=-/var/log/apache2/modsec_tree" in dropin
 
 
+def test_config_written_earlier_is_kept_and_a_moved_tree_is_reported(tmp_path):
+    """The first run found Serial logs; ModSecurity was then switched to Concurrent elsewhere.
+    The administrator's configuration stays as it is, and the run says what to set."""
+    staged = Staged(str(tmp_path))
+    debian_layout(staged, "SecAuditLogType Serial\nSecAuditLog /var/log/apache2/modsec_audit.log\n")
+    staged.run("--no-deps")
+    config_before = staged.read("etc/modsec-tools/modsec-tools.conf")
+    staged.write("etc/modsecurity/modsecurity.conf", DEBIAN_MODSEC)
+    proc = staged.run("--no-deps")
+    assert staged.read("etc/modsec-tools/modsec-tools.conf") == config_before
+    local = "/etc/modsec-tools/modsec-tools.local"
+    assert (f"set storage_dir = /var/log/apache2/modsec_tree in {local}") in proc.stderr
+    assert (f"set index_log = /var/log/apache2/modsec_audit.log in {local}") in proc.stdout
+    # once the .local says so, the run is quiet about it
+    staged.write(local, "[modsec-tools]\nstorage_dir = /var/log/apache2/modsec_tree\n"
+                 "index_log = /var/log/apache2/modsec_audit.log\n")
+    proc = staged.run("--no-deps")
+    assert "storage_dir =" not in proc.stderr and "index_log =" not in proc.stdout
+
+
+def test_matching_configuration_is_not_reported(debian):
+    assert "storage_dir =" not in debian.second.stderr + debian.first.stderr
+    assert "index_log =" not in debian.second.stdout
+
+
 def test_directories_and_modes(debian):
     expected = {"var/lib/modsec-tools": 0o750, "var/lib/modsec-tools/quarantine": 0o700,
                 "var/log/modsec-tools": 0o750, "var/log/modsec-tools/events.log": 0o640}
