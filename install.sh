@@ -162,6 +162,9 @@ LOGROTATE=/etc/logrotate.d/modsec-tools
 SYSCTL=/etc/sysctl.d/60-modsec-tools.conf
 MANPAGE=/usr/local/share/man/man1/modsec-tools.1
 DEFAULT_STATE_DIR=/var/lib/modsec-tools
+# ModSecurity's storage tree when its configuration names none: outside /var/log/apache2 and
+# /var/log/httpd, which Apache's user cannot enter (see check_apache_reaches).
+DEFAULT_STORAGE=/var/log/modsec_audit
 MANIFEST_NAME=install-manifest
 INOTIFY_WATCHES=524288
 
@@ -622,7 +625,7 @@ step_config() {
         note "ModSecurity: Concurrent, storage $storage${index:+, index $index} ($MS_SOURCE)"
     else
         if [ "$APACHE" != none ]; then
-            storage=$APACHE_LOGDIR/modsec_audit
+            storage=$DEFAULT_STORAGE
         fi
         origin="the default for the $APACHE layout"
         if [ "$APACHE" != none ] && [ -z "$MS_SOURCE$MS_LOG" ]; then
@@ -711,6 +714,48 @@ step_dirs() {
             say created "$storage (storage tree, 0750; --root: chown it to $APACHE_USER:$APACHE_GROUP on the target)"
         fi
     fi
+    [ "$APACHE" = none ] || check_apache_reaches "$storage"
+}
+
+# ModSecurity creates the entries in Apache's children, as the Apache user: every directory
+# above the tree must let that user in. /var/log/apache2 (root:adm 0750) and /var/log/httpd
+# (0700) do not, and then ModSecurity only logs "Audit log: Failed to create subdirectories
+# ... Permission denied" and no entry is ever written. Mode bits only: a directory with an
+# ACL is taken as reachable (--enable-acl, or the administrator's own). With --root the tree
+# is not chowned yet (that happens on the target), so only the directories above it count.
+check_apache_reaches() {
+    local storage=$1 dir="" part blocker="" groups
+    groups=" $(id -G "$APACHE_USER" 2>/dev/null) " || return 0
+    [ "$groups" != "  " ] || return 0
+    IFS=/ read -ra parts <<< "${storage#/}"
+    for part in "${parts[@]}"; do
+        dir=$dir/$part
+        [ -d "$(R "$dir")" ] || return 0
+        if [ "$dir" = "$storage" ]; then
+            live || break
+            user_may "$(R "$dir")" 3 "$groups" || blocker=$dir
+        else
+            user_may "$(R "$dir")" 1 "$groups" || blocker=$dir
+        fi
+        [ -z "$blocker" ] || break
+    done
+    [ -n "$blocker" ] || return 0
+    warn "Apache's user $APACHE_USER cannot write the storage tree $storage: $blocker ($(stat -c '%U:%G %a' "$(R "$blocker")")) does not let it $([ "$blocker" = "$storage" ] && echo write || echo in)."
+    warn "ModSecurity would log 'Audit log: Failed to create subdirectories ... Permission denied' and write no entry. Use a tree Apache can reach, e.g. $DEFAULT_STORAGE, in both SecAuditLogStorageDir and storage_dir (modsec-tools.local)."
+}
+
+# user_may PATH BITS " GID... ": whether the Apache user's uid/gids get BITS (1 = search,
+# 3 = write + search) on PATH from its mode bits.
+user_may() {
+    local path=$1 want=$2 groups=$3 uid gid mode digit
+    read -r uid gid mode <<< "$(stat -c '%u %g %a' "$path")"
+    getfacl -cs "$path" 2>/dev/null | grep -q . && return 0     # extended ACL: not judged here
+    mode=${mode: -3}
+    if [ "$uid" = "$(id -u "$APACHE_USER")" ]; then digit=${mode:0:1}
+    elif [[ $groups == *" $gid "* ]]; then digit=${mode:1:1}
+    else digit=${mode:2:1}
+    fi
+    (( (digit & want) == want ))
 }
 
 ensure_dir() {
@@ -789,7 +834,7 @@ step_system() {
              "$(dirname "${SET[event_log]}")" "$(dirname "${SET[archive]}")"; do
         case $p in
             /var/lib/modsec-tools|/var/lib/modsec-tools/*|/var/log/modsec-tools) continue ;;
-            /var/log/apache2/modsec_audit|/var/log/httpd/modsec_audit) continue ;;
+            "$DEFAULT_STORAGE") continue ;;
         esac
         [[ " ${paths[*]} " == *" -$p "* ]] || paths+=("-$p")
     done

@@ -57,8 +57,8 @@ exit status:
   the file name and the reason);  2  usage or configuration error
 
 examples:
-  modsec-tools parse /var/log/apache2/modsec_audit
-  modsec-tools parse --format line --storage-dir /var/log/apache2/modsec_audit \\
+  modsec-tools parse /var/log/modsec_audit
+  modsec-tools parse --format line --storage-dir /var/log/modsec_audit \\
       /var/log/apache2/modsec_audit.log
   zcat old-audit.log.gz | modsec-tools parse -
 """
@@ -193,7 +193,7 @@ deleted before it is archived (or quarantined).
 INGEST_EPILOG = """\
 examples:
   modsec-tools ingest
-  modsec-tools ingest --storage-dir /var/log/apache2/modsec_audit \\
+  modsec-tools ingest --storage-dir /var/log/modsec_audit \\
       --index-log /var/log/apache2/modsec_audit.log --db mysql://modsec@db1/modsec \\
       --db-option-file /etc/modsec-tools/my.cnf
 

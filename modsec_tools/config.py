@@ -98,8 +98,10 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("storage_dir", "/var/log/apache2/modsec_audit",
-        "SecAuditLogStorageDir: the Concurrent storage tree", metavar="DIR"),
+    Key("storage_dir", "/var/log/modsec_audit",
+        "SecAuditLogStorageDir: the Concurrent storage tree (Apache's user must be able to "
+        "enter every directory above it: not under /var/log/apache2 or /var/log/httpd)",
+        metavar="DIR"),
     Key("index_log", "",
         "SecAuditLog index file of Concurrent mode; when set, an entry is taken only once its "
         "index line proves it complete (size and md5 checked)", metavar="FILE"),

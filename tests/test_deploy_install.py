@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -280,7 +281,28 @@ def test_config_written_earlier_is_kept_and_a_moved_tree_is_reported(tmp_path):
 
 def test_matching_configuration_is_not_reported(debian):
     assert "storage_dir =" not in debian.second.stderr + debian.first.stderr
+    assert "cannot write the storage tree" not in debian.first.stderr
     assert "index_log =" not in debian.second.stdout
+
+
+def test_storage_tree_apache_cannot_enter_is_reported(tmp_path):
+    """Seen on a real Debian 12: /var/log/apache2 is root:adm 0750, so ModSecurity (in
+    Apache's children, as www-data) could not create a tree under it and wrote nothing."""
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data user on this machine")
+    staged = Staged(str(tmp_path))
+    debian_layout(staged, DEBIAN_MODSEC)
+    os.makedirs(staged.path("var/log/apache2"))
+    os.chmod(staged.path("var/log/apache2"), 0o750)     # Debian's mode, owner not www-data
+    proc = staged.run("--no-deps")
+    assert ("Apache's user www-data cannot write the storage tree /var/log/apache2/modsec_tree: "
+            "/var/log/apache2 (") in proc.stderr
+    assert "e.g. /var/log/modsec_audit" in proc.stderr
+    # once others may enter it (or a tree elsewhere is used), nothing is reported
+    os.chmod(staged.path("var/log/apache2"), 0o751)
+    assert "cannot write the storage tree" not in staged.run("--no-deps").stderr
 
 
 def test_directories_and_modes(debian):
@@ -374,7 +396,7 @@ def rhel(tmp_path_factory):
     staged.write("etc/httpd/conf.d/mod_security.conf",
                  "<IfModule mod_security2.c>\n    SecRuleEngine On\n"
                  "    SecAuditEngine RelevantOnly\n    SecAuditLogType Serial\n"
-                 "    SecAuditLog /var/log/httpd/modsec_audit.log\n</IfModule>\n")
+                 "    SecAuditLog /var/log/modsec_audit.log\n</IfModule>\n")
     staged.first = staged.run("--no-deps", "--enable-acl=adm")
     staged.after_first = staged.tree()
     staged.second = staged.run("--no-deps", "--enable-acl=adm")
@@ -384,12 +406,12 @@ def rhel(tmp_path_factory):
 
 def test_rhel_layout_serial_mode(rhel):
     text = rhel.read("etc/modsec-tools/modsec-tools.conf")
-    assert re.search(r"^storage_dir = /var/log/httpd/modsec_audit$", text, re.M)
+    assert re.search(r"^storage_dir = /var/log/modsec_audit$", text, re.M)
     assert not re.search(r"^index_log =", text, re.M)
     assert "RHEL httpd" in rhel.first.stdout
     # the administrator is told how to switch ModSecurity to Concurrent
     assert "SecAuditLogType Concurrent" in rhel.first.stderr
-    assert "SecAuditLogStorageDir /var/log/httpd/modsec_audit" in rhel.first.stderr
+    assert "SecAuditLogStorageDir /var/log/modsec_audit" in rhel.first.stderr
     # the default path is already writable by the unit: no extra ReadWritePaths
     assert "ReadWritePaths" not in re.sub(
         r"^#.*$", "", rhel.read("etc/systemd/system/modsec-tools.service.d/50-install-paths.conf"),
@@ -399,12 +421,12 @@ def test_rhel_layout_serial_mode(rhel):
 def test_enable_acl(rhel):
     if not shutil.which("getfacl"):
         pytest.skip("acl is not installed (apt-get install acl)")
-    acl = subprocess.run(["getfacl", "-cp", rhel.path("var/log/httpd/modsec_audit")],
+    acl = subprocess.run(["getfacl", "-cp", rhel.path("var/log/modsec_audit")],
                          capture_output=True, text=True, check=True).stdout
     assert "group:adm:rwx" in acl.splitlines()
     assert "default:group:adm:rwx" in acl.splitlines()
-    assert re.search(r"^  applied\s+/var/log/httpd/modsec_audit: group adm", rhel.first.stdout, re.M)
-    assert re.search(r"^  unchanged\s+/var/log/httpd/modsec_audit: group adm", rhel.second.stdout, re.M)
+    assert re.search(r"^  applied\s+/var/log/modsec_audit: group adm", rhel.first.stdout, re.M)
+    assert re.search(r"^  unchanged\s+/var/log/modsec_audit: group adm", rhel.second.stdout, re.M)
     assert rhel.after_first == rhel.after_second
 
 
