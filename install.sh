@@ -1060,7 +1060,7 @@ uninstall() {
             note "fs.inotify.max_user_watches keeps its current value until the next boot"
         fi
     fi
-    echo "modsec-tools uninstalled. Data kept: ${DEFAULT_STATE_DIR}, /var/log/modsec-tools, the storage tree."
+    echo "modsec-tools uninstalled. Data kept: ${DEFAULT_STATE_DIR}, /var/log/modsec-tools, and the storage tree unless it was empty."
 }
 
 # ----------------------------------------------------------------------------- main -------

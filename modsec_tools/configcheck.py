@@ -31,6 +31,17 @@ def _output_file(path: str, what: str) -> list[tuple[str, str]]:
     return _directory(directory, f"{what} directory", must_write=True)
 
 
+def _index_log_problems(path: str) -> list[tuple[str, str]]:
+    # Apache opens SecAuditLog when it starts: before that, a missing file is normal and the
+    # watcher waits for it (entries are taken by scanning meanwhile); a missing directory is not.
+    if os.path.exists(path):
+        return [] if os.path.isfile(path) else [("error", f"index_log {path} is not a file")]
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        return [("error", f"index_log {path}: its directory does not exist")]
+    return [("warning", f"index_log {path} does not exist yet (Apache creates it when it starts "
+                        "with SecAuditLog set)")]
+
+
 def check(settings: Settings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     # Apache creates the storage tree, not us: a missing one is a typo or a missing
@@ -40,8 +51,8 @@ def check(settings: Settings) -> list[tuple[str, str]]:
                                   "(set it to SecAuditLogStorageDir)"))
     elif not os.path.isdir(settings.storage_dir):
         problems.append(("error", f"storage_dir {settings.storage_dir} is not a directory"))
-    if settings.index_log and not os.path.isfile(settings.index_log):
-        problems.append(("error", f"index_log {settings.index_log} is not a file"))
+    if settings.index_log:
+        problems.extend(_index_log_problems(settings.index_log))
     problems += _output_file(settings.archive, "archive")
     problems += _output_file(settings.event_log, "event_log")
     problems += _directory(settings.state_dir, "state_dir", must_write=True)

@@ -102,6 +102,23 @@ def test_config_check_unusable_sqlite(fast_tmp):
     assert "error: database: sqlite " in done.stdout, done.stdout
 
 
+def test_config_check_index_log_not_created_yet_is_a_warning(fast_tmp):
+    """Apache creates SecAuditLog when it starts: right after install it may not exist."""
+    index = fast_tmp / "apache" / "modsec_audit.log"
+    index.parent.mkdir()
+    sb = _ready(ih.Sandbox(fast_tmp, settings={"index_log": str(index)}))
+    done = sb.run(action="config check")
+    assert f"warning: index_log {index} does not exist yet" in done.stdout, done.stdout
+    assert "configuration: 0 error(s)" in done.stdout
+    # its directory missing, or something else than a file there: errors
+    index.parent.rmdir()
+    done = sb.run(action="config check", expect=1)
+    assert f"error: index_log {index}: its directory does not exist" in done.stdout, done.stdout
+    index.mkdir(parents=True)
+    done = sb.run(action="config check", expect=1)
+    assert f"error: index_log {index} is not a file" in done.stdout, done.stdout
+
+
 def test_config_check_storage_dir_missing_with_its_parent(fast_tmp):
     sb = _ready(ih.Sandbox(fast_tmp, settings={"storage_dir": str(fast_tmp / "no" / "such")}))
     done = sb.run(action="config check", expect=1)
