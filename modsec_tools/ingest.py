@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 #: Fewer entries than this are examined in-process: a worker round trip would only add
 #: latency to the small batches of a live watch.
 PARALLEL_FROM = 128
+# A batch is also closed at this many bytes of entries: what it holds until its commit
+# (entries, archive copies, lines, rows) is then bounded whatever the entries' sizes.
+BATCH_BYTES = 16 << 20
 
 @dataclass(slots=True)
 class Stats:
@@ -390,7 +393,7 @@ class Pipeline:
     def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
                 cutoff: float | None = None) -> None:
         """Examine ``work`` (in worker processes when it is large) and commit it in batches
-        of ``batch_size``, in order. ``stop()`` true ends it after the current batch (the
+        of ``batch_size`` (or BATCH_BYTES), in order. ``stop()`` true ends it after the current batch (the
         rest stays in the tree for next time); ``cutoff``: see ``examine``."""
         items, seen = [], set()
         for ref, proof in work:
@@ -398,13 +401,15 @@ class Pipeline:
                 seen.add(ref.relpath)
                 items.append((ref, proof, self.proven.get(ref.relpath)))
         batch: list[Outcome] = []
+        held = 0
         for outcome in self._examine(items, cutoff):
             ready = self.settle(outcome)
             if ready is not None:
                 batch.append(ready)
-            if len(batch) >= self.settings.batch_size:
+                held += len(ready.data)
+            if len(batch) >= self.settings.batch_size or held >= BATCH_BYTES:
                 self.commit(batch)
-                batch = []
+                batch, held = [], 0
                 if stop is not None and stop():
                     return
         self.commit(batch)
