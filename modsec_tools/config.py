@@ -137,8 +137,8 @@ KEYS: tuple[Key, ...] = (
         parse_seconds, "SECONDS"),
     Key("max_entry_size", "64M", "larger entries are quarantined, not parsed", parse_size,
         "SIZE"),
-    Key("batch_size", "500", "entries made durable per batch (one fsync / commit each)",
-        parse_count, "N"),
+    Key("batch_size", "500", "entries made durable per batch (one fsync / commit each); a "
+        "batch also closes at 16 MB of entries", parse_count, "N"),
     Key("workers", "auto", "processes that read and parse entries in parallel for large "
         "backlogs ('auto': one per CPU; 0: none)", parse_workers, "N"),
     Key("dir_mode", "", "watch: mode given to each new storage subdirectory (e.g. 0770)",
