@@ -724,9 +724,8 @@ step_dirs() {
 # ACL is taken as reachable (--enable-acl, or the administrator's own). With --root the tree
 # is not chowned yet (that happens on the target), so only the directories above it count.
 check_apache_reaches() {
-    local storage=$1 dir="" part blocker="" groups
-    groups=" $(id -G "$APACHE_USER" 2>/dev/null) " || return 0
-    [ "$groups" != "  " ] || return 0
+    local storage=$1 dir="" part parts blocker="" groups
+    groups=" $(id -G "$APACHE_USER" 2>/dev/null) " || return 0     # no such user here
     IFS=/ read -ra parts <<< "${storage#/}"
     for part in "${parts[@]}"; do
         dir=$dir/$part
@@ -750,7 +749,7 @@ user_may() {
     local path=$1 want=$2 groups=$3 uid gid mode digit
     read -r uid gid mode <<< "$(stat -c '%u %g %a' "$path")"
     getfacl -cs "$path" 2>/dev/null | grep -q . && return 0     # extended ACL: not judged here
-    mode=${mode: -3}
+    mode=00$mode; mode=${mode: -3}     # "0" for mode 000; setuid/setgid digits dropped
     if [ "$uid" = "$(id -u "$APACHE_USER")" ]; then digit=${mode:0:1}
     elif [[ $groups == *" $gid "* ]]; then digit=${mode:1:1}
     else digit=${mode:2:1}
