@@ -347,6 +347,7 @@ def run_watch(name: str, work: Path, storage: Path, args, seconds: int, cap: int
             day += 1
             r = watch_phase(daemon, observer, rate, int(min(rate * seconds, cap)),
                             phase_tag("L", day), day, scratch)
+            r["hwm_kb"] = vm_hwm(daemon.pid)      # the daemon's peak so far: which phase grows it
             res["latency"].append(r)
             print(f"{name} latency {rate}/s: {json.dumps(r)}", flush=True)
         for rate in (int(x) for x in args.ladder.split(",")):
@@ -355,6 +356,7 @@ def run_watch(name: str, work: Path, storage: Path, args, seconds: int, cap: int
             r = watch_phase(daemon, observer, rate, count, phase_tag("S", day), day, scratch)
             r["ok"] = (r["done"] == count and r["done_p99"] < 1.0
                        and r["last_fifth"] < 2 * r["first_fifth"] + 0.05)
+            r["hwm_kb"] = vm_hwm(daemon.pid)
             res["ladder"].append(r)
             print(f"{name} ladder {rate}/s: {json.dumps(r)}", flush=True)
         day += 1
