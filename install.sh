@@ -724,17 +724,18 @@ step_dirs() {
 # ACL is taken as reachable (--enable-acl, or the administrator's own). With --root the tree
 # is not chowned yet (that happens on the target), so only the directories above it count.
 check_apache_reaches() {
-    local storage=$1 dir="" part parts blocker="" groups
-    groups=" $(id -G "$APACHE_USER" 2>/dev/null) " || return 0     # no such user here
+    local storage=$1 dir="" part parts blocker="" groups uid
+    uid=$(id -u "$APACHE_USER" 2>/dev/null) || return 0     # no such user here
+    groups=" $(id -G "$APACHE_USER") "
     IFS=/ read -ra parts <<< "${storage#/}"
     for part in "${parts[@]}"; do
         dir=$dir/$part
         [ -d "$(R "$dir")" ] || return 0
         if [ "$dir" = "$storage" ]; then
             live || break
-            user_may "$(R "$dir")" 3 "$groups" || blocker=$dir
+            user_may "$(R "$dir")" 3 "$uid" "$groups" || blocker=$dir
         else
-            user_may "$(R "$dir")" 1 "$groups" || blocker=$dir
+            user_may "$(R "$dir")" 1 "$uid" "$groups" || blocker=$dir
         fi
         [ -z "$blocker" ] || break
     done
@@ -743,14 +744,14 @@ check_apache_reaches() {
     warn "ModSecurity would log 'Audit log: Failed to create subdirectories ... Permission denied' and write no entry. Use a tree Apache can reach, e.g. $DEFAULT_STORAGE, in both SecAuditLogStorageDir and storage_dir (modsec-tools.local)."
 }
 
-# user_may PATH BITS " GID... ": whether the Apache user's uid/gids get BITS (1 = search,
+# user_may PATH BITS UID " GID... ": whether that uid with those gids gets BITS (1 = search,
 # 3 = write + search) on PATH from its mode bits.
 user_may() {
-    local path=$1 want=$2 groups=$3 uid gid mode digit
+    local path=$1 want=$2 user=$3 groups=$4 uid gid mode digit
     read -r uid gid mode <<< "$(stat -c '%u %g %a' "$path")"
     getfacl -cs "$path" 2>/dev/null | grep -q . && return 0     # extended ACL: not judged here
     mode=00$mode; mode=${mode: -3}     # "0" for mode 000; setuid/setgid digits dropped
-    if [ "$uid" = "$(id -u "$APACHE_USER")" ]; then digit=${mode:0:1}
+    if [ "$uid" = "$user" ]; then digit=${mode:0:1}
     elif [[ $groups == *" $gid "* ]]; then digit=${mode:1:1}
     else digit=${mode:2:1}
     fi

@@ -134,15 +134,11 @@ def _escaped(text: str) -> str:
 def sql_literal(value: str | bytes | int | None) -> str:
     """A MySQL literal for a row value: bytes as a hex literal (any byte, no escaping
     involved), text quoted and escaped, integers in decimal, None as NULL."""
+    return values_text((value,))
+
+
+def _number_literal(value) -> str:
     kind = type(value)
-    if kind is bytes:
-        return "X'" + value.hex() + "'"
-    if kind is str:
-        if _NEEDS_ESCAPE.search(value) is None:
-            return "'" + value + "'"
-        return "'" + _escaped(value) + "'"
-    if value is None:
-        return "NULL"
     if kind is int:
         return str(value)
     if kind is bool:
@@ -151,8 +147,8 @@ def sql_literal(value: str | bytes | int | None) -> str:
 
 
 def values_text(values: Iterable) -> str:
-    """``",".join(sql_literal(v) for v in values)``, with the common types inline: ~80
-    values an entry, where a call each was a fifth of the time."""
+    """``",".join(sql_literal(v) for v in values)``, the common types inline rather than a
+    call each: ~80 values an entry, where a call each was a fifth of the time."""
     out: list[str] = []
     add = out.append
     search = _NEEDS_ESCAPE.search
@@ -165,7 +161,7 @@ def values_text(values: Iterable) -> str:
         elif value is None:
             add("NULL")
         else:
-            add(sql_literal(value))
+            add(_number_literal(value))
     return ",".join(out)
 
 

@@ -393,8 +393,8 @@ class Pipeline:
     def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
                 cutoff: float | None = None) -> None:
         """Examine ``work`` (in worker processes when it is large) and commit it in batches
-        of ``batch_size`` (or BATCH_BYTES), in order. ``stop()`` true ends it after the current batch (the
-        rest stays in the tree for next time); ``cutoff``: see ``examine``."""
+        of ``batch_size`` entries or BATCH_BYTES, in order. ``stop()`` true ends it after the
+        current batch (the rest stays in the tree for next time); ``cutoff``: see ``examine``."""
         items, seen = [], set()
         for ref, proof in work:
             if ref.relpath not in seen:
