@@ -259,9 +259,10 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
-    from .daemon import Signals, setup_logging
+    from .daemon import Signals, bound_malloc, setup_logging
     from .lock import AlreadyRunning, InstanceLock
     from .watch import WatchLimit, WatchOptions, Watcher
+    bound_malloc()
     target = args.log_target or ("stderr" if args.foreground else "syslog")
     if not args.foreground:
         _detach()

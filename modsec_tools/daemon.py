@@ -1,14 +1,19 @@
 """Daemon plumbing: signals as flags, systemd notification, the status file, logging targets."""
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import logging.handlers
 import os
+import platform
 import signal
 import socket
 import sys
 import time
+
+# glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
 class Signals:
@@ -35,6 +40,25 @@ class Signals:
 
     def _report(self, *_: object) -> None:
         self.report = True
+
+
+def bound_malloc() -> None:
+    """Keep a long-running daemon's heap from ratcheting up (glibc only; call it before any
+    thread starts). By default glibc gives every thread its own arena, and each free of a
+    large block raises the mmap threshold, so later blocks of that size (entries, pickled
+    worker results, a batch's joined archive bytes) come from arenas that are rarely
+    trimmed: RSS follows the largest bursts and stays there. Fixed thresholds turn off that
+    adaptation: blocks from 128 KiB up are mmapped and given back when freed, and the heap's
+    free top is returned beyond 256 KiB."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_ARENA_MAX, 2)
+    mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 10)
 
 
 def sd_notify(message: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .event import Event, printable, raw
+from .event import Event, Message, printable, raw
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
@@ -87,18 +87,33 @@ def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
            raw(",".join(event.rule_ids)), primary, _fit(event.engine_mode, 32),
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
-    matches = [_match_row(seq, m) for seq, m in enumerate(event.messages)]
-    made = Row(unique_id, row, matches)
-    return with_mysql_text(made) if dialect == "mysql" else made
+    matches = [(seq, *_match_values(m)) for seq, m in enumerate(event.messages)]
+    if dialect != "mysql":
+        return Row(unique_id, row, matches)
+    return Row(unique_id, row, matches, MysqlText(
+        "(" + values_text(row) + ")",
+        tuple(f",{seq},{_match_literals(m)})" for seq, m in enumerate(event.messages))))
 
 
-def _match_row(seq: int, message) -> tuple:
-    get = message.first.get
-    tags = message.tags
-    return (seq, _fit(get("id"), 32), _fit(get("severity"), 10), raw(get("msg")),
-            raw(get("data")), raw(message.text), _fit(get("ver"), 255), _fit(get("maturity"), 8),
+def _match_values(message: Message) -> tuple:
+    """A matches row after its event_id and seq (made once per shared Message)."""
+    values = message.renderings.get("row")
+    if values is None:
+        get = message.first.get
+        tags = message.tags
+        values = message.renderings["row"] = (
+            _fit(get("id"), 32), _fit(get("severity"), 10), raw(get("msg")), raw(get("data")),
+            raw(message.text), _fit(get("ver"), 255), _fit(get("maturity"), 8),
             _fit(get("accuracy"), 8), _fit(get("file"), 255), _fit(get("line"), 16),
             _json_list(tags) if tags else None)
+    return values  # type: ignore[return-value]
+
+
+def _match_literals(message: Message) -> str:
+    text = message.renderings.get("mysql")
+    if text is None:
+        text = message.renderings["mysql"] = values_text(_match_values(message))
+    return text  # type: ignore[return-value]
 
 
 def _fit(text: str | None, size: int) -> str | None:

@@ -50,12 +50,15 @@ class Message:
     logged; the named properties read the first occurrence of their key.
     """
 
-    __slots__ = ("text", "fields", "first")
+    __slots__ = ("text", "fields", "first", "renderings")
 
     def __init__(self, text: str, fields: list[tuple[str, str]] | None = None) -> None:
         self.text = text            # the head, e.g. "Warning. Pattern match ... at ARGS:q."
         self.fields = fields or []
         self.first = dict(reversed(self.fields))  # key → its first value
+        # What sinks derive from this message, kept with it: the parser shares one Message
+        # among all the entries that repeat it (a flood repeats a few), so each is made once.
+        self.renderings: dict[str, object] = {}
 
     def get(self, key: str) -> str | None:
         return self.first.get(key)

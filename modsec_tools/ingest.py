@@ -32,6 +32,7 @@ from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SC
 from .indexlog import IndexLine, parse_index_line
 from .journal import Journal, RecordLog
 from .storage import EntryRef, Oddity, StorageTree
+from .trash import Trash
 from .verdict import VerdictPolicy
 
 __all__ = ["Pipeline", "Stats", "SCAN", "INDEXED", "CLOSED", "FRESH"]
@@ -215,7 +216,9 @@ class IndexFollower:
 class Pipeline:
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
-        self.tree = StorageTree(settings.storage_dir)
+        state = settings.state_dir
+        self.trash = Trash(os.path.join(state, "trash"), settings.storage_dir)
+        self.tree = StorageTree(settings.storage_dir, self.trash)
         if db is None:
             target = parse_target(settings.db, settings.db_option_file)
             db = Database(target) if target.kind != "none" else None
@@ -224,7 +227,6 @@ class Pipeline:
                            tuple(settings.trusted_proxies), settings.max_entry_size,
                            settings.settle_seconds, settings.quarantine_after,
                            bool(settings.index_log), db.kind if db else "")
-        state = settings.state_dir
         self.journal = Journal(os.path.join(state, "journal"))
         self.archive = AppendFile(settings.archive)
         self.event_log = AppendFile(settings.event_log)
@@ -468,6 +470,7 @@ class Pipeline:
         self.archive.close()
         self.event_log.close()
         self.journal.close()
+        self.trash.close()
         if self.db is not None:
             self.db.close()
 

@@ -94,6 +94,24 @@ class RecordLog:
 
 
 class Journal(RecordLog):
+    def append(self, record: dict[str, Any], sync: bool = True) -> None:
+        super().append(record, sync)
+        if record["type"] == "done":
+            self._forget_finished()
+
+    def _forget_finished(self) -> None:
+        """Keep in memory only what can still be asked of: the last batch and what follows
+        (recovery looks no further back) after a summary holding ``seq`` and the index
+        cursor. Every batch's file list used to stay until the file was compacted, ~0.4 KB
+        an entry: a daemon's memory grew by ~16 MB between compactions."""
+        last_batch = max((n for n, r in enumerate(self.records) if r["type"] == "batch"),
+                         default=len(self.records) - 1)
+        summary: dict[str, Any] = {"type": "checkpoint", "seq": self.last("seq")}
+        index = self.last("index")
+        if index is not None:
+            summary["index"] = index
+        self.records = [summary, *self.records[last_batch:]]
+
     def unfinished(self) -> dict[str, Any] | None:
         """The last batch record if no ``done`` followed it."""
         for record in reversed(self.records):

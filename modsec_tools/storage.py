@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .safefs import UnsafeFile, open_dir_at, open_dir_path, read_file_at
 from .sources import DAY_DIR, ENTRY_NAME, MINUTE_DIR
+from .trash import Trash
 
 log = logging.getLogger(__name__)
 USER_DIR_MAX = 64
@@ -79,8 +80,9 @@ class Oddity:
 
 
 class StorageTree:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, trash: Trash | None = None) -> None:
         self.root = root
+        self.trash = trash if trash is not None and trash.usable else None
         self._dir_fds: dict[tuple[str, ...], int] = {}
 
     def release(self) -> None:
@@ -180,7 +182,8 @@ class StorageTree:
         return read_file_at(self.parent_fd(ref), ref.name, max_size)
 
     def remove(self, ref: EntryRef, expect: tuple[int, int]) -> bool:
-        """Unlink an entry we processed, unless the name now holds another (inode, device)."""
+        """Delete an entry we processed (into the trash when there is one), unless the
+        name now holds another (inode, device)."""
         try:
             fd = self.parent_fd(ref)
             now = os.stat(ref.name, dir_fd=fd, follow_symlinks=False)
@@ -189,6 +192,18 @@ class StorageTree:
         if (now.st_ino, now.st_dev) != expect:
             log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
             return False
+        if self.trash is not None:
+            try:
+                self.trash.take(fd, ref.name)
+                return True
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # Other mounts: a systemd unit's ReadWritePaths= (each is a bind mount),
+                # or a directory of the tree mounted from elsewhere.
+                log.info("the trash %s is on another mount than %s: entries are unlinked "
+                         "in place", self.trash.path, self._show(ref.dirs))
+                self.trash = None
         os.unlink(ref.name, dir_fd=fd)
         return True
 

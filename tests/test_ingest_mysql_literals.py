@@ -258,3 +258,19 @@ def test_sqlite_rows_unchanged(tmp_path):
     db.insert(NODE, rows)
     assert _stored(db.conn, db.conn.cursor()) == _expected(rows)
     db.close()
+
+
+def test_rows_made_with_literals_match_the_literals_made_later():
+    """event_row(..., "mysql") takes each message's literals from the Message it shares
+    with every entry that repeats it: the result must be what with_mysql_text makes."""
+    from modsec_tools.entry import parse_entry
+    from tests import corpus
+    from tests.ingest_helpers import tree_files_from_tar
+    corpus.require_corpus()
+    entries = list(tree_files_from_tar("r1_relevant_concurrent").values())[:200]
+    for data in entries * 2:  # the second pass finds every message's renderings made
+        event = parse_entry(data, "test")
+        made = dbm.event_row(event, "n", "blocked", "mysql")
+        later = with_mysql_text(dbm.event_row(event, "n", "blocked"))
+        assert made == later
+        assert made.matches == [(seq, *m[1:]) for seq, m in enumerate(later.matches)]

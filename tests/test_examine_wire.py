@@ -1,0 +1,38 @@
+"""Outcomes cross from the examiner processes as plain tuples: nothing may be lost on the way."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+
+from modsec_tools.examine import READY, Outcome, Rules, examine
+from modsec_tools.storage import EntryRef, StorageTree
+from modsec_tools.verdict import VerdictPolicy
+
+from tests import corpus
+from tests.ingest_helpers import tree_files_from_tar
+
+
+@pytest.mark.parametrize("dialect", ["", "mysql"])
+def test_outcomes_survive_the_wire(tmp_path, dialect):
+    corpus.require_corpus()
+    rules = Rules("n", VerdictPolicy(), (), 1 << 20, 0.0, 3600.0, False, dialect)
+    tree = StorageTree(str(tmp_path))
+    for relpath, data in list(tree_files_from_tar("r1_relevant_concurrent").items())[:50]:
+        ref = EntryRef.from_relpath(relpath)
+        os.makedirs(tmp_path.joinpath(*ref.dirs), exist_ok=True)
+        tmp_path.joinpath(*ref.dirs, ref.name).write_bytes(data)
+        outcome = examine(tree, ref, "closed", None, rules)
+        assert outcome.kind == READY and outcome.row is not None
+        assert (outcome.row.mysql is not None) == (dialect == "mysql")
+        back = Outcome.from_wire(pickle.loads(pickle.dumps(outcome.to_wire())))
+        assert back == outcome
+        assert back.ref.relpath == relpath
+    tree.release()
+
+
+def test_a_quarantine_outcome_survives_the_wire():
+    outcome = Outcome(EntryRef(("20261128", "20261128-1626"), "20261128-162642-x"),
+                      "quarantine", "no Z boundary")
+    assert Outcome.from_wire(pickle.loads(pickle.dumps(outcome.to_wire()))) == outcome
