@@ -27,6 +27,10 @@ def _tree_with_entries(root: Path, count: int) -> tuple[Path, list[EntryRef]]:
     return root / "storage", refs
 
 
+def _in_trash(trash_dir: Path) -> list[str]:
+    return sorted(p.name for p in trash_dir.rglob("*") if p.is_file())
+
+
 def _remove_all(tree: StorageTree, storage: Path, refs: list[EntryRef]) -> None:
     for ref in refs:
         info = os.stat(storage / ref.relpath.lstrip("/"))
@@ -38,29 +42,35 @@ def test_removed_entries_leave_the_tree_at_once_and_the_trash_is_emptied(tmp_pat
     storage, refs = _tree_with_entries(tmp_path, 50)
     trash = Trash(str(tmp_path / "state" / "trash"), str(storage))
     assert trash.usable
-    queued: list[str] = []
-    trash._queue = queued.append  # hold the unlinks back to see where the files went
+    queued: dict[str, list[str]] = {}
+    for where in trash.bins:  # hold the unlinks back to see where the files went
+        where.add = queued.setdefault(where.where, []).append
     tree = StorageTree(str(storage), trash)
     _remove_all(tree, storage, refs)
     assert not any(p.is_file() for p in storage.rglob("*"))
-    assert sorted(os.listdir(tmp_path / "state" / "trash")) == sorted(queued)
-    assert sorted(name.split(".", 1)[1] for name in queued) == sorted(r.name for r in refs)
-    del trash._queue
-    for name in queued:
-        trash._queue(name)
+    assert len(queued) == 4 and all(len(names) in (12, 13) for names in queued.values())
+    for where, names in queued.items():
+        assert sorted(os.listdir(where)) == sorted(names)
+    every = [name for names in queued.values() for name in names]
+    assert sorted(name.split(".", 1)[1] for name in every) == sorted(r.name for r in refs)
+    for where in trash.bins:
+        del where.add
+        for name in queued[where.where]:
+            where.add(name)
     trash.close()  # waits for the background unlinks
-    assert os.listdir(tmp_path / "state" / "trash") == []
+    assert _in_trash(tmp_path / "state" / "trash") == []
 
 
 def test_what_a_crash_left_in_the_trash_is_deleted_at_the_next_start(tmp_path):
     storage, _ = _tree_with_entries(tmp_path, 0)
     bin_dir = tmp_path / "state" / "trash"
-    bin_dir.mkdir(parents=True, mode=0o700)
     for n in range(30):
-        (bin_dir / f"{n:x}.20261128-162642-left{n}").write_bytes(b"y")
+        (bin_dir / str(n % 4)).mkdir(parents=True, mode=0o700, exist_ok=True)
+        (bin_dir / str(n % 4) / f"{n:x}.20261128-162642-left{n}").write_bytes(b"y")
     trash = Trash(str(bin_dir), str(storage))
+    assert trash.usable
     trash.close()
-    assert os.listdir(bin_dir) == []
+    assert _in_trash(bin_dir) == []
 
 
 def test_a_trash_others_may_write_is_not_used(tmp_path):
@@ -73,7 +83,19 @@ def test_a_trash_others_may_write_is_not_used(tmp_path):
     tree = StorageTree(str(storage), trash)
     _remove_all(tree, storage, refs)  # unlinked in place
     assert not any(p.is_file() for p in storage.rglob("*"))
-    assert os.listdir(bin_dir) == []
+    assert _in_trash(bin_dir) == []
+
+
+def test_a_bin_others_may_write_is_not_used(tmp_path):
+    storage, refs = _tree_with_entries(tmp_path, 3)
+    bin_dir = tmp_path / "state" / "trash"
+    (bin_dir / "2").mkdir(parents=True)
+    (bin_dir / "2").chmod(0o773)
+    trash = Trash(str(bin_dir), str(storage))
+    assert not trash.usable
+    _remove_all(StorageTree(str(storage), trash), storage, refs)
+    assert not any(p.is_file() for p in storage.rglob("*"))
+    assert _in_trash(bin_dir) == []
 
 
 def test_no_trash_on_another_file_system(tmp_path):
@@ -109,7 +131,8 @@ def test_ingest_deletes_through_the_trash_and_leaves_it_empty(fast_tmp, monkeypa
     assert os.stat(sb.storage).st_dev == os.stat(fast_tmp).st_dev  # the trash is usable
     sb.run()
     assert sb.left() == []
-    assert os.listdir(sb.state / "trash") == []
+    assert sorted(os.listdir(sb.state / "trash")) == ["0", "1", "2", "3"]
+    assert _in_trash(sb.state / "trash") == []
     assert len(ih.archive_entries(sb.archive)) == want
 
 
