@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "config", help="check the configuration",
         description="'config check' validates every setting, the directories and their "
-        "permissions, and connects to the database; 'config show' prints the settings.")
+        "permissions (including whether Apache's user can reach the storage tree), and "
+        "connects to the database; 'config show' prints the settings.")
     check.add_argument("action", choices=("check", "show"))
     _settings_flags(check, PIPELINE_SETTINGS)
     check.set_defaults(handler=cmd_config)

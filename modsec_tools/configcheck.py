@@ -1,7 +1,11 @@
 """``modsec-tools config check``: every problem a sysadmin would otherwise find at 3 a.m."""
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import re
+import stat
 
 from .config import Settings
 from .database import Database, DatabaseError, parse_target
@@ -42,6 +46,86 @@ def _index_log_problems(path: str) -> list[tuple[str, str]]:
                         "with SecAuditLog set)")]
 
 
+# Who writes the entries: Apache's children. Debian names its user in envvars.
+_ENVVARS = "/etc/apache2/envvars"
+_RUN_USER = re.compile(r"^export APACHE_RUN_USER=(\S+)", re.M)
+_USUAL_USERS = ("www-data", "apache", "httpd", "wwwrun")
+
+
+def apache_user(envvars: str = _ENVVARS) -> pwd.struct_passwd | None:
+    names = list(_USUAL_USERS)
+    try:
+        with open(envvars, encoding="utf-8", errors="replace") as stream:
+            names = _RUN_USER.findall(stream.read())[-1:] + names
+    except OSError:
+        pass
+    for name in names:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    return None
+
+
+def _may(path: str, user: pwd.struct_passwd, groups: set[int], bits: int) -> bool:
+    """Whether ``user`` gets ``bits`` (1 search, 3 write + search) on ``path`` from its mode
+    bits. A directory with an ACL is taken as reachable: its ACL is not judged here."""
+    info = os.stat(path)
+    try:
+        if "system.posix_acl_access" in os.listxattr(path):
+            return True
+    except OSError:
+        pass
+    mode = stat.S_IMODE(info.st_mode)
+    if user.pw_uid == 0:
+        return True
+    if info.st_uid == user.pw_uid:
+        granted = mode >> 6
+    elif info.st_gid in groups:
+        granted = mode >> 3
+    else:
+        granted = mode
+    return granted & bits == bits
+
+
+def _apache_reaches(storage: str, user: pwd.struct_passwd | None) -> list[tuple[str, str]]:
+    """ModSecurity creates entries as Apache's user: a directory above the tree it cannot
+    enter (Debian's /var/log/apache2 is root:adm 0750, RHEL's /var/log/httpd 0700) means
+    "Audit log: Failed to create subdirectories ... Permission denied" and no entry ever."""
+    if user is None:
+        return []
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    path = "/"
+    try:
+        for part in [p for p in os.path.abspath(storage).split("/") if p]:
+            if not _may(path, user, groups, 1):
+                return [_unreachable(storage, user, path, "enter")]
+            path = os.path.join(path, part)
+        if not _may(path, user, groups, 3):
+            return [_unreachable(storage, user, path, "write")]
+    except OSError:
+        pass  # not ours to see (config check run without root): nothing to judge
+    return []
+
+
+def _unreachable(storage: str, user: pwd.struct_passwd, blocker: str,
+                 verb: str) -> tuple[str, str]:
+    info = os.stat(blocker)
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    return ("warning", f"storage_dir {storage}: Apache's user {user.pw_name} cannot {verb} "
+                       f"{blocker} ({owner}:{group} {stat.S_IMODE(info.st_mode):o}); "
+                       "ModSecurity would write no entry ('Audit log: Failed to create "
+                       "subdirectories'). Use a tree it can reach, e.g. /var/log/modsec_audit, "
+                       "in SecAuditLogStorageDir and storage_dir")
+
+
 def check(settings: Settings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     # Apache creates the storage tree, not us: a missing one is a typo or a missing
@@ -51,6 +135,8 @@ def check(settings: Settings) -> list[tuple[str, str]]:
                                   "(set it to SecAuditLogStorageDir)"))
     elif not os.path.isdir(settings.storage_dir):
         problems.append(("error", f"storage_dir {settings.storage_dir} is not a directory"))
+    else:
+        problems += _apache_reaches(settings.storage_dir, apache_user())
     if settings.index_log:
         problems.extend(_index_log_problems(settings.index_log))
     problems += _output_file(settings.archive, "archive")

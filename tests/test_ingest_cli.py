@@ -317,3 +317,30 @@ def test_unknown_flag_exits_2(fast_tmp):
     sb = ih.Sandbox(fast_tmp)
     done = sb.run("--batch-sizes", "5", expect=2)
     assert "unrecognized arguments: --batch-sizes" in done.stderr, done.stderr
+
+
+def test_config_check_warns_when_apache_cannot_reach_the_storage_tree(fast_tmp):
+    """The tree under a directory Apache's user cannot enter (as /var/log/apache2 is on
+    Debian): ModSecurity writes no entry at all, so config check says which directory."""
+    from modsec_tools.configcheck import apache_user
+    user = apache_user()
+    if user is None or user.pw_uid == os.geteuid():
+        pytest.skip("needs an Apache user (www-data, apache, ...) other than this one")
+    fast_tmp.chmod(0o755)
+    locked = fast_tmp / "logs"
+    storage = locked / "modsec_audit"
+    storage.mkdir(parents=True)
+    storage.chmod(0o777)
+    locked.chmod(0o750)
+    sb = _ready(ih.Sandbox(fast_tmp, settings={"storage_dir": str(storage)}))
+    done = sb.run(action="config check")
+    assert (f"warning: storage_dir {storage}: Apache's user {user.pw_name} cannot enter "
+            f"{locked} (") in done.stdout, done.stdout
+    assert "configuration: 0 error(s)" in done.stdout
+    locked.chmod(0o755)
+    storage.chmod(0o755)  # enters it, cannot create the day directories in it
+    done = sb.run(action="config check")
+    assert f"cannot write {storage} (" in done.stdout, done.stdout
+    storage.chmod(0o777)
+    done = sb.run(action="config check")
+    assert "Apache's user" not in done.stdout, done.stdout
