@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 #: wait for each other (its lock), unlinks in different ones overlap (on the benchmark VM,
 #: 0.22 ms per file in one directory, 0.15 with three, 0.13 with six).
 BINS = 4
-#: Names waiting for the background unlinks (per bin); when they fall this far behind,
-#: moving more into the trash waits (back-pressure instead of an unbounded queue).
+#: Names waiting for the background unlinks (per bin); when they fall this far behind, a
+#: name is unlinked at once by the caller instead (back-pressure, not an unbounded queue).
 BACKLOG = 5000
 
 
@@ -34,24 +34,30 @@ class _Bin:
     def __init__(self, fd: int, where: str) -> None:
         self.fd = fd
         self.where = where
-        self.names: queue.Queue[str | None] = queue.Queue(BACKLOG)
+        # SimpleQueue: a put costs ~0.2 µs, queue.Queue's ~14 µs (Python-level locking)
+        self.names: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
     def add(self, name: str) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self._empty, name="trash", daemon=True)
             self.thread.start()
-        self.names.put(name)
+        if self.names.qsize() >= BACKLOG:
+            self._unlink(name)
+        else:
+            self.names.put(name)
 
     def _empty(self) -> None:
         while (name := self.names.get()) is not None:
-            try:
-                os.unlink(name, dir_fd=self.fd)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot delete %s from %s: %s", name, self.where,
-                          exc.strerror or exc)
+            self._unlink(name)
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot delete %s from %s: %s", name, self.where, exc.strerror or exc)
 
     def close(self) -> None:
         if self.thread is not None:

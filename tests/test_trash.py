@@ -159,3 +159,26 @@ def test_a_real_mount_inside_the_tree_falls_back_to_unlink(tmp_path):
         trash.close()
     finally:
         subprocess.run(["umount", str(minute)], check=True)
+
+
+def test_a_bin_far_behind_makes_the_caller_unlink(tmp_path, monkeypatch):
+    """Back-pressure: names beyond BACKLOG are not queued (memory stays bounded) but
+    unlinked at once, and nothing is left behind."""
+    from modsec_tools import trash as trash_module
+    monkeypatch.setattr(trash_module, "BACKLOG", 2)
+    storage, refs = _tree_with_entries(tmp_path, 40)
+    trash = Trash(str(tmp_path / "state" / "trash"), str(storage))
+    for where in trash.bins:  # a stalled bin: its thread takes nothing
+        where.thread = object()
+    tree = StorageTree(str(storage), trash)
+    _remove_all(tree, storage, refs)
+    assert not any(p.is_file() for p in storage.rglob("*"))
+    queued = [where.names.qsize() for where in trash.bins]
+    assert queued == [2, 2, 2, 2]
+    assert len(_in_trash(tmp_path / "state" / "trash")) == 8  # the queued ones, still there
+    for where in trash.bins:
+        while (name := where.names.get_nowait() if where.names.qsize() else None) is not None:
+            where._unlink(name)
+        where.thread = None
+    trash.close()
+    assert _in_trash(tmp_path / "state" / "trash") == []
