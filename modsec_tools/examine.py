@@ -203,19 +203,31 @@ class ExaminerPool:
             self.executor.submit(int)
 
     def examine(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]],
-                cutoff: float | None = None) -> Iterator[Outcome]:
+                cutoff: float | None = None, more=None) -> Iterator[Outcome]:
         """Outcomes in submission order. Only about a batch ahead is in flight: a
         finished chunk holds its entries' bytes until the caller commits them, so
-        submitting a whole backlog at once would cost memory in proportion to it."""
+        submitting a whole backlog at once would cost memory in proportion to it.
+        ``more()``, asked whenever there is room: work to append ([] for none yet,
+        None: no more at all)."""
         pending: deque[Future] = deque()
+        queued = list(work)
+        at = 0
         try:
-            for start in range(0, len(work), self.CHUNK):
-                chunk = [(ref.dirs, ref.name, proof, index)
-                         for ref, proof, index in work[start:start + self.CHUNK]]
-                pending.append(self._submit(chunk, cutoff))
-                if len(pending) >= self.in_flight:
-                    yield from self._take(pending, cutoff)
-            while pending:
+            while True:
+                while at < len(queued) and len(pending) < self.in_flight:
+                    chunk = [(ref.dirs, ref.name, proof, index)
+                             for ref, proof, index in queued[at:at + self.CHUNK]]
+                    at += len(chunk)
+                    pending.append(self._submit(chunk, cutoff))
+                if more is not None and at >= len(queued) and len(pending) < self.in_flight:
+                    found = more()
+                    if found is None:
+                        more = None
+                    elif found:
+                        queued, at = found, 0
+                        continue
+                if not pending:
+                    return
                 yield from self._take(pending, cutoff)
         finally:
             for future in pending:

@@ -393,37 +393,59 @@ class Pipeline:
 
     # -- driving -------------------------------------------------------------------------------
     def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
-                cutoff: float | None = None) -> None:
+                cutoff: float | None = None, more=None) -> list[tuple[EntryRef, str]]:
         """Examine ``work`` (in worker processes when it is large) and commit it in batches
         of ``batch_size`` entries or BATCH_BYTES, in order. ``stop()`` true ends it after the
-        current batch (the rest stays in the tree for next time); ``cutoff``: see ``examine``."""
-        items, seen = [], set()
-        for ref, proof in work:
-            if ref.relpath not in seen:
-                seen.add(ref.relpath)
-                items.append((ref, proof, self.proven.get(ref.relpath)))
+        current batch (the rest stays in the tree for next time); ``cutoff``: see ``examine``.
+
+        ``more()`` (watch): work that came meanwhile, [] for none yet, None when the caller
+        wants control back. With worker processes it is asked whenever they have room, so
+        they examine what follows while a batch is committed, instead of standing idle.
+        Returned: what ``more()`` gave that was then still in flight (e.g. its close event
+        came while a scan's examination was under way), for the caller to queue again."""
+        seen: set[str] = set()   # in flight or examined but not committed: never twice
+        again: list[tuple[EntryRef, str]] = []
+
+        def fresh(pairs, from_stream: bool = False) -> list:
+            items = []
+            for ref, proof in pairs:
+                if ref.relpath not in seen:
+                    seen.add(ref.relpath)
+                    items.append((ref, proof, self.proven.get(ref.relpath)))
+                elif from_stream:
+                    again.append((ref, proof))
+            return items
+
+        def stream():
+            found = more()
+            return None if found is None else fresh(found, from_stream=True)
+
         batch: list[Outcome] = []
         held = 0
-        for outcome in self._examine(items, cutoff):
+        for outcome in self._examine(fresh(work), cutoff, stream if more else None):
             ready = self.settle(outcome)
-            if ready is not None:
+            if ready is None:
+                seen.discard(outcome.ref.relpath)
+            else:
                 batch.append(ready)
                 held += len(ready.data)
             if len(batch) >= self.settings.batch_size or held >= BATCH_BYTES:
                 self.commit(batch)
+                seen.difference_update(p.ref.relpath for p in batch)
                 batch, held = [], 0
                 if stop is not None and stop():
-                    return
+                    return again
         self.commit(batch)
+        return again
 
-    def _examine(self, items: list, cutoff: float | None) -> Iterator[Outcome]:
+    def _examine(self, items: list, cutoff: float | None, more=None) -> Iterator[Outcome]:
         workers = self.settings.workers
         if workers <= 0 or len(items) < PARALLEL_FROM:
             for ref, proof, index in items:
                 yield examine(self.tree, ref, proof, index, self.rules, cutoff)
             self.tree.release()
             return
-        yield from self._pool().examine(items, cutoff)
+        yield from self._pool().examine(items, cutoff, more)
 
     def _pool(self) -> ExaminerPool:
         if self.pool is None:

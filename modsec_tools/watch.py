@@ -42,6 +42,9 @@ INDEX_MASK = pyinotify.IN_MODIFY | pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
 
 
 MAX_POLL_MS = 200
+#: How long one call of the pipeline may keep taking newly closed entries before the main
+#: loop gets control back (status file, periodic rescan).
+STREAM_SECONDS = 1.0
 PROOF_STRENGTH = {SCAN: 0, FRESH: 1, INDEXED: 2, CLOSED: 3}
 
 
@@ -111,6 +114,7 @@ class Watcher:
         self.rescan_due = True
         self.overflows = 0
         self.last_event_at = 0.0
+        self.signals: Signals | None = None
         self.index_dir = os.path.dirname(os.path.abspath(settings.index_log)) \
             if settings.index_log else None
         self.index_name = os.path.basename(settings.index_log) if settings.index_log else None
@@ -282,7 +286,25 @@ class Watcher:
             return
         work = list(self.pending.values())
         self.pending.clear()
-        self.pipeline.process(work, stop, cutoff)
+        live = None if force else self._more_until(time.monotonic() + STREAM_SECONDS)
+        for ref, proof in self.pipeline.process(work, stop, cutoff, more=live):
+            self._queue(ref, proof)
+
+    def _more_until(self, deadline: float):
+        """What closed since, for the pipeline to examine while it commits (a flood keeps
+        the workers busy during commits); None, ending the stream, when the main loop has
+        something to do: a signal, the index log, a rescan, or the time is up."""
+        def more():
+            signals = self.signals
+            if (signals is not None and (signals.stop or signals.reopen or signals.report)) \
+                    or self.index_touched or self.rescan_due or time.monotonic() >= deadline:
+                return None
+            self.take_events(0)
+            self._adopt_new_dirs()
+            work = list(self.pending.values())
+            self.pending.clear()
+            return work
+        return more
 
     def _adopt_new_dirs(self) -> None:
         while self.new_dirs:
@@ -290,6 +312,7 @@ class Watcher:
 
     def run(self, signals: Signals | None = None) -> None:
         signals = signals or Signals()
+        self.signals = signals
         self.start(signals)
         sd_notify("READY=1\nSTATUS=watching " + self.root)
         log.info("watching %s", self.root)

@@ -1,0 +1,62 @@
+"""``Pipeline.process(more=...)``: watch feeds newly closed entries to the examiner pool while
+it commits; nothing may be taken twice or dropped on the way."""
+from __future__ import annotations
+
+from modsec_tools import config
+from modsec_tools.examine import CLOSED
+from modsec_tools.ingest import Pipeline
+
+from tests import corpus
+from tests import ingest_helpers as ih
+from tests.ingest_helpers import fast_tmp  # noqa: F401
+
+
+def _pipeline(sb: ih.Sandbox, batch_size: int = 100) -> Pipeline:
+    values = {**sb.values(), "settle_seconds": "0", "workers": "2",
+              "batch_size": str(batch_size)}
+    return Pipeline(config.build({}, values))
+
+
+def test_more_work_is_examined_and_committed_exactly_once(fast_tmp):
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, db="none")
+    ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
+    ih.age_tree(sb.storage)
+    pipeline = _pipeline(sb)
+    try:
+        found = sorted(pipeline.scan(), key=lambda item: item[0].name)
+        first, rest = found[:200], found[200:]
+        feeds = [rest[n:n + 150] for n in range(0, len(rest), 150)]
+        calls = []
+
+        def more():
+            calls.append(len(feeds))
+            return feeds.pop(0) if feeds else None
+        again = pipeline.process(first, more=more)
+    finally:
+        pipeline.close()
+    assert again == []
+    assert len(calls) > 1
+    assert sb.left() == []
+    ids = ih.archive_ids_fast(sb.archive)
+    assert len(ids) == len(found) and len(set(ids)) == len(ids)
+
+
+def test_an_entry_given_again_while_in_flight_is_handed_back(fast_tmp):
+    """Its close event came while its scan's examination was under way: the pipeline must
+    neither examine it twice at once nor drop it (the scan may have found it incomplete,
+    and then only the close event would ever bring it back)."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, db="none")
+    ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
+    ih.age_tree(sb.storage)
+    pipeline = _pipeline(sb, batch_size=500)  # all 300 in flight when more() is first asked
+    try:
+        found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:300]
+        replay = [(found[0][0], CLOSED)]
+        again = pipeline.process(found, more=lambda: [replay.pop()] if replay else None)
+    finally:
+        pipeline.close()
+    assert again == [(found[0][0], CLOSED)]
+    ids = ih.archive_ids_fast(sb.archive)
+    assert len(ids) == 300 and len(set(ids)) == 300
