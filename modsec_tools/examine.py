@@ -158,8 +158,9 @@ ChunkItem = tuple[tuple[str, ...], str, str, IndexLine | None]
 
 def _examine_chunk(items: list[ChunkItem], cutoff: float | None,
                    budget: int) -> tuple[list[tuple], list[ChunkItem]]:
-    """Outcomes (``to_wire``) for the first items, stopping once they hold ``budget`` bytes of entries
-    (at least one is always examined); the items left over go back to the caller."""
+    """Outcomes (``to_wire``) for the first items, stopping once they hold ``budget``
+    bytes of entries (at least one is always examined); the items left over go back to the
+    caller."""
     assert _worker is not None
     tree, rules = _worker
     outcomes: list[tuple] = []
