@@ -69,20 +69,20 @@ class Outcome:
 
     # Between processes an outcome travels as plain tuples: pickling the dataclasses
     # (slots, a frozen Row) cost twice as much, ~45 µs an entry for both ends together.
+    # Its ref stays behind: the sender of the work still holds it.
     def to_wire(self) -> tuple:
         row = self.row and (self.row.unique_id, self.row.event, self.row.matches,
                             self.row.mysql and (self.row.mysql.event, self.row.mysql.matches))
-        return (self.ref.dirs, self.ref.name, self.kind, self.reason, self.data, self.inode,
-                self.device, self.line, row, self.status, self.crc)
+        return (self.kind, self.reason, self.data, self.inode, self.device, self.line, row,
+                self.status, self.crc)
 
     @classmethod
-    def from_wire(cls, wire: tuple) -> Outcome:
-        dirs, name, kind, reason, data, inode, device, line, row, status, crc = wire
+    def from_wire(cls, ref: EntryRef, wire: tuple) -> Outcome:
+        kind, reason, data, inode, device, line, row, status, crc = wire
         if row is not None:
             unique_id, event, matches, mysql = row
             row = Row(unique_id, event, matches, mysql and MysqlText(*mysql))
-        return cls(EntryRef(dirs, name), kind, reason, data, inode, device, line, row,
-                   status, crc)
+        return cls(ref, kind, reason, data, inode, device, line, row, status, crc)
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
@@ -210,16 +210,16 @@ class ExaminerPool:
         submitting a whole backlog at once would cost memory in proportion to it.
         ``more()``, asked whenever there is room: work to append ([] for none yet,
         None: no more at all)."""
-        pending: deque[Future] = deque()
+        pending: deque[tuple[Future, list[EntryRef]]] = deque()  # a chunk and its refs
         queued = list(work)
         at = 0
         try:
             while True:
                 while at < len(queued) and len(pending) < self.in_flight:
-                    chunk = [(ref.dirs, ref.name, proof, index)
-                             for ref, proof, index in queued[at:at + self.CHUNK]]
-                    at += len(chunk)
-                    pending.append(self._submit(chunk, cutoff))
+                    part = queued[at:at + self.CHUNK]
+                    at += len(part)
+                    chunk = [(ref.dirs, ref.name, proof, index) for ref, proof, index in part]
+                    pending.append((self._submit(chunk, cutoff), [item[0] for item in part]))
                 if more is not None and at >= len(queued) and len(pending) < self.in_flight:
                     found = more()
                     if found is None:
@@ -231,19 +231,21 @@ class ExaminerPool:
                     return
                 yield from self._take(pending, cutoff)
         finally:
-            for future in pending:
+            for future, _refs in pending:
                 future.cancel()
 
     def _submit(self, chunk: list[ChunkItem], cutoff: float | None) -> Future:
         return self.executor.submit(_examine_chunk, chunk, cutoff, self.CHUNK_BYTES)
 
-    def _take(self, pending: deque[Future], cutoff: float | None) -> list[Outcome]:
+    def _take(self, pending: deque[tuple[Future, list[EntryRef]]],
+              cutoff: float | None) -> list[Outcome]:
         """The oldest chunk's outcomes; what it left over goes first in line, so the order
         of the outcomes stays the order of the work."""
-        outcomes, rest = pending.popleft().result()
+        future, refs = pending.popleft()
+        outcomes, rest = future.result()
         if rest:
-            pending.appendleft(self._submit(rest, cutoff))
-        return [Outcome.from_wire(wire) for wire in outcomes]
+            pending.appendleft((self._submit(rest, cutoff), refs[len(outcomes):]))
+        return [Outcome.from_wire(ref, wire) for ref, wire in zip(refs, outcomes)]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

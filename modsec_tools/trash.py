@@ -114,36 +114,33 @@ def _open_trash(path: str, tree_root: str) -> int | None:
     """The trash directory's descriptor, or None when entries must be unlinked in place: a
     rename cannot cross file systems, and a trash anyone else could write is not ours."""
     try:
-        os.makedirs(path, 0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        fd = _own_subdir(None, path)
     except OSError as exc:
         log.warning("no trash directory %s (%s): entries are unlinked in place", path,
                     exc.strerror or exc)
         return None
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         tree_device = os.stat(tree_root).st_dev
     except OSError:
         tree_device = None
-    if not _ours(fd) or os.fstat(fd).st_dev != tree_device:
+    if fd is not None and os.fstat(fd).st_dev != tree_device:
         os.close(fd)
         return None
     return fd
 
 
-def _own_subdir(parent: int, name: str) -> int | None:
+def _own_subdir(parent: int | None, name: str) -> int | None:
+    """``name`` (made 0700 if missing) opened without following a link, if it is ours:
+    owned by us and writable by nobody else, so that what it holds is ours to delete."""
     try:
         os.mkdir(name, 0o700, dir_fd=parent)
     except FileExistsError:
         pass
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                  dir_fd=parent)
-    if not _ours(fd):
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o022:
         os.close(fd)
         return None
     return fd
-
-
-def _ours(fd: int) -> bool:
-    """Owned by us and writable by nobody else: only then is what it holds ours to delete."""
-    info = os.fstat(fd)
-    return info.st_uid == os.geteuid() and not stat.S_IMODE(info.st_mode) & 0o022

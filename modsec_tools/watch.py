@@ -286,11 +286,14 @@ class Watcher:
         if not force and len(self.pending) < self.settings.batch_size \
                 and waited < self.options.flush_ms:
             return
+        live = None if force else self._more_until(time.monotonic() + STREAM_SECONDS)
+        for ref, proof in self.pipeline.process(self._take_pending(), stop, cutoff, more=live):
+            self._queue(ref, proof)
+
+    def _take_pending(self) -> list[tuple[EntryRef, str]]:
         work = list(self.pending.values())
         self.pending.clear()
-        live = None if force else self._more_until(time.monotonic() + STREAM_SECONDS)
-        for ref, proof in self.pipeline.process(work, stop, cutoff, more=live):
-            self._queue(ref, proof)
+        return work
 
     def _more_until(self, deadline: float):
         """What closed since, for the pipeline to examine while it commits (a flood keeps
@@ -303,9 +306,7 @@ class Watcher:
                 return None
             self.take_events(0)
             self._adopt_new_dirs()
-            work = list(self.pending.values())
-            self.pending.clear()
-            return work
+            return self._take_pending()
         return more
 
     def _adopt_new_dirs(self) -> None:

@@ -26,7 +26,7 @@ def test_outcomes_survive_the_wire(tmp_path, dialect):
         outcome = examine(tree, ref, "closed", None, rules)
         assert outcome.kind == READY and outcome.row is not None
         assert (outcome.row.mysql is not None) == (dialect == "mysql")
-        back = Outcome.from_wire(pickle.loads(pickle.dumps(outcome.to_wire())))
+        back = Outcome.from_wire(ref, pickle.loads(pickle.dumps(outcome.to_wire())))
         assert back == outcome
         assert back.ref.relpath == relpath
     tree.release()
@@ -35,4 +35,5 @@ def test_outcomes_survive_the_wire(tmp_path, dialect):
 def test_a_quarantine_outcome_survives_the_wire():
     outcome = Outcome(EntryRef(("20261128", "20261128-1626"), "20261128-162642-x"),
                       "quarantine", "no Z boundary")
-    assert Outcome.from_wire(pickle.loads(pickle.dumps(outcome.to_wire()))) == outcome
+    assert Outcome.from_wire(outcome.ref,
+                             pickle.loads(pickle.dumps(outcome.to_wire()))) == outcome
