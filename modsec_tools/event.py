@@ -56,8 +56,9 @@ class Message:
         self.text = text            # the head, e.g. "Warning. Pattern match ... at ARGS:q."
         self.fields = fields or []
         self.first = dict(reversed(self.fields))  # key → its first value
-        # What sinks derive from this message, kept with it: the parser shares one Message
-        # among all the entries that repeat it (a flood repeats a few), so each is made once.
+        # What the parser and the sinks derive from this message, kept with it: the parser
+        # shares one Message among all the entries that repeat it (a flood repeats a few),
+        # so each is made once.
         self.renderings: dict[str, object] = {}
 
     def get(self, key: str) -> str | None:

@@ -9,6 +9,7 @@ import functools
 import re
 
 from .event import Message
+from .speedups import C
 
 # A field is `[key "value"]`; ModSecurity escapes `"` and `\` inside values. Possessive loops
 # keep hostile values linear-time.
@@ -33,7 +34,7 @@ def parse_message(text: str) -> Message:
     return Message(text[:start].rstrip(), _split_fields(text, start))
 
 
-def _split_fields(text: str, start: int) -> list[tuple[str, str]]:
+def split_fields_py(text: str, start: int) -> list[tuple[str, str]]:
     """The ``[key "value"]`` list. Without a backslash there is no escape, and the simpler
     pattern finds exactly what the definition does, with half the work."""
     if text.find("\\", start) == -1:
@@ -41,10 +42,14 @@ def _split_fields(text: str, start: int) -> list[tuple[str, str]]:
     return _FIELD.findall(text, start)
 
 
-def modsecurity_part_of_apache_error(line: str) -> str | None:
+def modsecurity_part_py(line: str) -> str | None:
     """The ModSecurity message inside an ``Apache-Error:`` line, or None for other modules' lines."""
     match = _APACHE_PREFIX.match(line)
     return line[match.end():] if match else None
+
+
+_split_fields = C.message_fields if C else split_fields_py
+modsecurity_part_of_apache_error = C.modsecurity_part if C else modsecurity_part_py
 
 
 # CRS 3.x: 949110 "Inbound Anomaly Score Exceeded (Total Score: 13)",
@@ -60,22 +65,34 @@ _SCORE_RANK = {rule: rank for rank, rule in enumerate(("980130", "980170", "9491
 
 def anomaly_scores(messages: list[Message]) -> tuple[int | None, dict[str, int], str | None]:
     """Inbound anomaly score, per-category scores and the rule id they were read from."""
-    best: tuple[int, Message, re.Match] | None = None
+    best: _Inbound | None = None
     for message in messages:
-        text = message.first.get("msg")
-        if text is None or "Inbound" not in text:
-            continue
-        rule = message.first.get("id")
-        rank = _SCORE_RANK.get(rule, len(_SCORE_RANK))  # type: ignore[arg-type]
-        if best is not None and rank >= best[0]:
-            continue
-        total = _TOTAL.search(text) or _CRS4_INBOUND.search(text)
-        if total is not None:
-            best = (rank, message, total)
+        found = message.renderings.get("inbound", _UNREAD)
+        if found is _UNREAD:  # a Message is shared by the entries that repeat it: read once
+            found = message.renderings["inbound"] = _inbound(message)
+        if found is not None and (best is None or found[0] < best[0]):
+            best = found  # type: ignore[assignment]
     if best is None:
         return None, {}, None
-    _, message, total = best
-    return int(total.group(1)), _categories(total.string[total.end():]), message.rule_id
+    _, total, categories, rule = best
+    return total, dict(categories), rule
+
+
+_Inbound = tuple[int, int, dict[str, int], str | None]  # rank, total, categories, rule id
+_UNREAD = object()
+
+
+def _inbound(message: Message) -> _Inbound | None:
+    """The inbound score a message reports, ranked by how trustworthy its rule is."""
+    text = message.first.get("msg")
+    if text is None or "Inbound" not in text:
+        return None
+    total = _TOTAL.search(text) or _CRS4_INBOUND.search(text)
+    if total is None:
+        return None
+    rule = message.rule_id
+    rank = _SCORE_RANK.get(rule, len(_SCORE_RANK))  # type: ignore[arg-type]
+    return rank, int(total.group(1)), _categories(text[total.end():]), rule
 
 
 # CRS's default points per severity (tx.critical_anomaly_score etc. in crs-setup.conf).

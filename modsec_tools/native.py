@@ -13,6 +13,7 @@ from .event import Event
 from .derive import finish_event
 from .http import apply_request_head, apply_response_head
 from .messages import modsecurity_part_of_apache_error, parse_message
+from .speedups import C
 from .timestamps import parse_apache_time
 
 _BOUNDARY = re.compile(rb"--([0-9a-fA-F]{8,32})-A--\r?\n")
@@ -41,37 +42,53 @@ _KNOWN = set("ABCDEFGHIJKZ")
 
 def split_sections(entry: bytes) -> Sections:
     """Cut an entry at its own boundary lines (a body cannot forge them: the boundary is random)."""
+    scanned = _scan_sections(entry)
+    if scanned is None:
+        raise ParseError("no section A boundary at the start of the entry")
+    return Sections(*scanned)
+
+
+def scan_sections_py(entry: bytes) -> tuple[bytes, dict[str, bytes], bool, list[str]] | None:
+    """``(boundary, parts, complete, unknown)``, or None without an A boundary line.
+
+    A line that starts like the separator but does not end like a boundary (a body can hold
+    many) stays in the section's bytes; section A is kept as a line, its newline included.
+    """
     match = _BOUNDARY.match(entry)
     if match is None:
-        raise ParseError("no section A boundary at the start of the entry")
+        return None
     boundary = match.group(1)
     separator = b"\n--" + boundary + b"-"
-    pieces = entry[match.end():].split(separator)
     parts: dict[str, bytes] = {}
     unknown: list[str] = []
-    letter, body = "A", pieces[0] + b"\n"
-    spilled: list[bytes] = []  # pieces after a false boundary (a body can hold many)
-    for piece in pieces[1:]:
-        if not _starts_boundary_tail(piece):
-            spilled += (separator, piece)  # not a boundary line after all
-            continue
-        if spilled:
-            body, spilled = b"".join([body, *spilled]), []
-        parts[letter] = body
-        letter = chr(piece[0])
-        if letter == "Z":
-            return Sections(boundary, parts, True, unknown)
-        body = piece[piece.find(b"\n") + 1:] if b"\n" in piece[:6] else b""
-        if letter not in _KNOWN:
-            unknown.append(letter)
-    parts[letter] = b"".join([body, *spilled])
-    return Sections(boundary, parts, False, unknown)
+    letter, body_from = "A", match.end()
+    hit = entry.find(separator)
+    while hit != -1:
+        tail = hit + len(separator)
+        following = entry.find(separator, tail)
+        piece_end = len(entry) if following == -1 else following
+        if _boundary_tail(entry[tail:min(tail + 4, piece_end)]):
+            parts[letter] = _section_bytes(letter, entry[body_from:hit])
+            letter = chr(entry[tail])
+            if letter == "Z":
+                return boundary, parts, True, unknown
+            newline = entry.find(b"\n", tail, min(tail + 6, piece_end))
+            body_from = piece_end if newline == -1 else newline + 1
+            if letter not in _KNOWN:
+                unknown.append(letter)
+        hit = following
+    parts[letter] = _section_bytes(letter, entry[body_from:])
+    return boundary, parts, False, unknown
 
 
-def _starts_boundary_tail(piece: bytes) -> bool:
-    """``X--`` then end of line: what follows ``\n--boundary-`` on a real boundary line."""
-    return (len(piece) >= 3 and 65 <= piece[0] <= 90 and piece[1:3] == b"--"
-            and piece[3:4] in (b"\n", b"\r", b""))
+def _boundary_tail(head: bytes) -> bool:
+    """``X--`` then end of line: what follows ``\\n--boundary-`` on a real boundary line."""
+    return (len(head) >= 3 and 65 <= head[0] <= 90 and head[1:3] == b"--"
+            and head[3:4] in (b"\n", b"\r", b""))
+
+
+def _section_bytes(letter: str, body: bytes) -> bytes:
+    return body + b"\n" if letter == "A" else body
 
 
 def parse_native(entry: bytes, source: str) -> Event:
@@ -88,7 +105,7 @@ def parse_native(entry: bytes, source: str) -> Event:
     if "F" in parts:
         apply_response_head(event, _text(parts["F"]))
     if "H" in parts:
-        _apply_trailer(event, _text(parts["H"]))
+        _apply_trailer(event, parts["H"])
     finish_event(event)
     if not sections.complete:
         event.incomplete = True
@@ -123,9 +140,10 @@ _USUAL_KEYS = frozenset((
     "Sanitised-Args", "Sanitised-Request-Headers", "Sanitised-Response-Headers"))
 
 
-def _trailer_lines(text: str) -> list[tuple[str, str]]:
+def trailer_lines_py(section: bytes) -> list[tuple[str, str]]:
     """``Key: value`` lines; a line that is not one continues the previous value (a
     message may contain a newline)."""
+    text = _text(section)
     trailer: list[tuple[str, str]] = []
     continued: dict[int, list[str]] = {}  # index in trailer → its continuation lines
     for line in text.split("\n"):
@@ -140,8 +158,13 @@ def _trailer_lines(text: str) -> list[tuple[str, str]]:
     return trailer
 
 
-def _apply_trailer(event: Event, text: str) -> None:
-    trailer = _trailer_lines(text)
+def stopwatch_py(value: str) -> dict[str, int]:
+    """The ``name=microseconds`` pairs of a ``Stopwatch2`` line."""
+    return {name: int(number) for name, number in _TIMING.findall(value)}
+
+
+def _apply_trailer(event: Event, section: bytes) -> None:
+    trailer = _trailer_lines(section)
     event.trailer = trailer
     apache_modsec: list[str] = []
     for key, value in trailer:
@@ -169,8 +192,14 @@ def _apply_trailer(event: Event, text: str) -> None:
             event.stopwatch_start_us = int(first) if first.isascii() and first.isdigit() \
                 and len(first) <= 18 else None
         elif key == "Stopwatch2":
-            event.stopwatch = {name: int(number) for name, number in _TIMING.findall(value)}
+            event.stopwatch = _stopwatch(value)
     if not event.messages and apache_modsec:
         # Every Message: line is repeated as Apache-Error:; only use these when the
         # Message: lines are missing (e.g. a hand-trimmed entry).
         event.messages = [parse_message(text) for text in apache_modsec]
+
+
+# The C extension's versions of the loops above, when it was built (see speedups.py).
+_scan_sections = C.split_sections if C else scan_sections_py
+_trailer_lines = C.trailer_lines if C else trailer_lines_py
+_stopwatch = C.stopwatch if C else stopwatch_py

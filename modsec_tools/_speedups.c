@@ -1,0 +1,448 @@
+/* modsec_tools._speedups: C versions of the native parser's innermost loops.
+ *
+ * Each function here has a pure-Python twin in modsec_tools (native.py, messages.py) that
+ * defines its meaning; tests run both over the corpus and under fuzzing and require equal
+ * results. The parser uses these when the extension was built and falls back to the twins
+ * when it was not. No I/O; every index is checked against the buffer's length, since the
+ * input is attacker-controlled.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static int is_hex(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static const char *find_bytes(const char *hay, Py_ssize_t hay_len,
+                              const char *needle, Py_ssize_t needle_len) {
+    if (hay_len < needle_len)
+        return NULL;
+    return memmem(hay, (size_t)hay_len, needle, (size_t)needle_len);
+}
+
+/* ``X--`` then end of line, end of piece or a CR: the tail of a real boundary line. */
+static int boundary_tail(const char *s, Py_ssize_t q, Py_ssize_t piece_end) {
+    if (piece_end - q < 3 || s[q] < 'A' || s[q] > 'Z' || s[q + 1] != '-' || s[q + 2] != '-')
+        return 0;
+    return piece_end - q == 3 || s[q + 3] == '\n' || s[q + 3] == '\r';
+}
+
+/* Where the section's own bytes start after its boundary tail: past the first newline
+ * among the piece's first six bytes; with none there, the piece holds no body. */
+static Py_ssize_t body_start_after(const char *s, Py_ssize_t q, Py_ssize_t piece_end) {
+    Py_ssize_t limit = q + 6 < piece_end ? q + 6 : piece_end;
+    for (Py_ssize_t i = q; i < limit; i++)
+        if (s[i] == '\n')
+            return i + 1;
+    return piece_end;
+}
+
+static int store_part(PyObject *parts, char letter, const char *s, Py_ssize_t from,
+                      Py_ssize_t to) {
+    PyObject *body;
+    if (letter == 'A') {  /* section A is kept as a whole line, newline included */
+        body = PyBytes_FromStringAndSize(NULL, to - from + 1);
+        if (body == NULL)
+            return -1;
+        memcpy(PyBytes_AS_STRING(body), s + from, (size_t)(to - from));
+        PyBytes_AS_STRING(body)[to - from] = '\n';
+    } else {
+        body = PyBytes_FromStringAndSize(s + from, to - from);
+        if (body == NULL)
+            return -1;
+    }
+    char key[2] = {letter, 0};
+    int rc = PyDict_SetItemString(parts, key, body);
+    Py_DECREF(body);
+    return rc;
+}
+
+static int note_unknown(PyObject *unknown, char letter) {
+    if (strchr("ABCDEFGHIJKZ", letter) != NULL)
+        return 0;
+    PyObject *name = PyUnicode_FromStringAndSize(&letter, 1);
+    if (name == NULL)
+        return -1;
+    int rc = PyList_Append(unknown, name);
+    Py_DECREF(name);
+    return rc;
+}
+
+PyDoc_STRVAR(split_sections_doc,
+"split_sections(entry: bytes) -> (boundary, parts, complete, unknown) | None\n\n"
+"native.split_sections' scan; None when the entry does not start with an A boundary.");
+
+static PyObject *split_sections(PyObject *Py_UNUSED(module), PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "split_sections() needs bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    if (n < 2 || s[0] != '-' || s[1] != '-')
+        Py_RETURN_NONE;
+    Py_ssize_t hex = 0;
+    while (2 + hex < n && hex <= 32 && is_hex(s[2 + hex]))
+        hex++;
+    Py_ssize_t at = 2 + hex;
+    if (hex < 8 || hex > 32 || n - at < 4 || memcmp(s + at, "-A--", 4) != 0)
+        Py_RETURN_NONE;
+    at += 4;
+    if (at < n && s[at] == '\r')
+        at++;
+    if (at >= n || s[at] != '\n')
+        Py_RETURN_NONE;
+    at++;
+
+    char sep[40];  /* "\n--" + boundary + "-" */
+    Py_ssize_t sep_len = 4 + hex;
+    sep[0] = '\n'; sep[1] = '-'; sep[2] = '-';
+    memcpy(sep + 3, s + 2, (size_t)hex);
+    sep[3 + hex] = '-';
+
+    PyObject *boundary = PyBytes_FromStringAndSize(s + 2, hex);
+    PyObject *parts = PyDict_New();
+    PyObject *unknown = PyList_New(0);
+    if (boundary == NULL || parts == NULL || unknown == NULL)
+        goto fail;
+    char letter = 'A';
+    Py_ssize_t body_from = at;
+    const char *hit = find_bytes(s + at, n - at, sep, sep_len);
+    int complete = 0;
+    while (hit != NULL) {
+        Py_ssize_t p = hit - s, q = p + sep_len;
+        const char *next = find_bytes(s + q, n - q, sep, sep_len);
+        Py_ssize_t piece_end = next != NULL ? next - s : n;
+        if (boundary_tail(s, q, piece_end)) {
+            if (store_part(parts, letter, s, body_from, p) < 0)
+                goto fail;
+            letter = s[q];
+            if (letter == 'Z') {
+                complete = 1;
+                break;
+            }
+            body_from = body_start_after(s, q, piece_end);
+            if (note_unknown(unknown, letter) < 0)
+                goto fail;
+        }
+        hit = next;
+    }
+    if (!complete && store_part(parts, letter, s, body_from, n) < 0)
+        goto fail;
+    return Py_BuildValue("(NNON)", boundary, parts, complete ? Py_True : Py_False, unknown);
+fail:
+    Py_XDECREF(boundary);
+    Py_XDECREF(parts);
+    Py_XDECREF(unknown);
+    return NULL;
+}
+
+static PyObject *decode(const char *s, Py_ssize_t len) {
+    return PyUnicode_DecodeUTF8(s, len, "surrogateescape");
+}
+
+static int trailer_key(const char *s, Py_ssize_t len) {
+    if (len < 1 || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z')))
+        return 0;
+    for (Py_ssize_t i = 1; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+              || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int all_space(PyObject *text) {
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    for (Py_ssize_t i = 0, n = PyUnicode_GET_LENGTH(text); i < n; i++)
+        if (!Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            return 0;
+    return 1;
+}
+
+/* Joins the continuation lines gathered for the trailer's last pair into its value. */
+static int fold_continuations(PyObject *trailer, PyObject **more) {
+    if (*more == NULL)
+        return 0;
+    Py_ssize_t last = PyList_GET_SIZE(trailer) - 1;
+    PyObject *pair = PyList_GET_ITEM(trailer, last);
+    PyObject *newline = PyUnicode_FromString("\n");
+    int rc = -1;
+    if (newline != NULL && PyList_Insert(*more, 0, PyTuple_GET_ITEM(pair, 1)) == 0) {
+        PyObject *value = PyUnicode_Join(newline, *more);
+        if (value != NULL) {
+            PyObject *joined = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), value);
+            Py_DECREF(value);
+            if (joined != NULL)
+                rc = PyList_SetItem(trailer, last, joined);
+        }
+    }
+    Py_XDECREF(newline);
+    Py_CLEAR(*more);
+    return rc;
+}
+
+static int add_pair(PyObject *trailer, const char *s, Py_ssize_t from, Py_ssize_t colon,
+                    Py_ssize_t end) {
+    Py_ssize_t value_end = end;
+    if (value_end > colon + 2 && s[value_end - 1] == '\r')
+        value_end--;
+    PyObject *key = PyUnicode_DecodeASCII(s + from, colon - from, NULL);
+    if (key == NULL)
+        return -1;
+    PyUnicode_InternInPlace(&key);
+    PyObject *value = decode(s + colon + 2, value_end - colon - 2);
+    if (value == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    PyObject *pair = PyTuple_Pack(2, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    if (pair == NULL)
+        return -1;
+    int rc = PyList_Append(trailer, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+static int add_continuation(PyObject **more, const char *s, Py_ssize_t from, Py_ssize_t end) {
+    while (end > from && s[end - 1] == '\r')
+        end--;
+    PyObject *line = decode(s + from, end - from);
+    if (line == NULL)
+        return -1;
+    int rc = 0;
+    if (!all_space(line)) {
+        if (*more == NULL)
+            *more = PyList_New(0);
+        rc = *more == NULL ? -1 : PyList_Append(*more, line);
+    }
+    Py_DECREF(line);
+    return rc;
+}
+
+PyDoc_STRVAR(trailer_lines_doc,
+"trailer_lines(section_h: bytes) -> list[tuple[str, str]]\n\n"
+"native.trailer_lines over the bytes of section H (values decoded with surrogateescape).");
+
+static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "trailer_lines() needs bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    PyObject *trailer = PyList_New(0), *more = NULL;
+    if (trailer == NULL)
+        return NULL;
+    for (Py_ssize_t from = 0; from <= n;) {
+        const char *newline = memchr(s + from, '\n', (size_t)(n - from));
+        Py_ssize_t end = newline != NULL ? newline - s : n;
+        const char *colon = find_bytes(s + from, end - from, ": ", 2);
+        int rc = 0;
+        if (colon != NULL && trailer_key(s + from, colon - s - from)) {
+            rc = fold_continuations(trailer, &more);
+            if (rc == 0)
+                rc = add_pair(trailer, s, from, colon - s, end);
+        } else if (PyList_GET_SIZE(trailer) > 0) {
+            rc = add_continuation(&more, s, from, end);
+        }
+        if (rc < 0) {
+            Py_XDECREF(more);
+            Py_DECREF(trailer);
+            return NULL;
+        }
+        from = end + 1;
+    }
+    if (fold_continuations(trailer, &more) < 0) {
+        Py_DECREF(trailer);
+        return NULL;
+    }
+    return trailer;
+}
+
+static int is_word(Py_UCS4 c) {
+    return Py_UNICODE_ISALNUM(c) || c == '_';
+}
+
+/* One ``[key "value"]`` at i (the pattern messages._FIELD, whose loops are possessive, so
+ * the match is deterministic); its end, or -1. */
+static Py_ssize_t match_field(int kind, const void *d, Py_ssize_t n, Py_ssize_t i,
+                              Py_ssize_t *key_end, Py_ssize_t *value_from) {
+    if (PyUnicode_READ(kind, d, i) != '[')
+        return -1;
+    Py_ssize_t j = i + 1;
+    while (j < n && is_word(PyUnicode_READ(kind, d, j)))
+        j++;
+    if (j == i + 1 || n - j < 2 || PyUnicode_READ(kind, d, j) != ' '
+        || PyUnicode_READ(kind, d, j + 1) != '"')
+        return -1;
+    *key_end = j;
+    j += 2;
+    *value_from = j;
+    while (j < n) {
+        Py_UCS4 c = PyUnicode_READ(kind, d, j);
+        if (c == '"')
+            break;
+        if (c == '\\') {
+            if (j + 1 >= n || PyUnicode_READ(kind, d, j + 1) == '\n')
+                return -1;
+            j += 2;
+        } else {
+            j++;
+        }
+    }
+    if (n - j < 2 || PyUnicode_READ(kind, d, j + 1) != ']')
+        return -1;
+    return j + 2;
+}
+
+PyDoc_STRVAR(message_fields_doc,
+"message_fields(text: str, start: int) -> list[tuple[str, str]]\n\n"
+"messages._FIELD.findall(text, start): every [key \"value\"] of a rule message.");
+
+static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *text;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "Un:message_fields", &text, &start))
+        return NULL;
+    int kind = PyUnicode_KIND(text);
+    const void *d = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    PyObject *fields = PyList_New(0);
+    if (fields == NULL)
+        return NULL;
+    for (Py_ssize_t i = start < 0 ? 0 : start; i < n;) {
+        Py_ssize_t key_end, value_from, end = match_field(kind, d, n, i, &key_end, &value_from);
+        if (end < 0) {
+            i++;
+            continue;
+        }
+        PyObject *key = PyUnicode_Substring(text, i + 1, key_end);
+        PyObject *value = key == NULL ? NULL : PyUnicode_Substring(text, value_from, end - 2);
+        PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, key, value);
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (pair == NULL || PyList_Append(fields, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(fields);
+            return NULL;
+        }
+        Py_DECREF(pair);
+        i = end;
+    }
+    return fields;
+}
+
+PyDoc_STRVAR(stopwatch_doc,
+"stopwatch(value: str) -> dict[str, int]\n\n"
+"native.stopwatch: the name=number pairs of a Stopwatch2 line (native._TIMING).");
+
+static PyObject *stopwatch(PyObject *Py_UNUSED(module), PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "stopwatch() needs str");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *d = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    PyObject *timings = PyDict_New();
+    if (timings == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n;) {
+        /* \b(\w+)=([0-9]{1,18})\b, tried at i; on failure findall moves on by one */
+        if (!is_word(PyUnicode_READ(kind, d, i)) || (i > 0 && is_word(PyUnicode_READ(kind, d, i - 1)))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i;
+        while (j < n && is_word(PyUnicode_READ(kind, d, j)))
+            j++;
+        Py_ssize_t k = j + 1;
+        long long number = 0;
+        while (j < n && PyUnicode_READ(kind, d, j) == '=' && k < n && k - j <= 18) {
+            Py_UCS4 c = PyUnicode_READ(kind, d, k);
+            if (c < '0' || c > '9')
+                break;
+            number = number * 10 + (long long)(c - '0');
+            k++;
+        }
+        if (j >= n || PyUnicode_READ(kind, d, j) != '=' || k == j + 1
+            || (k < n && is_word(PyUnicode_READ(kind, d, k)))) {
+            i++;
+            continue;
+        }
+        PyObject *name = PyUnicode_Substring(text, i, j);
+        PyObject *value = name == NULL ? NULL : PyLong_FromLongLong(number);
+        int rc = value == NULL ? -1 : PyDict_SetItem(timings, name, value);
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        if (rc < 0) {
+            Py_DECREF(timings);
+            return NULL;
+        }
+        i = k;
+    }
+    return timings;
+}
+
+PyDoc_STRVAR(modsecurity_part_doc,
+"modsecurity_part(line: str) -> str | None\n\n"
+"messages.modsecurity_part_py: what follows the [key value] prefixes and\n"
+"\"ModSecurity: \" of an Apache-Error line; None for other modules' lines.");
+
+static PyObject *modsecurity_part(PyObject *Py_UNUSED(module), PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "modsecurity_part() needs str");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *d = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    /* (?:\[\w+ [^\]]*\] )*: each group can match only one way, and a group left
+     * unmatched leaves a '[' where "ModSecurity: " would have to start */
+    while (i < n && PyUnicode_READ(kind, d, i) == '[') {
+        Py_ssize_t j = i + 1;
+        while (j < n && is_word(PyUnicode_READ(kind, d, j)))
+            j++;
+        if (j == i + 1 || j >= n || PyUnicode_READ(kind, d, j) != ' ')
+            break;
+        j++;
+        while (j < n && PyUnicode_READ(kind, d, j) != ']')
+            j++;
+        if (n - j < 2 || PyUnicode_READ(kind, d, j + 1) != ' ')
+            break;
+        i = j + 2;
+    }
+    static const char marker[] = "ModSecurity: ";
+    Py_ssize_t m = (Py_ssize_t)(sizeof marker - 1);
+    if (n - i < m)
+        Py_RETURN_NONE;
+    for (Py_ssize_t k = 0; k < m; k++)
+        if (PyUnicode_READ(kind, d, i + k) != (Py_UCS4)marker[k])
+            Py_RETURN_NONE;
+    return PyUnicode_Substring(text, i + m, n);
+}
+
+static PyMethodDef methods[] = {
+    {"split_sections", split_sections, METH_O, split_sections_doc},
+    {"trailer_lines", trailer_lines, METH_O, trailer_lines_doc},
+    {"message_fields", message_fields, METH_VARARGS, message_fields_doc},
+    {"stopwatch", stopwatch, METH_O, stopwatch_doc},
+    {"modsecurity_part", modsecurity_part, METH_O, modsecurity_part_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "modsec_tools._speedups",
+    "C versions of the native parser's innermost loops (see modsec_tools/native.py).",
+    0, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    return PyModuleDef_Init(&module_def);
+}

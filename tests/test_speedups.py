@@ -1,0 +1,180 @@
+"""The C extension (modsec_tools/_speedups.c) against its pure-Python twins.
+
+Each C function must give exactly what its twin gives (the twin is the definition): over
+every entry of the shared corpus, through the whole parser, and under fuzzing with inputs
+built to reach the corners (false boundaries, CR, Unicode spaces and word characters,
+invalid UTF-8, digit runs at the 18-digit limit). CI must test the C path: there a missing
+extension fails instead of skipping.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from modsec_tools import messages, native, speedups
+from tests import corpus
+from tests.test_fuzz_parser import FUZZ, SEEDS, message_texts, mutated_entries
+from tests.test_parse_support import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def c_module():
+    if speedups.C is None:
+        why = f"{speedups.describe()}: `pip install -e .` with gcc and Python's headers builds it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return speedups.C
+
+
+def test_the_parser_uses_the_extension_when_it_is_built(c_module) -> None:
+    assert native._scan_sections is c_module.split_sections
+    assert native._trailer_lines is c_module.trailer_lines
+    assert native._stopwatch is c_module.stopwatch
+    assert messages._split_fields is c_module.message_fields
+    assert messages.modsecurity_part_of_apache_error is c_module.modsecurity_part
+    assert speedups.describe() == "C speedups: built"
+
+
+# -- the whole parser, both ways, over the corpus ------------------------------------------------
+
+_DUMP = """
+import sys
+from modsec_tools import speedups
+from modsec_tools.entry import parse_entry
+from modsec_tools.errors import ParseError
+from modsec_tools.serial import split_serial
+from pathlib import Path
+print(speedups.describe())
+for name in sys.argv[1:]:
+    path = Path(name)
+    if path.is_dir():
+        datas = [(str(p), p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()]
+    else:
+        with open(path, "rb") as stream:
+            datas = [(f"{name}@{p.offset}", p.data) for p in split_serial(stream)]
+    for source, data in datas:
+        try:
+            print(repr(parse_entry(data, source)))
+        except ParseError as exc:
+            print("ParseError", source, exc)
+"""
+
+
+def _dump(paths: list[str], pure: bool) -> list[str]:
+    env = dict(os.environ, MODSEC_TOOLS_PURE_PYTHON="1" if pure else "")
+    done = subprocess.run([sys.executable, "-c", _DUMP, *paths], cwd=REPO_ROOT, env=env,
+                          capture_output=True, check=True, timeout=300)
+    return done.stdout.decode("utf-8", "surrogateescape").splitlines()
+
+
+def test_every_corpus_entry_parses_the_same_with_and_without_c(c_module, tmp_path) -> None:
+    paths = []
+    for run in corpus.RUNS:
+        serial = corpus.run_dir(run) / "audit" / "audit_serial.log"
+        paths.append(str(serial if serial.exists() else corpus.extract_storage(run, tmp_path)))
+    with_c, pure = _dump(paths, pure=False), _dump(paths, pure=True)
+    assert with_c[0] == "C speedups: built"
+    assert pure[0] == "C speedups: off (MODSEC_TOOLS_PURE_PYTHON is set)"
+    assert len(with_c) > 2400 and not any(line.startswith("ParseError") for line in with_c)
+    assert with_c[1:] == pure[1:]
+
+
+# -- each function under fuzzing -----------------------------------------------------------------
+
+_SECTION_BYTES = st.lists(st.sampled_from([
+    b"\n", b"\r", b"\r\n", b"-", b"--", b"\n--5f3c9a1e-", b"\n--5f3c9a1e-B--\n", b"H--", b"Z--",
+    b"z--", b"B--\r\n", b"B--x", b"\n--5f3c9a1e-Q--\n", b"\n--5f3c9a1e-Z--", b"body",
+    b"\xff\xc3", b"\xe2\x82", b"\x00"]), max_size=40).map(b"".join)
+
+
+@FUZZ
+@given(st.one_of(mutated_entries(), _SECTION_BYTES.map(lambda b: b"--5f3c9a1e-A--\n" + b),
+                 _SECTION_BYTES, st.binary(max_size=300).map(lambda b: b"--" + b)))
+@example(b"--5f3c9a1e-A--\nA\n--5f3c9a1e-B\n--5f3c9a1e-C--")
+@example(b"--5f3c9a1e-A--\r\n\n--5f3c9a1e-X--\r\r\n--5f3c9a1e-B--\nb")
+@example(b"--0123456789abcdef0123456789abcdef-A--\n\n--0123456789abcdef0123456789abcdef-Z--")
+@example(b"--0123456789abcdef0123456789abcdef0-A--\n")
+@example(b"--1234567-A--\n")
+def test_sections(c_module, data: bytes) -> None:
+    ours = c_module.split_sections(data)
+    twin = native.scan_sections_py(data)
+    assert ours == twin
+    if ours is not None:
+        assert list(ours[1]) == list(twin[1])  # and in the same order
+
+
+_KEYS = ["Message", "Apache-Error", "Stopwatch2", "X-y", "a", "1bad", "", "Ké", "Key_x", "-a"]
+_VALUE_BITS = ["v", " ", "\r", "\t", "\x0b", "\x1c", "\x85", "\xa0", "\u2028", "\u3000", "é",
+               ": ", ":", "\udcff", "[id \"1\"]"]
+
+
+@st.composite
+def trailer_sections(draw) -> bytes:
+    lines = []
+    for _ in range(draw(st.integers(0, 8))):
+        key = draw(st.sampled_from(_KEYS))
+        sep = draw(st.sampled_from([": ", ":", " : ", ""]))
+        value = "".join(draw(st.lists(st.sampled_from(_VALUE_BITS), max_size=8)))
+        lines.append(key + sep + value)
+    text = "\n".join(lines) + draw(st.sampled_from(["", "\n", "\n\n", "\r\n"]))
+    return text.encode("utf-8", "surrogateescape")
+
+
+@FUZZ
+@given(st.one_of(trailer_sections(), _SECTION_BYTES, st.binary(max_size=200),
+                 st.sampled_from(SEEDS).map(lambda e: native.scan_sections_py(e)[1].get("H", b"")
+                                            if native.scan_sections_py(e) else e)))
+@example(b"Message: a\n   \nmore\r\r\nAction: x\r")
+@example(b"\n\nMessage: a\n\x85\nb: c")
+def test_trailer_lines(c_module, data: bytes) -> None:
+    assert c_module.trailer_lines(data) == native.trailer_lines_py(data)
+
+
+_WORDISH = st.sampled_from(["[", "]", " ", '"', "\\", "\n", "a", "_", "é", "٣", "\u2028",
+                            "id", "file", ' "', '"]', '\\"', "\\\n"])
+
+
+@FUZZ
+@given(st.one_of(message_texts(), st.lists(_WORDISH, max_size=40).map("".join)),
+       st.integers(-2, 12))
+@example('W. [file"] [id "a "b"]', 0)
+@example('W. [fïle "x"] [id٣ "\\\n"] [a "b\\"]', 2)
+def test_message_fields(c_module, text: str, start: int) -> None:
+    assert c_module.message_fields(text, start) == messages._FIELD.findall(text, max(start, 0))
+    assert messages.split_fields_py(text, max(start, 0)) == \
+        messages._FIELD.findall(text, max(start, 0))
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(["p1", "=", "0", "7", "123456789", " ", ",", ";", "é", "_",
+                                 "٣", "\n", "x", "-", "combined"]), max_size=40).map("".join))
+@example("a=123456789012345678 b=1234567890123456789 c=1x d=٣ e=4é f_=5")
+@example("1795879630741843 1372; combined=946, p1=409, p2=415, p3=0, gc=0")
+def test_stopwatch(c_module, text: str) -> None:
+    ours = c_module.stopwatch(text)
+    assert ours == native.stopwatch_py(text)
+    assert list(ours) == list(native.stopwatch_py(text))
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(["[", "]", " ", "file", '"x"', "level", "3", "ModSecurity: ",
+                                 "ModSecurity:", "é", "\n", "_", "٣"]), max_size=24).map("".join))
+@example('[file "apache2_util.c"] [line 275] [level 3] [client ::1] ModSecurity: Warning. x')
+@example("[a ]] ModSecurity: x")
+@example("[a b]ModSecurity: x")
+def test_apache_error_prefix(c_module, text: str) -> None:
+    assert c_module.modsecurity_part(text) == messages.modsecurity_part_py(text)
+
+
+def test_wrong_argument_types_raise_type_error(c_module) -> None:
+    for call in (lambda: c_module.split_sections("str"), lambda: c_module.trailer_lines("x"),
+                 lambda: c_module.stopwatch(b"x"), lambda: c_module.modsecurity_part(b"x"),
+                 lambda: c_module.message_fields(b"x", 0)):
+        with pytest.raises(TypeError):
+            call()
