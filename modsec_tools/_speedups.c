@@ -52,8 +52,9 @@ static int store_part(PyObject *parts, char letter, const char *s, Py_ssize_t fr
         if (body == NULL)
             return -1;
     }
-    char key[2] = {letter, 0};
-    int rc = PyDict_SetItemString(parts, key, body);
+    PyObject *key = PyUnicode_FromStringAndSize(&letter, 1);  /* a cached 1-char str */
+    int rc = key == NULL ? -1 : PyDict_SetItem(parts, key, body);
+    Py_XDECREF(key);
     Py_DECREF(body);
     return rc;
 }
@@ -185,15 +186,38 @@ static int fold_continuations(PyObject *trailer, PyObject **more) {
     return rc;
 }
 
+/* The keys ModSecurity 2.9 writes, made once: a section H has about 15 lines */
+static const char *const usual_keys[] = {
+    "Message", "Apache-Error", "Action", "Stopwatch", "Stopwatch2", "Producer", "Server",
+    "Engine-Mode", "Response-Body-Transformed", "WebApp-Info", "Apache-Handler",
+    "Sanitised-Args", "Sanitised-Request-Headers", "Sanitised-Response-Headers",
+};
+#define USUAL_KEYS (sizeof usual_keys / sizeof usual_keys[0])
+static PyObject *usual_key_texts[USUAL_KEYS];
+
+static PyObject *trailer_key_text(const char *s, Py_ssize_t len) {
+    for (size_t k = 0; k < USUAL_KEYS; k++) {
+        if (strncmp(usual_keys[k], s, (size_t)len) == 0 && usual_keys[k][len] == '\0') {
+            if (usual_key_texts[k] == NULL) {
+                usual_key_texts[k] = PyUnicode_InternFromString(usual_keys[k]);
+                if (usual_key_texts[k] == NULL)
+                    return NULL;
+            }
+            Py_INCREF(usual_key_texts[k]);
+            return usual_key_texts[k];
+        }
+    }
+    return PyUnicode_DecodeASCII(s, len, NULL);
+}
+
 static int add_pair(PyObject *trailer, const char *s, Py_ssize_t from, Py_ssize_t colon,
                     Py_ssize_t end) {
     Py_ssize_t value_end = end;
     if (value_end > colon + 2 && s[value_end - 1] == '\r')
         value_end--;
-    PyObject *key = PyUnicode_DecodeASCII(s + from, colon - from, NULL);
+    PyObject *key = trailer_key_text(s + from, colon - from);
     if (key == NULL)
         return -1;
-    PyUnicode_InternInPlace(&key);
     PyObject *value = decode(s + colon + 2, value_end - colon - 2);
     if (value == NULL) {
         Py_DECREF(key);
@@ -225,6 +249,19 @@ static int add_continuation(PyObject **more, const char *s, Py_ssize_t from, Py_
     return rc;
 }
 
+/* The first ": " of a line (a key is short: memchr beats memmem's setup here). */
+static const char *find_key_end(const char *s, Py_ssize_t len) {
+    const char *end = s + len;
+    for (const char *at = s; at < end; at++) {
+        at = memchr(at, ':', (size_t)(end - at));
+        if (at == NULL || at + 1 >= end)
+            return NULL;
+        if (at[1] == ' ')
+            return at;
+    }
+    return NULL;
+}
+
 PyDoc_STRVAR(trailer_lines_doc,
 "trailer_lines(section_h: bytes) -> list[tuple[str, str]]\n\n"
 "native.trailer_lines over the bytes of section H (values decoded with surrogateescape).");
@@ -242,7 +279,7 @@ static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
     for (Py_ssize_t from = 0; from <= n;) {
         const char *newline = memchr(s + from, '\n', (size_t)(n - from));
         Py_ssize_t end = newline != NULL ? newline - s : n;
-        const char *colon = find_bytes(s + from, end - from, ": ", 2);
+        const char *colon = find_key_end(s + from, end - from);
         int rc = 0;
         if (colon != NULL && trailer_key(s + from, colon - s - from)) {
             rc = fold_continuations(trailer, &more);
@@ -265,17 +302,19 @@ static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
     return trailer;
 }
 
+/* re's \w for str patterns; ASCII, nearly all of what is scanned, without the Unicode tables */
 static int is_word(Py_UCS4 c) {
-    return Py_UNICODE_ISALNUM(c) || c == '_';
+    if (c < 128)
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+               || c == '_';
+    return Py_UNICODE_ISALNUM(c);
 }
 
 /* One ``[key "value"]`` at i (the pattern messages._FIELD, whose loops are possessive, so
  * the match is deterministic); its end, or -1. */
 static Py_ssize_t match_field(int kind, const void *d, Py_ssize_t n, Py_ssize_t i,
                               Py_ssize_t *key_end, Py_ssize_t *value_from) {
-    if (PyUnicode_READ(kind, d, i) != '[')
-        return -1;
-    Py_ssize_t j = i + 1;
+    Py_ssize_t j = i + 1;  /* d[i] is '[' */
     while (j < n && is_word(PyUnicode_READ(kind, d, j)))
         j++;
     if (j == i + 1 || n - j < 2 || PyUnicode_READ(kind, d, j) != ' '
@@ -301,14 +340,36 @@ static Py_ssize_t match_field(int kind, const void *d, Py_ssize_t n, Py_ssize_t 
     return j + 2;
 }
 
+static PyObject *pair_of(PyObject *first, PyObject *second) {
+    if (first == NULL || second == NULL) {
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(first);
+        Py_DECREF(second);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, first);  /* steals both references */
+    PyTuple_SET_ITEM(pair, 1, second);
+    return pair;
+}
+
 PyDoc_STRVAR(message_fields_doc,
 "message_fields(text: str, start: int) -> list[tuple[str, str]]\n\n"
 "messages._FIELD.findall(text, start): every [key \"value\"] of a rule message.");
 
-static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *text;
-    Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "Un:message_fields", &text, &start))
+static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                Py_ssize_t nargs) {
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "message_fields() needs (str, int)");
+        return NULL;
+    }
+    PyObject *text = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
         return NULL;
     int kind = PyUnicode_KIND(text);
     const void *d = PyUnicode_DATA(text);
@@ -317,25 +378,30 @@ static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *args) {
     if (fields == NULL)
         return NULL;
     for (Py_ssize_t i = start < 0 ? 0 : start; i < n;) {
+        i = PyUnicode_FindChar(text, '[', i, n, 1);
+        if (i < 0) {
+            if (i == -2)
+                goto fail;
+            break;
+        }
         Py_ssize_t key_end, value_from, end = match_field(kind, d, n, i, &key_end, &value_from);
         if (end < 0) {
             i++;
             continue;
         }
-        PyObject *key = PyUnicode_Substring(text, i + 1, key_end);
-        PyObject *value = key == NULL ? NULL : PyUnicode_Substring(text, value_from, end - 2);
-        PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, key, value);
-        Py_XDECREF(key);
-        Py_XDECREF(value);
+        PyObject *pair = pair_of(PyUnicode_Substring(text, i + 1, key_end),
+                                 PyUnicode_Substring(text, value_from, end - 2));
         if (pair == NULL || PyList_Append(fields, pair) < 0) {
             Py_XDECREF(pair);
-            Py_DECREF(fields);
-            return NULL;
+            goto fail;
         }
         Py_DECREF(pair);
         i = end;
     }
     return fields;
+fail:
+    Py_DECREF(fields);
+    return NULL;
 }
 
 PyDoc_STRVAR(stopwatch_doc,
@@ -428,12 +494,132 @@ static PyObject *modsecurity_part(PyObject *Py_UNUSED(module), PyObject *text) {
     return PyUnicode_Substring(text, i + m, n);
 }
 
+/* text.strip(): the same whitespace as str.strip() with no argument */
+static PyObject *strip_text(PyObject *text) {
+    int kind = PyUnicode_KIND(text);
+    const void *d = PyUnicode_DATA(text);
+    Py_ssize_t from = 0, to = PyUnicode_GET_LENGTH(text);
+    while (from < to && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, d, from)))
+        from++;
+    while (to > from && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, d, to - 1)))
+        to--;
+    return PyUnicode_Substring(text, from, to);
+}
+
+static PyObject *decode_stripped(const char *s, Py_ssize_t len) {
+    PyObject *text = decode(s, len);
+    if (text == NULL)
+        return NULL;
+    PyObject *stripped = strip_text(text);
+    Py_DECREF(text);
+    return stripped;
+}
+
+/* Joins the folded lines gathered for the last header into its value, with spaces. */
+static int fold_header(PyObject *found, PyObject **more) {
+    if (*more == NULL)
+        return 0;
+    Py_ssize_t last = PyList_GET_SIZE(found) - 1;
+    PyObject *pair = PyList_GET_ITEM(found, last);
+    PyObject *space = PyUnicode_FromString(" ");
+    int rc = -1;
+    if (space != NULL && PyList_Insert(*more, 0, PyTuple_GET_ITEM(pair, 1)) == 0) {
+        PyObject *value = PyUnicode_Join(space, *more);
+        if (value != NULL) {
+            PyObject *joined = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), value);
+            Py_DECREF(value);
+            if (joined != NULL)
+                rc = PyList_SetItem(found, last, joined);
+        }
+    }
+    Py_XDECREF(space);
+    Py_CLEAR(*more);
+    return rc;
+}
+
+static int add_header(PyObject *found, const char *s, Py_ssize_t from, Py_ssize_t colon,
+                      Py_ssize_t end) {
+    PyObject *name = decode_stripped(s + from, colon - from);
+    PyObject *value = name == NULL ? NULL : decode_stripped(s + colon + 1, end - colon - 1);
+    PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, name, value);
+    Py_XDECREF(name);
+    Py_XDECREF(value);
+    int rc = pair == NULL ? -1 : PyList_Append(found, pair);
+    Py_XDECREF(pair);
+    return rc;
+}
+
+static int add_folded(PyObject **more, const char *s, Py_ssize_t from, Py_ssize_t end) {
+    PyObject *line = decode_stripped(s + from, end - from);
+    if (line == NULL)
+        return -1;
+    if (*more == NULL)
+        *more = PyList_New(0);
+    int rc = *more == NULL ? -1 : PyList_Append(*more, line);
+    Py_DECREF(line);
+    return rc;
+}
+
+PyDoc_STRVAR(http_head_doc,
+"http_head(section: bytes) -> tuple[str, list[tuple[str, str]]]\n\n"
+"http.http_head_py: the first line and the Name: value pairs of section B or F.");
+
+static PyObject *http_head(PyObject *Py_UNUSED(module), PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "http_head() needs bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    PyObject *first = NULL, *found = PyList_New(0), *more = NULL;
+    if (found == NULL)
+        return NULL;
+    for (Py_ssize_t from = 0; from <= n;) {
+        const char *newline = memchr(s + from, '\n', (size_t)(n - from));
+        Py_ssize_t next = newline != NULL ? newline - s + 1 : n + 1;
+        Py_ssize_t end = newline != NULL ? newline - s : n;
+        if (newline != NULL && end > from && s[end - 1] == '\r')
+            end--;  /* "\r\n" ends a line as "\n" does; a lone "\r" stays */
+        int rc = 0;
+        if (first == NULL) {
+            first = decode(s + from, end - from);
+            rc = first == NULL ? -1 : 0;
+        } else if (end == from) {
+            ;
+        } else if ((s[from] == ' ' || s[from] == '\t') && PyList_GET_SIZE(found) > 0) {
+            rc = add_folded(&more, s, from, end);
+        } else {
+            const char *colon = memchr(s + from, ':', (size_t)(end - from));
+            if (colon != NULL) {
+                rc = fold_header(found, &more);
+                if (rc == 0)
+                    rc = add_header(found, s, from, colon - s, end);
+            }
+        }
+        if (rc < 0) {
+            Py_XDECREF(first);
+            Py_XDECREF(more);
+            Py_DECREF(found);
+            return NULL;
+        }
+        from = next;
+    }
+    if (fold_header(found, &more) < 0) {
+        Py_DECREF(first);
+        Py_DECREF(found);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", first, found);
+}
+
 static PyMethodDef methods[] = {
     {"split_sections", split_sections, METH_O, split_sections_doc},
     {"trailer_lines", trailer_lines, METH_O, trailer_lines_doc},
-    {"message_fields", message_fields, METH_VARARGS, message_fields_doc},
+    {"message_fields", (PyCFunction)(void (*)(void))message_fields, METH_FASTCALL,
+     message_fields_doc},
     {"stopwatch", stopwatch, METH_O, stopwatch_doc},
     {"modsecurity_part", modsecurity_part, METH_O, modsecurity_part_doc},
+    {"http_head", http_head, METH_O, http_head_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,6 +7,7 @@ import pwd
 import re
 import stat
 
+from . import speedups
 from .config import Settings
 from .database import Database, DatabaseError, parse_target
 
@@ -143,6 +144,10 @@ def check(settings: Settings) -> list[tuple[str, str]]:
     problems += _output_file(settings.event_log, "event_log")
     problems += _directory(settings.state_dir, "state_dir", must_write=True)
     problems += _directory(settings.quarantine_dir, "quarantine_dir", must_write=True)
+    if speedups.C is None:
+        problems.append(("warning", f"{speedups.describe()}: parsing takes about twice the "
+                                    "CPU; install gcc and the Python headers (python3-dev), "
+                                    "then reinstall (install.sh does it)"))
     try:
         target = parse_target(settings.db, settings.db_option_file)
     except ValueError as exc:

@@ -6,6 +6,7 @@ import re
 from .event import SEVERITIES, SEVERITY_RANK, Event
 from .messages import anomaly_scores, derived_inbound_score
 
+_UNRANKED = len(SEVERITIES)
 _DENIED_CODE = re.compile(r"Access denied with (?:code ([0-9]{3})|.*?status ([0-9]{3}))")
 _PHASE = re.compile(r"\(phase ([0-9])\)")
 
@@ -15,11 +16,11 @@ def finish_event(event: Event) -> None:
     (HTTP/0.9 requests have an empty section F)."""
     event.host = event.header("Host")
     event.user_agent = event.header("User-Agent")
-    event.rule_ids = [rule for rule in (m.first.get("id") for m in event.messages)
-                      if rule is not None]
-    ranked = [rank for rank in (SEVERITY_RANK.get(m.first.get("severity"))
-                                for m in event.messages) if rank is not None]
-    event.severity = SEVERITIES[min(ranked)] if ranked else None
+    rules = [m.first.get("id") for m in event.messages]
+    event.rule_ids = [rule for rule in rules if rule is not None] if None in rules else rules
+    rank = min([SEVERITY_RANK.get(m.first.get("severity"), _UNRANKED) for m in event.messages],
+               default=_UNRANKED)
+    event.severity = SEVERITIES[rank] if rank != _UNRANKED else None
     event.anomaly_score, event.scores, event.score_source = anomaly_scores(event.messages)
     if event.anomaly_score is None and _crs_scored(event):
         event.anomaly_score = derived_inbound_score(event.messages)

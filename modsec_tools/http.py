@@ -4,12 +4,15 @@ from __future__ import annotations
 import re
 
 from .event import Event
+from .speedups import C
 
 _STATUS_LINE = re.compile(r"(\S+) ([0-9]{3})\b")
 
 
-def lines(text: str) -> list[str]:
-    return text.replace("\r\n", "\n").split("\n")
+def http_head_py(section: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """The first line and the ``Name: value`` pairs of a head (section B or F)."""
+    head = section.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
+    return head[0], headers(head[1:])
 
 
 def headers(head_lines: list[str]) -> list[tuple[str, str]]:
@@ -43,19 +46,21 @@ def apply_request_line(event: Event, request_line: str) -> None:
         event.protocol = "HTTP/0.9"
 
 
-def apply_request_head(event: Event, text: str) -> None:
-    head = lines(text)
-    apply_request_line(event, head[0] if head else "")
-    event.request_headers = headers(head[1:])
+def apply_request_head(event: Event, section: bytes) -> None:
+    request_line, event.request_headers = _http_head(section)
+    apply_request_line(event, request_line)
 
 
-def apply_response_head(event: Event, text: str) -> None:
-    head = lines(text)
-    if not head or not head[0]:
+def apply_response_head(event: Event, section: bytes) -> None:
+    status_line, response_headers = _http_head(section)
+    if not status_line:
         return  # HTTP/0.9: ModSecurity writes an empty section F
-    event.response_status_line = head[0]
-    match = _STATUS_LINE.match(head[0])
+    event.response_status_line = status_line
+    match = _STATUS_LINE.match(status_line)
     if match:
         event.response_protocol = match.group(1)
         event.status = int(match.group(2))
-    event.response_headers = headers(head[1:])
+    event.response_headers = response_headers
+
+
+_http_head = C.http_head if C else http_head_py  # (see speedups.py)

@@ -62,7 +62,7 @@ def scan_sections_py(entry: bytes) -> tuple[bytes, dict[str, bytes], bool, list[
     parts: dict[str, bytes] = {}
     unknown: list[str] = []
     letter, body_from = "A", match.end()
-    hit = entry.find(separator)
+    hit = entry.find(separator, body_from)
     while hit != -1:
         tail = hit + len(separator)
         following = entry.find(separator, tail)
@@ -97,13 +97,13 @@ def parse_native(entry: bytes, source: str) -> Event:
     event = _event_from_section_a(_text(sections.parts["A"]), source)
     parts = sections.parts
     if "B" in parts:
-        apply_request_head(event, _text(parts["B"]))
+        apply_request_head(event, parts["B"])
     if "C" in parts:
         event.request_body = _capped_body(event, parts["C"], "C")
     elif "I" in parts:
         event.request_body = _capped_body(event, parts["I"], "I")
     if "F" in parts:
-        apply_response_head(event, _text(parts["F"]))
+        apply_response_head(event, parts["F"])
     if "H" in parts:
         _apply_trailer(event, parts["H"])
     finish_event(event)

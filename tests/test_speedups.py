@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from modsec_tools import messages, native, speedups
+from modsec_tools import http, messages, native, speedups
 from tests import corpus
 from tests.test_fuzz_parser import FUZZ, SEEDS, message_texts, mutated_entries
 from tests.test_parse_support import REPO_ROOT
@@ -38,7 +38,18 @@ def test_the_parser_uses_the_extension_when_it_is_built(c_module) -> None:
     assert native._stopwatch is c_module.stopwatch
     assert messages._split_fields is c_module.message_fields
     assert messages.modsecurity_part_of_apache_error is c_module.modsecurity_part
+    assert http._http_head is c_module.http_head
     assert speedups.describe() == "C speedups: built"
+
+
+def test_version_says_whether_the_extension_is_used(c_module) -> None:
+    def version(pure: str) -> str:
+        env = dict(os.environ, MODSEC_TOOLS_PURE_PYTHON=pure)
+        return subprocess.run([sys.executable, "-m", "modsec_tools.cli", "--version"],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              check=True).stdout
+    assert version("").endswith(" (C speedups: built)\n")
+    assert version("1").endswith(" (C speedups: off (MODSEC_TOOLS_PURE_PYTHON is set))\n")
 
 
 # -- the whole parser, both ways, over the corpus ------------------------------------------------
@@ -101,6 +112,7 @@ _SECTION_BYTES = st.lists(st.sampled_from([
 @example(b"--0123456789abcdef0123456789abcdef-A--\n\n--0123456789abcdef0123456789abcdef-Z--")
 @example(b"--0123456789abcdef0123456789abcdef0-A--\n")
 @example(b"--1234567-A--\n")
+@example(b"--3944ab67-A--\n--3944ab67-A--\n")  # the A line's own newline starts no separator
 def test_sections(c_module, data: bytes) -> None:
     ours = c_module.split_sections(data)
     twin = native.scan_sections_py(data)
@@ -172,9 +184,24 @@ def test_apache_error_prefix(c_module, text: str) -> None:
     assert c_module.modsecurity_part(text) == messages.modsecurity_part_py(text)
 
 
+_HEAD_BITS = st.sampled_from([b"\n", b"\r\n", b"\r", b"\r\r\n", b" ", b"\t", b":", b": ", b"Host",
+                              b"x", b"\xc2\xa0", b"\xc2\x85", b"\xe3\x80\x80", b"\x0b", b"\x1c",
+                              b"\xff", b"\xe2\x82", b"GET / HTTP/1.1"])
+
+
+@FUZZ
+@given(st.one_of(st.lists(_HEAD_BITS, max_size=40).map(b"".join), st.binary(max_size=200),
+                 st.sampled_from(SEEDS).map(lambda e: (native.scan_sections_py(e) or
+                                                       (0, {}))[1].get("B", e))))
+@example(b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\tc \r\nX:\r\n\r\n")
+@example(b" \n folded first\nName: v\n  more\nno colon\n more\r")
+def test_http_head(c_module, data: bytes) -> None:
+    assert c_module.http_head(data) == http.http_head_py(data)
+
+
 def test_wrong_argument_types_raise_type_error(c_module) -> None:
     for call in (lambda: c_module.split_sections("str"), lambda: c_module.trailer_lines("x"),
                  lambda: c_module.stopwatch(b"x"), lambda: c_module.modsecurity_part(b"x"),
-                 lambda: c_module.message_fields(b"x", 0)):
+                 lambda: c_module.message_fields(b"x", 0), lambda: c_module.http_head("x")):
         with pytest.raises(TypeError):
             call()
