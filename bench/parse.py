@@ -13,6 +13,9 @@ included (as in a flood), never the previous round's.
 usage: python3 bench/parse.py [--rounds N] [--corpus DIR]
 (any python3 >= 3.11: Debian's own, built with PGO/LTO, runs both parsers faster than a
 plain source build such as a pyenv python: compare figures from the same interpreter)
+
+The first line says whether the parser's C extension is in use; run it again with
+MODSEC_TOOLS_PURE_PYTHON=1 for the pure-Python parser against its own baseline.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from modsec_tools import speedups  # noqa: E402
 from modsec_tools.entry import parse_entry  # noqa: E402
 from modsec_tools.messages import parse_message  # noqa: E402
 from modsec_tools.serial import split_serial  # noqa: E402
@@ -91,6 +95,7 @@ def main() -> int:
                                                        Path(scratch)),
             "JSON Serial (r4)": serial_entries(args.corpus / "r4_json_serial"),
         }
+    print(f"parser: {speedups.describe()}; python {sys.version.split()[0]} ({sys.executable})")
     print(f"{'input':<24} {'entries':>7} {'KB/entry':>8} {'ours e/s':>10} "
           f"{'naive e/s':>10} {'ratio':>6}")
     for name, entries in sets.items():

@@ -1,10 +1,10 @@
 /* modsec_tools._speedups: C versions of the native parser's innermost loops.
  *
- * Each function here has a pure-Python twin in modsec_tools (native.py, messages.py) that
- * defines its meaning; tests run both over the corpus and under fuzzing and require equal
- * results. The parser uses these when the extension was built and falls back to the twins
- * when it was not. No I/O; every index is checked against the buffer's length, since the
- * input is attacker-controlled.
+ * Each function here has a pure-Python twin (in native.py, messages.py or http.py, named
+ * in its docstring) that defines its meaning; tests run both over the corpus and under
+ * fuzzing and require equal results. The parser uses these when the extension was built
+ * and falls back to the twins when it was not. No I/O; every index is checked against the
+ * buffer's length, since the input is attacker-controlled.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -72,7 +72,7 @@ static int note_unknown(PyObject *unknown, char letter) {
 
 PyDoc_STRVAR(split_sections_doc,
 "split_sections(entry: bytes) -> (boundary, parts, complete, unknown) | None\n\n"
-"native.split_sections' scan; None when the entry does not start with an A boundary.");
+"native.scan_sections_py; None when the entry does not start with an A boundary.");
 
 static PyObject *split_sections(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (!PyBytes_Check(arg)) {
@@ -164,24 +164,25 @@ static int all_space(PyObject *text) {
     return 1;
 }
 
-/* Joins the continuation lines gathered for the trailer's last pair into its value. */
-static int fold_continuations(PyObject *trailer, PyObject **more) {
+/* Joins the lines gathered for the last (key, value) pair onto its value, with glue
+ * between them: the trailer's continuation lines ("\n"), a head's folded lines (" "). */
+static int fold_into_last(PyObject *pairs, PyObject **more, const char *glue) {
     if (*more == NULL)
         return 0;
-    Py_ssize_t last = PyList_GET_SIZE(trailer) - 1;
-    PyObject *pair = PyList_GET_ITEM(trailer, last);
-    PyObject *newline = PyUnicode_FromString("\n");
+    Py_ssize_t last = PyList_GET_SIZE(pairs) - 1;
+    PyObject *pair = PyList_GET_ITEM(pairs, last);
+    PyObject *separator = PyUnicode_FromString(glue);
     int rc = -1;
-    if (newline != NULL && PyList_Insert(*more, 0, PyTuple_GET_ITEM(pair, 1)) == 0) {
-        PyObject *value = PyUnicode_Join(newline, *more);
+    if (separator != NULL && PyList_Insert(*more, 0, PyTuple_GET_ITEM(pair, 1)) == 0) {
+        PyObject *value = PyUnicode_Join(separator, *more);
         if (value != NULL) {
             PyObject *joined = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), value);
             Py_DECREF(value);
             if (joined != NULL)
-                rc = PyList_SetItem(trailer, last, joined);
+                rc = PyList_SetItem(pairs, last, joined);
         }
     }
-    Py_XDECREF(newline);
+    Py_XDECREF(separator);
     Py_CLEAR(*more);
     return rc;
 }
@@ -264,7 +265,8 @@ static const char *find_key_end(const char *s, Py_ssize_t len) {
 
 PyDoc_STRVAR(trailer_lines_doc,
 "trailer_lines(section_h: bytes) -> list[tuple[str, str]]\n\n"
-"native.trailer_lines over the bytes of section H (values decoded with surrogateescape).");
+"native.trailer_lines_py: section H's Key: value lines (values decoded with\n"
+"surrogateescape, continuation lines joined on).");
 
 static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (!PyBytes_Check(arg)) {
@@ -282,7 +284,7 @@ static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
         const char *colon = find_key_end(s + from, end - from);
         int rc = 0;
         if (colon != NULL && trailer_key(s + from, colon - s - from)) {
-            rc = fold_continuations(trailer, &more);
+            rc = fold_into_last(trailer, &more, "\n");
             if (rc == 0)
                 rc = add_pair(trailer, s, from, colon - s, end);
         } else if (PyList_GET_SIZE(trailer) > 0) {
@@ -295,14 +297,14 @@ static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
         }
         from = end + 1;
     }
-    if (fold_continuations(trailer, &more) < 0) {
+    if (fold_into_last(trailer, &more, "\n") < 0) {
         Py_DECREF(trailer);
         return NULL;
     }
     return trailer;
 }
 
-/* re's \w for str patterns; ASCII, nearly all of what is scanned, without the Unicode tables */
+/* re's \w for str patterns; ASCII (nearly all that is scanned) without the Unicode tables */
 static int is_word(Py_UCS4 c) {
     if (c < 128)
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
@@ -359,7 +361,8 @@ static PyObject *pair_of(PyObject *first, PyObject *second) {
 
 PyDoc_STRVAR(message_fields_doc,
 "message_fields(text: str, start: int) -> list[tuple[str, str]]\n\n"
-"messages._FIELD.findall(text, start): every [key \"value\"] of a rule message.");
+"messages.split_fields_py, i.e. messages._FIELD.findall(text, start): every\n"
+"[key \"value\"] of a rule message.");
 
 static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *const *args,
                                 Py_ssize_t nargs) {
@@ -384,7 +387,8 @@ static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *const *ar
                 goto fail;
             break;
         }
-        Py_ssize_t key_end, value_from, end = match_field(kind, d, n, i, &key_end, &value_from);
+        Py_ssize_t key_end, value_from;
+        Py_ssize_t end = match_field(kind, d, n, i, &key_end, &value_from);
         if (end < 0) {
             i++;
             continue;
@@ -406,7 +410,7 @@ fail:
 
 PyDoc_STRVAR(stopwatch_doc,
 "stopwatch(value: str) -> dict[str, int]\n\n"
-"native.stopwatch: the name=number pairs of a Stopwatch2 line (native._TIMING).");
+"native.stopwatch_py: the name=number pairs of a Stopwatch2 line.");
 
 static PyObject *stopwatch(PyObject *Py_UNUSED(module), PyObject *text) {
     if (!PyUnicode_Check(text)) {
@@ -421,7 +425,8 @@ static PyObject *stopwatch(PyObject *Py_UNUSED(module), PyObject *text) {
         return NULL;
     for (Py_ssize_t i = 0; i < n;) {
         /* \b(\w+)=([0-9]{1,18})\b, tried at i; on failure findall moves on by one */
-        if (!is_word(PyUnicode_READ(kind, d, i)) || (i > 0 && is_word(PyUnicode_READ(kind, d, i - 1)))) {
+        if (!is_word(PyUnicode_READ(kind, d, i))
+            || (i > 0 && is_word(PyUnicode_READ(kind, d, i - 1)))) {
             i++;
             continue;
         }
@@ -515,28 +520,6 @@ static PyObject *decode_stripped(const char *s, Py_ssize_t len) {
     return stripped;
 }
 
-/* Joins the folded lines gathered for the last header into its value, with spaces. */
-static int fold_header(PyObject *found, PyObject **more) {
-    if (*more == NULL)
-        return 0;
-    Py_ssize_t last = PyList_GET_SIZE(found) - 1;
-    PyObject *pair = PyList_GET_ITEM(found, last);
-    PyObject *space = PyUnicode_FromString(" ");
-    int rc = -1;
-    if (space != NULL && PyList_Insert(*more, 0, PyTuple_GET_ITEM(pair, 1)) == 0) {
-        PyObject *value = PyUnicode_Join(space, *more);
-        if (value != NULL) {
-            PyObject *joined = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), value);
-            Py_DECREF(value);
-            if (joined != NULL)
-                rc = PyList_SetItem(found, last, joined);
-        }
-    }
-    Py_XDECREF(space);
-    Py_CLEAR(*more);
-    return rc;
-}
-
 static int add_header(PyObject *found, const char *s, Py_ssize_t from, Py_ssize_t colon,
                       Py_ssize_t end) {
     PyObject *name = decode_stripped(s + from, colon - from);
@@ -591,7 +574,7 @@ static PyObject *http_head(PyObject *Py_UNUSED(module), PyObject *arg) {
         } else {
             const char *colon = memchr(s + from, ':', (size_t)(end - from));
             if (colon != NULL) {
-                rc = fold_header(found, &more);
+                rc = fold_into_last(found, &more, " ");
                 if (rc == 0)
                     rc = add_header(found, s, from, colon - s, end);
             }
@@ -604,7 +587,7 @@ static PyObject *http_head(PyObject *Py_UNUSED(module), PyObject *arg) {
         }
         from = next;
     }
-    if (fold_header(found, &more) < 0) {
+    if (fold_into_last(found, &more, " ") < 0) {
         Py_DECREF(first);
         Py_DECREF(found);
         return NULL;
