@@ -8,6 +8,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <string.h>
 
 static int is_hex(char c) {
@@ -595,6 +596,103 @@ static PyObject *http_head(PyObject *Py_UNUSED(module), PyObject *arg) {
     return Py_BuildValue("(NN)", first, found);
 }
 
+static int digits(const char *s, Py_ssize_t from, Py_ssize_t count, int *value) {
+    int v = 0;
+    for (Py_ssize_t i = from; i < from + count; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *value = v;
+    return 1;
+}
+
+static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+
+/* One tzinfo per UTC offset in minutes, made once (a log has one or two). */
+static PyObject *zones[2 * 24 * 60];
+
+static PyObject *zone(int minutes) {
+    PyObject **slot = &zones[minutes + 24 * 60];
+    if (*slot == NULL) {
+        PyObject *delta = PyDelta_FromDSU(0, minutes * 60, 0);
+        if (delta == NULL)
+            return NULL;
+        *slot = PyTimeZone_FromOffset(delta);
+        Py_DECREF(delta);
+    }
+    return *slot;
+}
+
+PyDoc_STRVAR(apache_time_doc,
+"apache_time(text: str) -> datetime | None\n\n"
+"timestamps.parse_apache_time for the time stamps ModSecurity writes\n"
+"(28/Nov/2026:16:26:42.659421 +0100, or --0500 for negative offsets); None for\n"
+"anything else, which the Python function then reads or rejects.");
+
+static PyObject *apache_time(PyObject *Py_UNUSED(module), PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "apache_time() needs str");
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    if (s == NULL) {  /* lone surrogates: not a time stamp ModSecurity wrote */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int day, year, hour, minute, second, micro = 0, off_h, off_m, month;
+    Py_ssize_t i = s[1] == '/' ? 1 : 2;  /* day: one or two digits */
+    if (n < 26 || !digits(s, 0, i, &day) || s[i] != '/' || s[i + 4] != '/')
+        Py_RETURN_NONE;
+    const char *name = NULL;
+    for (month = 0; month < 12; month++)
+        if (memcmp(months + 3 * month, s + i + 1, 3) == 0) {
+            name = months + 3 * month;
+            break;
+        }
+    i += 5;
+    if (name == NULL || !digits(s, i, 4, &year) || s[i + 4] != ':'
+        || !digits(s, i + 5, 2, &hour) || s[i + 7] != ':' || !digits(s, i + 8, 2, &minute)
+        || s[i + 10] != ':' || !digits(s, i + 11, 2, &second))
+        Py_RETURN_NONE;
+    i += 13;
+    if (i < n && s[i] == '.') {
+        Py_ssize_t from = ++i;
+        while (i < n && i - from < 6 && s[i] >= '0' && s[i] <= '9')
+            micro = micro * 10 + (s[i++] - '0');
+        if (i == from)
+            Py_RETURN_NONE;
+        for (Py_ssize_t pad = i - from; pad < 6; pad++)
+            micro *= 10;
+    }
+    if (n - i < 6 || s[i] != ' ' || (s[i + 1] != '+' && s[i + 1] != '-'))
+        Py_RETURN_NONE;
+    int sign = s[i + 1] == '-' ? -1 : 1;
+    i += 2;
+    if (s[i] == '-')  /* ModSecurity 2.9 prints negative offsets as --0500 */
+        i++;
+    if (n - i < 4 || !digits(s, i, 2, &off_h))
+        Py_RETURN_NONE;
+    i += 2;
+    if (s[i] == '-')
+        i++;
+    if (i < n && s[i] == ':')
+        i++;
+    if (n - i != 2 || !digits(s, i, 2, &off_m) || off_h * 60 + off_m >= 24 * 60)
+        Py_RETURN_NONE;
+    PyObject *tz = zone(sign * (off_h * 60 + off_m));
+    if (tz == NULL)
+        return NULL;
+    PyObject *stamp = PyDateTimeAPI->DateTime_FromDateAndTime(
+        year, month + 1, day, hour, minute, second, micro, tz, PyDateTimeAPI->DateTimeType);
+    if (stamp == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();  /* 31 Feb, hour 25: the Python function says why */
+        Py_RETURN_NONE;
+    }
+    return stamp;
+}
+
 static PyMethodDef methods[] = {
     {"split_sections", split_sections, METH_O, split_sections_doc},
     {"trailer_lines", trailer_lines, METH_O, trailer_lines_doc},
@@ -603,6 +701,7 @@ static PyMethodDef methods[] = {
     {"stopwatch", stopwatch, METH_O, stopwatch_doc},
     {"modsecurity_part", modsecurity_part, METH_O, modsecurity_part_doc},
     {"http_head", http_head, METH_O, http_head_doc},
+    {"apache_time", apache_time, METH_O, apache_time_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -613,5 +712,8 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL)
+        return NULL;
     return PyModuleDef_Init(&module_def);
 }

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from modsec_tools import http, messages, native, speedups
+from modsec_tools import http, messages, native, speedups, timestamps
 from tests import corpus
 from tests.test_fuzz_parser import FUZZ, SEEDS, message_texts, mutated_entries
 from tests.test_parse_support import REPO_ROOT
@@ -199,9 +199,48 @@ def test_http_head(c_module, data: bytes) -> None:
     assert c_module.http_head(data) == http.http_head_py(data)
 
 
+_STAMP_BITS = st.sampled_from(["28", "7", "/", "Nov", "Feb", "nov", "2026", ":", "16", "26", "42",
+                               ".", "659421", "5", "1234567", " ", "+", "-", "--", "0100",
+                               "0530", "2400", "99", "00", ":30", "\n", "é", "\udcff", "٣"])
+
+
+@FUZZ
+@given(st.one_of(st.lists(_STAMP_BITS, max_size=16).map("".join),
+                 st.builds("{}/{}/{}:{}:{}:{}{} {}{}{}{}".format,
+                           st.sampled_from(["1", "09", "31", "30", "0", "123"]),
+                           st.sampled_from(["Jan", "Feb", "Dec", "Xyz"]),
+                           st.sampled_from(["2026", "0000", "9999", "202"]),
+                           st.sampled_from(["00", "23", "24"]), st.sampled_from(["00", "59", "60"]),
+                           st.sampled_from(["00", "59", "61"]),
+                           st.sampled_from(["", ".1", ".123456", ".1234567", "."]),
+                           st.sampled_from(["+", "-", "-"]), st.sampled_from(["", "-"]),
+                           st.sampled_from(["00", "05", "23", "24"]),
+                           st.sampled_from(["00", "30", "-30", ":30", "-:30", "99", "3"]))))
+@example("28/Nov/2026:16:26:42.659421 +0100")
+@example("1/Jan/2026:00:00:00 --0500")
+@example("29/Feb/2025:00:00:00.5 +0000")
+@example("28/Nov/2026:16:26:42.659421 +0100\n")
+def test_apache_time(c_module, text: str) -> None:
+    ours = c_module.apache_time(text)
+    try:
+        twin = timestamps.parse_apache_time_py(text)
+    except Exception as exc:  # the Python function rejects it: C must leave it to it
+        assert ours is None, (ours, exc)
+        return
+    if ours is not None:
+        assert (ours, ours.utcoffset(), ours.tzinfo) == (twin, twin.utcoffset(), twin.tzinfo)
+
+
+def test_the_usual_time_stamps_take_the_c_path(c_module) -> None:
+    for text in ("28/Nov/2026:16:26:42.659421 +0100", "1/Jan/2026:00:00:00 --0530",
+                 "28/Nov/2026:16:26:42.5 -03:30"):
+        assert c_module.apache_time(text) == timestamps.parse_apache_time_py(text)
+
+
 def test_wrong_argument_types_raise_type_error(c_module) -> None:
     for call in (lambda: c_module.split_sections("str"), lambda: c_module.trailer_lines("x"),
                  lambda: c_module.stopwatch(b"x"), lambda: c_module.modsecurity_part(b"x"),
-                 lambda: c_module.message_fields(b"x", 0), lambda: c_module.http_head("x")):
+                 lambda: c_module.message_fields(b"x", 0), lambda: c_module.http_head("x"),
+                 lambda: c_module.apache_time(b"x")):
         with pytest.raises(TypeError):
             call()
