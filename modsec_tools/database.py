@@ -91,7 +91,7 @@ def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
     if dialect != "mysql":
         return Row(unique_id, row, matches)
     return Row(unique_id, row, matches, MysqlText(
-        "(" + values_text(row) + ")",
+        _event_literal(row),
         tuple(f",{seq},{_match_literals(m)})" for seq, m in enumerate(event.messages))))
 
 
@@ -184,9 +184,15 @@ def with_mysql_text(row: Row) -> Row:
     """The row with its MySQL literals (what a worker process does for the committer)."""
     if row.mysql is not None:
         return row
-    event = "(" + values_text(row.event) + ")"
     matches = tuple("," + values_text(m) + ")" for m in row.matches)
-    return Row(row.unique_id, row.event, row.matches, MysqlText(event, matches))
+    return Row(row.unique_id, row.event, row.matches, MysqlText(_event_literal(row.event),
+                                                                matches))
+
+
+def _event_literal(values: tuple) -> str:
+    """An events row as a MySQL ``(...)`` tuple literal; a match's is ``,seq,...)``, to follow
+    its event id (known only once the event is inserted)."""
+    return "(" + values_text(values) + ")"
 
 
 # -- schema ------------------------------------------------------------------------------------
