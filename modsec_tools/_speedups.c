@@ -15,6 +15,74 @@ static int is_hex(char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+/* The bytes a function was given, or -1 with TypeError. */
+static int bytes_arg(PyObject *arg, const char *function, const char **s, Py_ssize_t *n) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s() needs bytes", function);
+        return -1;
+    }
+    *s = PyBytes_AS_STRING(arg);
+    *n = PyBytes_GET_SIZE(arg);
+    return 0;
+}
+
+/* (first, second), taking both references (or releasing them on failure); NULL in,
+ * NULL out, so calls can be chained after a failed one. */
+static PyObject *pair_of(PyObject *first, PyObject *second) {
+    if (first == NULL || second == NULL) {
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(first);
+        Py_DECREF(second);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, first);  /* steals both references */
+    PyTuple_SET_ITEM(pair, 1, second);
+    return pair;
+}
+
+/* list.append(item), taking the reference to item; NULL item (a failed call) is -1. */
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* Appends line to *more, the list made on the first line; takes the reference. */
+static int gather(PyObject **more, PyObject *line) {
+    if (line != NULL && *more == NULL && (*more = PyList_New(0)) == NULL) {
+        Py_DECREF(line);
+        return -1;
+    }
+    return append_new(*more, line);
+}
+
+/* A str argument's characters: its kind, data and length, for PyUnicode_READ. */
+typedef struct {
+    int kind;
+    const void *data;
+    Py_ssize_t n;
+} Chars;
+
+static int chars_arg(PyObject *arg, const char *function, Chars *chars) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s() needs str", function);
+        return -1;
+    }
+    chars->kind = PyUnicode_KIND(arg);
+    chars->data = PyUnicode_DATA(arg);
+    chars->n = PyUnicode_GET_LENGTH(arg);
+    return 0;
+}
+
+#define CHAR_AT(chars, i) PyUnicode_READ((chars).kind, (chars).data, (i))
+
 static const char *find_bytes(const char *hay, Py_ssize_t hay_len,
                               const char *needle, Py_ssize_t needle_len) {
     if (hay_len < needle_len)
@@ -63,12 +131,7 @@ static int store_part(PyObject *parts, char letter, const char *s, Py_ssize_t fr
 static int note_unknown(PyObject *unknown, char letter) {
     if (strchr("ABCDEFGHIJKZ", letter) != NULL)
         return 0;
-    PyObject *name = PyUnicode_FromStringAndSize(&letter, 1);
-    if (name == NULL)
-        return -1;
-    int rc = PyList_Append(unknown, name);
-    Py_DECREF(name);
-    return rc;
+    return append_new(unknown, PyUnicode_FromStringAndSize(&letter, 1));
 }
 
 PyDoc_STRVAR(split_sections_doc,
@@ -76,12 +139,10 @@ PyDoc_STRVAR(split_sections_doc,
 "native.scan_sections_py; None when the entry does not start with an A boundary.");
 
 static PyObject *split_sections(PyObject *Py_UNUSED(module), PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "split_sections() needs bytes");
+    const char *s;
+    Py_ssize_t n;
+    if (bytes_arg(arg, "split_sections", &s, &n) < 0)
         return NULL;
-    }
-    const char *s = PyBytes_AS_STRING(arg);
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
     if (n < 2 || s[0] != '-' || s[1] != '-')
         Py_RETURN_NONE;
     Py_ssize_t hex = 0;
@@ -218,37 +279,19 @@ static int add_pair(PyObject *trailer, const char *s, Py_ssize_t from, Py_ssize_
     if (value_end > colon + 2 && s[value_end - 1] == '\r')
         value_end--;
     PyObject *key = trailer_key_text(s + from, colon - from);
-    if (key == NULL)
-        return -1;
-    PyObject *value = decode(s + colon + 2, value_end - colon - 2);
-    if (value == NULL) {
-        Py_DECREF(key);
-        return -1;
-    }
-    PyObject *pair = PyTuple_Pack(2, key, value);
-    Py_DECREF(key);
-    Py_DECREF(value);
-    if (pair == NULL)
-        return -1;
-    int rc = PyList_Append(trailer, pair);
-    Py_DECREF(pair);
-    return rc;
+    PyObject *value = key == NULL ? NULL : decode(s + colon + 2, value_end - colon - 2);
+    return append_new(trailer, pair_of(key, value));
 }
 
 static int add_continuation(PyObject **more, const char *s, Py_ssize_t from, Py_ssize_t end) {
     while (end > from && s[end - 1] == '\r')
         end--;
     PyObject *line = decode(s + from, end - from);
-    if (line == NULL)
-        return -1;
-    int rc = 0;
-    if (!all_space(line)) {
-        if (*more == NULL)
-            *more = PyList_New(0);
-        rc = *more == NULL ? -1 : PyList_Append(*more, line);
+    if (line != NULL && all_space(line)) {
+        Py_DECREF(line);
+        return 0;
     }
-    Py_DECREF(line);
-    return rc;
+    return gather(more, line);
 }
 
 /* The first ": " of a line (a key is short: memchr beats memmem's setup here). */
@@ -270,12 +313,10 @@ PyDoc_STRVAR(trailer_lines_doc,
 "surrogateescape, continuation lines joined on).");
 
 static PyObject *trailer_lines(PyObject *Py_UNUSED(module), PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "trailer_lines() needs bytes");
+    const char *s;
+    Py_ssize_t n;
+    if (bytes_arg(arg, "trailer_lines", &s, &n) < 0)
         return NULL;
-    }
-    const char *s = PyBytes_AS_STRING(arg);
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
     PyObject *trailer = PyList_New(0), *more = NULL;
     if (trailer == NULL)
         return NULL;
@@ -343,23 +384,6 @@ static Py_ssize_t match_field(int kind, const void *d, Py_ssize_t n, Py_ssize_t 
     return j + 2;
 }
 
-static PyObject *pair_of(PyObject *first, PyObject *second) {
-    if (first == NULL || second == NULL) {
-        Py_XDECREF(first);
-        Py_XDECREF(second);
-        return NULL;
-    }
-    PyObject *pair = PyTuple_New(2);
-    if (pair == NULL) {
-        Py_DECREF(first);
-        Py_DECREF(second);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(pair, 0, first);  /* steals both references */
-    PyTuple_SET_ITEM(pair, 1, second);
-    return pair;
-}
-
 PyDoc_STRVAR(message_fields_doc,
 "message_fields(text: str, start: int) -> list[tuple[str, str]]\n\n"
 "messages.split_fields_py, i.e. messages._FIELD.findall(text, start): every\n"
@@ -394,13 +418,10 @@ static PyObject *message_fields(PyObject *Py_UNUSED(module), PyObject *const *ar
             i++;
             continue;
         }
-        PyObject *pair = pair_of(PyUnicode_Substring(text, i + 1, key_end),
-                                 PyUnicode_Substring(text, value_from, end - 2));
-        if (pair == NULL || PyList_Append(fields, pair) < 0) {
-            Py_XDECREF(pair);
+        PyObject *key = PyUnicode_Substring(text, i + 1, key_end);
+        PyObject *value = key == NULL ? NULL : PyUnicode_Substring(text, value_from, end - 2);
+        if (append_new(fields, pair_of(key, value)) < 0)
             goto fail;
-        }
-        Py_DECREF(pair);
         i = end;
     }
     return fields;
@@ -414,37 +435,33 @@ PyDoc_STRVAR(stopwatch_doc,
 "native.stopwatch_py: the name=number pairs of a Stopwatch2 line.");
 
 static PyObject *stopwatch(PyObject *Py_UNUSED(module), PyObject *text) {
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "stopwatch() needs str");
+    Chars t;
+    if (chars_arg(text, "stopwatch", &t) < 0)
         return NULL;
-    }
-    int kind = PyUnicode_KIND(text);
-    const void *d = PyUnicode_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     PyObject *timings = PyDict_New();
     if (timings == NULL)
         return NULL;
-    for (Py_ssize_t i = 0; i < n;) {
+    for (Py_ssize_t i = 0; i < t.n;) {
         /* \b(\w+)=([0-9]{1,18})\b, tried at i; on failure findall moves on by one */
-        if (!is_word(PyUnicode_READ(kind, d, i))
-            || (i > 0 && is_word(PyUnicode_READ(kind, d, i - 1)))) {
+        if (!is_word(CHAR_AT(t, i))
+            || (i > 0 && is_word(CHAR_AT(t, i - 1)))) {
             i++;
             continue;
         }
         Py_ssize_t j = i;
-        while (j < n && is_word(PyUnicode_READ(kind, d, j)))
+        while (j < t.n && is_word(CHAR_AT(t, j)))
             j++;
         Py_ssize_t k = j + 1;
         long long number = 0;
-        while (j < n && PyUnicode_READ(kind, d, j) == '=' && k < n && k - j <= 18) {
-            Py_UCS4 c = PyUnicode_READ(kind, d, k);
+        while (j < t.n && CHAR_AT(t, j) == '=' && k < t.n && k - j <= 18) {
+            Py_UCS4 c = CHAR_AT(t, k);
             if (c < '0' || c > '9')
                 break;
             number = number * 10 + (long long)(c - '0');
             k++;
         }
-        if (j >= n || PyUnicode_READ(kind, d, j) != '=' || k == j + 1
-            || (k < n && is_word(PyUnicode_READ(kind, d, k)))) {
+        if (j >= t.n || CHAR_AT(t, j) != '=' || k == j + 1
+            || (k < t.n && is_word(CHAR_AT(t, k)))) {
             i++;
             continue;
         }
@@ -468,36 +485,33 @@ PyDoc_STRVAR(modsecurity_part_doc,
 "\"ModSecurity: \" of an Apache-Error line; None for other modules' lines.");
 
 static PyObject *modsecurity_part(PyObject *Py_UNUSED(module), PyObject *text) {
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "modsecurity_part() needs str");
+    Chars t;
+    if (chars_arg(text, "modsecurity_part", &t) < 0)
         return NULL;
-    }
-    int kind = PyUnicode_KIND(text);
-    const void *d = PyUnicode_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    Py_ssize_t i = 0;
     /* (?:\[\w+ [^\]]*\] )*: each group can match only one way, and a group left
      * unmatched leaves a '[' where "ModSecurity: " would have to start */
-    while (i < n && PyUnicode_READ(kind, d, i) == '[') {
+    while (i < t.n && CHAR_AT(t, i) == '[') {
         Py_ssize_t j = i + 1;
-        while (j < n && is_word(PyUnicode_READ(kind, d, j)))
+        while (j < t.n && is_word(CHAR_AT(t, j)))
             j++;
-        if (j == i + 1 || j >= n || PyUnicode_READ(kind, d, j) != ' ')
+        if (j == i + 1 || j >= t.n || CHAR_AT(t, j) != ' ')
             break;
         j++;
-        while (j < n && PyUnicode_READ(kind, d, j) != ']')
+        while (j < t.n && CHAR_AT(t, j) != ']')
             j++;
-        if (n - j < 2 || PyUnicode_READ(kind, d, j + 1) != ' ')
+        if (t.n - j < 2 || CHAR_AT(t, j + 1) != ' ')
             break;
         i = j + 2;
     }
     static const char marker[] = "ModSecurity: ";
     Py_ssize_t m = (Py_ssize_t)(sizeof marker - 1);
-    if (n - i < m)
+    if (t.n - i < m)
         Py_RETURN_NONE;
     for (Py_ssize_t k = 0; k < m; k++)
-        if (PyUnicode_READ(kind, d, i + k) != (Py_UCS4)marker[k])
+        if (CHAR_AT(t, i + k) != (Py_UCS4)marker[k])
             Py_RETURN_NONE;
-    return PyUnicode_Substring(text, i + m, n);
+    return PyUnicode_Substring(text, i + m, t.n);
 }
 
 /* text.strip(): the same whitespace as str.strip() with no argument */
@@ -525,23 +539,11 @@ static int add_header(PyObject *found, const char *s, Py_ssize_t from, Py_ssize_
                       Py_ssize_t end) {
     PyObject *name = decode_stripped(s + from, colon - from);
     PyObject *value = name == NULL ? NULL : decode_stripped(s + colon + 1, end - colon - 1);
-    PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, name, value);
-    Py_XDECREF(name);
-    Py_XDECREF(value);
-    int rc = pair == NULL ? -1 : PyList_Append(found, pair);
-    Py_XDECREF(pair);
-    return rc;
+    return append_new(found, pair_of(name, value));
 }
 
 static int add_folded(PyObject **more, const char *s, Py_ssize_t from, Py_ssize_t end) {
-    PyObject *line = decode_stripped(s + from, end - from);
-    if (line == NULL)
-        return -1;
-    if (*more == NULL)
-        *more = PyList_New(0);
-    int rc = *more == NULL ? -1 : PyList_Append(*more, line);
-    Py_DECREF(line);
-    return rc;
+    return gather(more, decode_stripped(s + from, end - from));
 }
 
 PyDoc_STRVAR(http_head_doc,
@@ -549,12 +551,10 @@ PyDoc_STRVAR(http_head_doc,
 "http.http_head_py: the first line and the Name: value pairs of section B or F.");
 
 static PyObject *http_head(PyObject *Py_UNUSED(module), PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "http_head() needs bytes");
+    const char *s;
+    Py_ssize_t n;
+    if (bytes_arg(arg, "http_head", &s, &n) < 0)
         return NULL;
-    }
-    const char *s = PyBytes_AS_STRING(arg);
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
     PyObject *first = NULL, *found = PyList_New(0), *more = NULL;
     if (found == NULL)
         return NULL;
