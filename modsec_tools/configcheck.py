@@ -68,10 +68,11 @@ def apache_user(envvars: str = _ENVVARS) -> pwd.struct_passwd | None:
     return None
 
 
-def _may(path: str, user: pwd.struct_passwd, groups: set[int], bits: int) -> bool:
-    """Whether ``user`` gets ``bits`` (1 search, 3 write + search) on ``path`` from its mode
-    bits. A directory with an ACL is taken as reachable: its ACL is not judged here."""
-    info = os.stat(path)
+def _may(path: str, info: os.stat_result, user: pwd.struct_passwd, groups: set[int],
+         bits: int) -> bool:
+    """Whether ``user`` gets ``bits`` (1 search, 3 write + search) on ``path`` (whose stat is
+    ``info``) from its mode bits. A directory with an ACL is taken as reachable: its ACL is
+    not judged here."""
     try:
         if "system.posix_acl_access" in os.listxattr(path):
             return True
@@ -99,19 +100,20 @@ def _apache_reaches(storage: str, user: pwd.struct_passwd | None) -> list[tuple[
     path = "/"
     try:
         for part in [p for p in os.path.abspath(storage).split("/") if p]:
-            if not _may(path, user, groups, 1):
-                return [_unreachable(storage, user, path, "enter")]
+            info = os.stat(path)
+            if not _may(path, info, user, groups, 1):
+                return [_unreachable(storage, user, path, info, "enter")]
             path = os.path.join(path, part)
-        if not _may(path, user, groups, 3):
-            return [_unreachable(storage, user, path, "write")]
+        info = os.stat(path)
+        if not _may(path, info, user, groups, 3):
+            return [_unreachable(storage, user, path, info, "write")]
     except OSError:
         pass  # not ours to see (config check run without root): nothing to judge
     return []
 
 
-def _unreachable(storage: str, user: pwd.struct_passwd, blocker: str,
+def _unreachable(storage: str, user: pwd.struct_passwd, blocker: str, info: os.stat_result,
                  verb: str) -> tuple[str, str]:
-    info = os.stat(blocker)
     try:
         group = grp.getgrgid(info.st_gid).gr_name
     except KeyError:

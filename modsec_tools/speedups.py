@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+OFF = bool(os.environ.get("MODSEC_TOOLS_PURE_PYTHON"))  # to compare the two, or rule C out
+
 C: ModuleType | None
-if os.environ.get("MODSEC_TOOLS_PURE_PYTHON"):  # to compare the two, or to rule C out
+if OFF:
     C = None
 else:
     try:
@@ -24,6 +26,6 @@ def describe() -> str:
     """One line for --version and config check."""
     if C is not None:
         return "C speedups: built"
-    if os.environ.get("MODSEC_TOOLS_PURE_PYTHON"):
+    if OFF:
         return "C speedups: off (MODSEC_TOOLS_PURE_PYTHON is set)"
     return "C speedups: not built (pure-Python parser)"
