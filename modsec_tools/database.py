@@ -7,10 +7,17 @@ text escaped as mysql_real_escape_string does for utf8mb4), written in the worke
 processes that build the rows, so the committing process only joins and sends them.
 Inserts are idempotent on (node, unique_id), which is what lets ingest replay a batch
 after a crash without duplicating rows.
+
+A flood repeats a few rule messages thousands of times, so each distinct message is stored
+once, in ``messages``, under an id derived from its content (``message_id``): the workers
+know it without asking the database, and every node of a fleet derives the same one.
+``event_messages`` links an event's messages in order; the ``matches`` view joins them back
+into the one-row-per-message shape of schema 2.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +31,7 @@ from typing import Any
 from .event import Event, Message, printable, raw
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class DatabaseError(Exception):
@@ -33,8 +40,9 @@ class DatabaseError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """What one event contributes: the events row and its matches rows, and (for MySQL,
-    made beforehand by ``with_mysql_text``) the same values as SQL literals."""
+    """What one event contributes: the events row and, per rule message, ``(seq,
+    message_id, *values of MESSAGE_COLUMNS after id)``; and (for MySQL, made beforehand by
+    ``with_mysql_text``) the same values as SQL literals."""
 
     unique_id: str
     event: tuple
@@ -44,11 +52,11 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class MysqlText:
-    """``event``: "(v1,...)" for VALUES; ``matches``: ",seq,...)" each, to follow
-    "(" + the event's id, which only the database knows."""
+    """``event``: "(v1,...)" for VALUES; ``messages``: each match's messages row as
+    "(id,...)", in the order of ``Row.matches``."""
 
     event: str
-    matches: tuple[str, ...]
+    messages: tuple[str, ...]
 
 
 EVENT_COLUMNS = (
@@ -57,8 +65,11 @@ EVENT_COLUMNS = (
     "response_status_line", "intercepted", "phase", "verdict", "anomaly_score", "sqli_score",
     "xss_score", "scores", "severity", "rule_ids", "primary_seq", "engine_mode", "producer",
     "server", "source", "incomplete")
-MATCH_COLUMNS = ("event_id", "seq", "rule_id", "severity", "msg", "data", "text", "ver",
-                 "maturity", "accuracy", "file", "line", "tags")
+MESSAGE_COLUMNS = ("id", "rule_id", "severity", "msg", "data", "text", "ver", "maturity",
+                   "accuracy", "file", "line", "tags")
+LINK_COLUMNS = ("event_id", "seq", "message_id")
+#: The columns of the ``matches`` view (schema 2's table): event_id, seq, then the message's.
+MATCH_COLUMNS = ("event_id", "seq", *MESSAGE_COLUMNS[1:])
 
 
 def _utc(stamp: dt.datetime | None) -> tuple[str | None, int | None]:
@@ -87,32 +98,49 @@ def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
            raw(",".join(event.rule_ids)), primary, _fit(event.engine_mode, 32),
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
-    matches = [(seq, *_match_values(m)) for seq, m in enumerate(event.messages)]
+    matches = [(seq, *_message_row(m)) for seq, m in enumerate(event.messages)]
     if dialect != "mysql":
         return Row(unique_id, row, matches)
     return Row(unique_id, row, matches, MysqlText(
-        _event_literal(row),
-        tuple(f",{seq},{_match_literals(m)})" for seq, m in enumerate(event.messages))))
+        _tuple_literal(row), tuple(_message_literal(m) for m in event.messages)))
 
 
-def _match_values(message: Message) -> tuple:
-    """A matches row after its event_id and seq (made once per shared Message)."""
+def _message_row(message: Message) -> tuple:
+    """A messages row, id first (made once per shared Message)."""
     values = message.renderings.get("row")
     if values is None:
         get = message.first.get
         tags = message.tags
-        values = message.renderings["row"] = (
+        values = (
             _fit(get("id"), 32), _fit(get("severity"), 10), raw(get("msg")), raw(get("data")),
             raw(message.text), _fit(get("ver"), 255), _fit(get("maturity"), 8),
             _fit(get("accuracy"), 8), _fit(get("file"), 255), _fit(get("line"), 16),
             _json_list(tags) if tags else None)
+        values = message.renderings["row"] = (message_id(values), *values)
     return values  # type: ignore[return-value]
 
 
-def _match_literals(message: Message) -> str:
+def message_id(values: tuple) -> int:
+    """The id of a messages row with these values (MESSAGE_COLUMNS after id): 63 bits of
+    their BLAKE2b digest, so equal messages share a row whoever inserts them. (Values are
+    str, bytes or None, whose repr is unambiguous. At 10^7 distinct messages the chance
+    that any two share an id is about 10^-5.)"""
+    digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") >> 1
+
+
+def upgraded_match(match: Sequence) -> tuple:
+    """A match as ``Row.matches`` holds it, from one that may predate schema 3 (a spool
+    record or a schema-2 row: seq and the values, no message id)."""
+    if len(match) == len(MESSAGE_COLUMNS):
+        return (match[0], message_id(tuple(match[1:])), *match[1:])
+    return tuple(match)
+
+
+def _message_literal(message: Message) -> str:
     text = message.renderings.get("mysql")
     if text is None:
-        text = message.renderings["mysql"] = values_text(_match_values(message))
+        text = message.renderings["mysql"] = _tuple_literal(_message_row(message))
     return text  # type: ignore[return-value]
 
 
@@ -184,14 +212,13 @@ def with_mysql_text(row: Row) -> Row:
     """The row with its MySQL literals (what a worker process does for the committer)."""
     if row.mysql is not None:
         return row
-    matches = tuple("," + values_text(m) + ")" for m in row.matches)
-    return Row(row.unique_id, row.event, row.matches, MysqlText(_event_literal(row.event),
-                                                                matches))
+    messages = tuple(_tuple_literal(m[1:]) for m in row.matches)
+    return Row(row.unique_id, row.event, row.matches, MysqlText(_tuple_literal(row.event),
+                                                                messages))
 
 
-def _event_literal(values: tuple) -> str:
-    """An events row as a MySQL ``(...)`` tuple literal; a match's is ``,seq,...)``, to follow
-    its event id (known only once the event is inserted)."""
+def _tuple_literal(values: tuple) -> str:
+    """A row as a MySQL ``(...)`` tuple literal."""
     return "(" + values_text(values) + ")"
 
 
@@ -200,7 +227,8 @@ _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER",
                "str": "TEXT", "blob": "BLOB", "time": "TEXT", "int": "INTEGER",
                "engine": "", "ifnot": "IF NOT EXISTS ", "view": "CREATE VIEW IF NOT EXISTS",
-               "uid_binary": ""},  # TEXT compares byte by byte already
+               "uid_binary": "",  # TEXT compares byte by byte already
+               "message_id": "INTEGER PRIMARY KEY", "without_rowid": " WITHOUT ROWID"},
     # MariaDB knows CREATE INDEX IF NOT EXISTS; MySQL 8 does not, so a duplicate index
     # (a migration re-run after a failure) is tolerated instead (error 1061).
     "mysql": {"id": "BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY",
@@ -208,7 +236,8 @@ _TYPES = {
               "time": "DATETIME(6)", "int": "INT", "engine": " ENGINE=InnoDB", "ifnot": "",
               "view": "CREATE OR REPLACE VIEW",
               "uid_binary": "ALTER TABLE events MODIFY unique_id VARCHAR(64) CHARACTER SET "
-                            "utf8mb4 COLLATE utf8mb4_bin NOT NULL"},
+                            "utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+              "message_id": "BIGINT UNSIGNED NOT NULL PRIMARY KEY", "without_rowid": ""},
 }
 
 _SCHEMA_V1 = [
@@ -281,7 +310,84 @@ _SCHEMA_V1 = [
 # v2: mod_unique_id's ids are case-sensitive (base64), but MySQL's default collation is
 # not: an id differing from a stored one only in case was refused as a duplicate.
 _SCHEMA_V2 = ["{uid_binary}"]
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+
+
+def _normalize_matches(db: Database, cursor) -> None:
+    """Schema 2's ``matches`` table into ``messages`` + ``event_messages``, in chunks in key
+    order (committed one by one on MySQL, whose DDL commits anyway; every step is
+    idempotent, so a migration cut short is simply run again), then dropped."""
+    if db.table_type("matches") != "table":
+        return
+    mark = db.mark
+    after = (-1, -1)
+    while True:
+        cursor.execute(f"SELECT {','.join(MATCH_COLUMNS)} FROM matches WHERE event_id > {mark} "
+                       f"OR (event_id = {mark} AND seq > {mark}) ORDER BY event_id, seq "
+                       f"LIMIT 5000", (after[0], after[0], after[1]))
+        rows = cursor.fetchall()
+        if not rows:
+            break
+        messages: dict[int, tuple] = {}
+        links = []
+        for event_id, seq, *values in rows:
+            match = upgraded_match((seq, *values))
+            messages[match[1]] = match[1:]
+            links.append((event_id, seq, match[1]))
+        cursor.executemany(db.insert_sql("messages", MESSAGE_COLUMNS), list(messages.values()))
+        cursor.executemany(db.insert_sql("event_messages", LINK_COLUMNS), links)
+        if db.kind == "mysql":
+            db.conn.commit()
+        after = rows[-1][:2]
+    cursor.execute("DROP TABLE matches")
+
+
+# v3: each distinct rule message once (see the module's docstring). Schema 2's matches
+# table becomes a view with its name and columns, so queries written for it still work.
+_SCHEMA_V3 = [
+    """CREATE TABLE IF NOT EXISTS messages (
+        id {message_id},
+        rule_id VARCHAR(32),
+        severity VARCHAR(10),
+        msg {blob},
+        data {blob},
+        text {blob},
+        ver {str},
+        maturity VARCHAR(8),
+        accuracy VARCHAR(8),
+        file {str},
+        line VARCHAR(16),
+        tags {blob}
+    ){engine}""",
+    "CREATE INDEX {ifnot}messages_rule ON messages (rule_id)",
+    """CREATE TABLE IF NOT EXISTS event_messages (
+        event_id {bigint} NOT NULL,
+        seq {int} NOT NULL,
+        message_id {bigint} NOT NULL,
+        PRIMARY KEY (event_id, seq)
+    ){engine}{without_rowid}""",
+    "CREATE INDEX {ifnot}event_messages_message ON event_messages (message_id)",
+    "DROP VIEW IF EXISTS logs",
+    _normalize_matches,
+    """{view} matches AS SELECT
+        em.event_id AS event_id, em.seq AS seq, g.rule_id AS rule_id, g.severity AS severity,
+        g.msg AS msg, g.data AS data, g.text AS text, g.ver AS ver, g.maturity AS maturity,
+        g.accuracy AS accuracy, g.file AS file, g.line AS line, g.tags AS tags,
+        em.message_id AS message_id
+      FROM event_messages em JOIN messages g ON g.id = em.message_id""",
+    """{view} logs AS SELECT
+        e.method AS REQUEST_METHOD, e.uri AS REQUEST_URI, e.client_ip AS REMOTE_ADDR,
+        g.rule_id AS ruleId, e.host AS Host, g.msg AS msg, g.data AS data,
+        e.unique_id AS unique_id, g.severity AS severity, g.maturity AS maturity,
+        g.accuracy AS accuracy, e.user_agent AS User_Agent,
+        e.response_status_line AS responce_header, e.engine_mode AS Engine_Mode,
+        e.anomaly_score AS Score, e.sqli_score AS SQLi, e.xss_score AS XSS,
+        e.phase AS phase, e.created_at AS created_at
+      FROM events e
+      LEFT JOIN event_messages em ON em.event_id = e.id AND em.seq = e.primary_seq
+      LEFT JOIN messages g ON g.id = em.message_id""",
+]
+#: Each version's steps: SQL (formatted with _TYPES) or a function(database, cursor).
+MIGRATIONS: dict[int, list] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 
 # -- connection URLs -----------------------------------------------------------------------------
@@ -343,6 +449,9 @@ def parse_target(url: str, option_file: str = "") -> Target:
         return Target("mysql", params=tuple(sorted(params.items())))
     raise ValueError(f"unknown database URL scheme {parts.scheme!r} (use sqlite:// or mysql://)")
 
+
+_SKIP_DUPLICATE = {"sqlite": lambda column: " ON CONFLICT DO NOTHING",
+                   "mysql": lambda column: f" ON DUPLICATE KEY UPDATE {column} = {column}"}
 
 #: Characters per multi-row INSERT for MySQL (pymysql's executemany uses the same bound).
 MYSQL_STATEMENT = 1024000
@@ -464,12 +573,15 @@ class Database:
         for number in sorted(MIGRATIONS):
             if number <= current:
                 continue
-            statements = [text for text in (s.format(**_TYPES[self.kind])
-                                            for s in MIGRATIONS[number]) if text]
+            steps = [step if callable(step) else step.format(**_TYPES[self.kind])
+                     for step in MIGRATIONS[number]]
 
-            def apply(cursor, statements=statements, number=number) -> None:
-                for statement in statements:
-                    self._ddl(cursor, statement)
+            def apply(cursor, steps=steps, number=number) -> None:
+                for step in steps:
+                    if callable(step):
+                        step(self, cursor)
+                    elif step:
+                        self._ddl(cursor, step)
                 cursor.execute(f"INSERT INTO schema_version (version) VALUES ({self.mark})",
                                (number,))
             self._run(apply)
@@ -483,6 +595,25 @@ class Database:
             duplicate_index = self.kind == "mysql" and getattr(exc, "args", (None,))[0] == 1061
             if not duplicate_index:
                 raise
+
+    def table_type(self, name: str) -> str | None:
+        """"table", "view" or None (no such name) in this database."""
+        cursor = self.conn.cursor()
+        if self.kind == "sqlite":
+            cursor.execute("SELECT type FROM sqlite_master WHERE name = ?", (name,))
+        else:
+            cursor.execute("SELECT IF(TABLE_TYPE = 'VIEW', 'view', 'table') FROM "
+                           "information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
+                           "TABLE_NAME = %s", (name,))
+        row = cursor.fetchone()
+        return row[0] if row else None
+
+    def insert_sql(self, table: str, columns: Sequence[str]) -> str:
+        """INSERT of one parameterized row that skips a row whose key is already stored
+        (only that: any other error still fails it)."""
+        marks = ",".join([self.mark] * len(columns))
+        return (f"INSERT INTO {table} ({','.join(columns)}) VALUES ({marks})"
+                + _SKIP_DUPLICATE[self.kind](columns[0]))
 
     def ensure_schema(self) -> None:
         current = self.version()
@@ -530,12 +661,26 @@ class Database:
         cursor.executemany(f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})",
                            [r.event for r in fresh])
         ids = self._ids(cursor, node, (r.unique_id for r in fresh))
-        match_rows = [(ids[r.unique_id], *m) for r in fresh for m in r.matches]
-        if match_rows:
-            marks = ",".join([self.mark] * len(MATCH_COLUMNS))
-            cursor.executemany(
-                f"INSERT INTO matches ({','.join(MATCH_COLUMNS)}) VALUES ({marks})", match_rows)
+        links = [(ids[r.unique_id], m[0], m[1]) for r in fresh for m in r.matches]
+        if links:
+            wanted = {m[1]: m for r in fresh for m in r.matches}
+            new = [wanted[i][1:] for i in self._unstored(cursor, wanted)]
+            if new:
+                cursor.executemany(self.insert_sql("messages", MESSAGE_COLUMNS), new)
+            cursor.executemany("INSERT INTO event_messages (event_id, seq, message_id) "
+                               "VALUES (?,?,?)", links)
         return len(fresh)
+
+    def _unstored(self, cursor, message_ids: Iterable[int]) -> list[int]:
+        """Which of these messages the database does not hold yet."""
+        missing = set(message_ids)
+        wanted = list(missing)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            cursor.execute(f"SELECT id FROM messages WHERE id IN "
+                           f"({','.join([self.mark] * len(chunk))})", chunk)
+            missing.difference_update(int(found) for found, in cursor.fetchall())
+        return sorted(missing)
 
     def _insert_mysql(self, cursor, node: str, fresh: list[Row]) -> None:
         """Multi-row INSERTs of literals the workers made (rows replayed from the spool or
@@ -543,29 +688,35 @@ class Database:
         texts = [(r.mysql or with_mysql_text(r).mysql) for r in fresh]
         self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
         ids = self._ids(cursor, node, (r.unique_id for r in fresh))
-        self._insert_values(cursor, "matches", MATCH_COLUMNS, [
-            "(" + str(ids[r.unique_id]) + m for r, t in zip(fresh, texts) for m in t.matches])
+        wanted = {m[1]: text for r, t in zip(fresh, texts)
+                  for m, text in zip(r.matches, t.messages)}
+        # (another node may store the same message meanwhile: then it is skipped)
+        self._insert_values(cursor, "messages", MESSAGE_COLUMNS,
+                            [wanted[i] for i in self._unstored(cursor, wanted)],
+                            _SKIP_DUPLICATE["mysql"]("id"))
+        self._insert_values(cursor, "event_messages", LINK_COLUMNS, [
+            f"({ids[r.unique_id]},{m[0]},{m[1]})" for r in fresh for m in r.matches])
 
     def _insert_values(self, cursor, table: str, columns: Sequence[str],
-                       values: list[str]) -> None:
+                       values: list[str], tail: str = "") -> None:
         """INSERT statements of at most ~MYSQL_STATEMENT characters (a row longer than that
         goes alone), far below any server's max_allowed_packet default."""
         head = f"INSERT INTO {table} ({','.join(columns)}) VALUES "
         start, size = 0, 0
         for end, text in enumerate(values):
             if size and size + len(text) > MYSQL_STATEMENT:
-                self._send(cursor, head + ",".join(values[start:end]))
+                self._send(cursor, head + ",".join(values[start:end]) + tail)
                 start, size = end, 0
             size += len(text) + 1
         if start < len(values):
-            self._send(cursor, head + ",".join(values[start:]))
+            self._send(cursor, head + ",".join(values[start:]) + tail)
 
     def _send(self, cursor, statement: str) -> None:
         self._check_backslash_escapes()
         cursor.execute(statement)
 
     def count(self, table: str = "events") -> int:
-        if table not in ("events", "matches", "logs"):
+        if table not in ("events", "matches", "logs", "messages", "event_messages"):
             raise ValueError(table)
         cursor = self._cursor()
         cursor.execute(f"SELECT COUNT(*) FROM {table}")

@@ -72,7 +72,7 @@ class Outcome:
     # Its ref stays behind: the sender of the work still holds it.
     def to_wire(self) -> tuple:
         row = self.row and (self.row.unique_id, self.row.event, self.row.matches,
-                            self.row.mysql and (self.row.mysql.event, self.row.mysql.matches))
+                            self.row.mysql and (self.row.mysql.event, self.row.mysql.messages))
         return (self.kind, self.reason, self.data, self.inode, self.device, self.line, row,
                 self.status, self.crc)
 

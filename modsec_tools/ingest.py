@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 
 from .appendfile import AppendFile, Position
 from .config import Settings
-from .database import Database, DatabaseError, Row, parse_target
+from .database import Database, DatabaseError, Row, parse_target, upgraded_match
 from .entry import parse_entry
 from .errors import ParseError
 from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SCAN,
                       ExaminerPool, Outcome, Rules, examine, render)
 from .indexlog import IndexLine, parse_index_line
-from .journal import Journal, RecordLog
+from .journal import COMPACT_AT, Journal, RecordLog
+from .removal import Leaving, Removal
 from .storage import EntryRef, Oddity, StorageTree
 from .trash import Trash
 from .verdict import VerdictPolicy
@@ -137,8 +138,8 @@ class DatabaseSink:
             return
         count = 0
         for record in self.spool.records:
-            rows = [Row(uid, tuple(_decode(v) for v in event), [tuple(_decode(v) for v in m)
-                                                                 for m in matches])
+            rows = [Row(uid, tuple(_decode(v) for v in event),
+                        [upgraded_match([_decode(v) for v in m]) for m in matches])
                     for uid, event, matches in record["rows"]]
             self._insert(rows)
             count += len(rows)
@@ -219,6 +220,7 @@ class Pipeline:
         state = settings.state_dir
         self.trash = Trash(os.path.join(state, "trash"), settings.storage_dir)
         self.tree = StorageTree(settings.storage_dir, self.trash)
+        self.removal = Removal(settings.storage_dir, self.trash)
         if db is None:
             target = parse_target(settings.db, settings.db_option_file)
             db = Database(target) if target.kind != "none" else None
@@ -241,9 +243,9 @@ class Pipeline:
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Finish what a crash interrupted: the last batch, and its deletions."""
-        last_batch = next((r for r in reversed(self.journal.records) if r["type"] == "batch"),
-                          None)
+        """Finish what a crash interrupted: the last batch, and its deletions and those of
+        the batch before it that may still have been under way."""
+        last_batch = self.journal.batch()
         if last_batch is None:
             return
         if self.journal.unfinished() is not None:
@@ -255,7 +257,11 @@ class Pipeline:
             # cannot make the next start-up delete them.
             self.journal.append({"type": "done", "seq": last_batch["seq"],
                                  "kept": sorted(skipped)})
-        self._delete(last_batch, keep=set(self.journal.records[-1].get("kept", ())))
+        leaving = last_batch.get("leaving")
+        earlier = self.journal.batch(leaving) if leaving is not None else None
+        if earlier is not None:
+            self._delete(earlier, keep=self.journal.kept(leaving))
+        self._delete(last_batch, keep=self.journal.kept(last_batch["seq"]))
         self.tree.release()
 
     def _reload(self, record: dict, skipped: set[str]) -> list[Outcome]:
@@ -338,6 +344,8 @@ class Pipeline:
             return
         record = {
             "type": "batch", "seq": self.journal.next_seq(),
+            # the previous batch's entries, if their deletion is still under way
+            "leaving": self.removal.outstanding(),
             "archive": _pos(self.archive.position()), "events": _pos(self.event_log.position()),
             # Each entry's length in the archive and the event log: recovery can then tell
             # entry by entry what is already there.
@@ -352,12 +360,14 @@ class Pipeline:
         if self.index is not None and not self.proven:
             done["index"] = self.index.cursor  # every line read so far is processed
         self.journal.append(done)
-        self._unlink((p.ref, p.inode, p.device) for p in batch)
         self.tree.release()
+        self._remove_later(record["seq"], [(p.ref, p.inode, p.device) for p in batch])
         self.stats.entries += len(batch)
         self.stats.bytes += sum(len(p.data) for p in batch)
         self.stats.batches += 1
-        self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
+        if self.journal.size() >= COMPACT_AT:  # a fresh journal names no batch: none leaving
+            self.stats.errors += self.removal.wait()
+            self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
 
     def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
         if fresh:
@@ -380,16 +390,16 @@ class Pipeline:
             self.stats.errors += self.db.refused - refused
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
-        self._unlink((EntryRef.from_relpath(relpath), inode, device)
-                     for relpath, inode, device, *_ in record["files"] if relpath not in keep)
+        """A journaled batch's entries, now (on start-up)."""
+        self._remove_later(record["seq"], [(EntryRef.from_relpath(relpath), inode, device)
+                                           for relpath, inode, device, *_ in record["files"]
+                                           if relpath not in keep])
+        self.stats.errors += self.removal.wait()
 
-    def _unlink(self, entries: Iterable[tuple[EntryRef, int, int]]) -> None:
-        for ref, inode, device in entries:
-            try:
-                self.tree.remove(ref, (inode, device))
-            except OSError as exc:
-                self.stats.errors += 1
-                log.error("%s: cannot delete: %s", ref.relpath, exc.strerror or exc)
+    def _remove_later(self, seq: int, entries: list[Leaving]) -> None:
+        """Start deleting a committed batch's entries once the previous batch's are gone."""
+        self.stats.errors += self.removal.wait()
+        self.removal.start(seq, entries)
 
     # -- driving -------------------------------------------------------------------------------
     def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
@@ -409,6 +419,8 @@ class Pipeline:
         def fresh(pairs, from_stream: bool = False) -> list:
             items = []
             for ref, proof in pairs:
+                if self.removal.holds(ref.relpath):
+                    continue  # committed: only its deletion is not finished
                 if ref.relpath not in seen:
                     seen.add(ref.relpath)
                     items.append((ref, proof, self.proven.get(ref.relpath)))
@@ -420,9 +432,16 @@ class Pipeline:
             found = more()
             return None if found is None else fresh(found, from_stream=True)
 
+        try:
+            self._process(fresh(work), stream if more else None, seen, stop, cutoff)
+        finally:
+            self.stats.errors += self.removal.wait()
+        return again
+
+    def _process(self, items: list, stream, seen: set[str], stop, cutoff) -> None:
         batch: list[Outcome] = []
         held = 0
-        for outcome in self._examine(fresh(work), cutoff, stream if more else None):
+        for outcome in self._examine(items, cutoff, stream):
             ready = self.settle(outcome)
             if ready is None:
                 seen.discard(outcome.ref.relpath)
@@ -434,9 +453,8 @@ class Pipeline:
                 seen.difference_update(p.ref.relpath for p in batch)
                 batch, held = [], 0
                 if stop is not None and stop():
-                    return again
+                    return
         self.commit(batch)
-        return again
 
     def _examine(self, items: list, cutoff: float | None, more=None) -> Iterator[Outcome]:
         workers = self.settings.workers
@@ -492,6 +510,7 @@ class Pipeline:
         self.archive.close()
         self.event_log.close()
         self.journal.close()
+        self.removal.close()
         self.trash.close()
         if self.db is not None:
             self.db.close()

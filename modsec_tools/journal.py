@@ -1,9 +1,10 @@
 """Crash-safe record files: the ingest journal and the database spool.
 
 The journal makes ingest exactly-once across kill -9. Before a batch touches any sink, a
-``batch`` record (its files, the sinks' sizes before it) is appended and fsync'd; once every
-sink has the batch, a ``done`` record follows, and only then are the files deleted. On start-up
-only the last batch can lack its ``done``; its files still exist, so it is completed from them.
+``batch`` record (its files, the sinks' sizes before it, the previous batch if its files are
+still being deleted) is appended and fsync'd; once every sink has the batch, a ``done`` record
+follows, and only then are the files deleted. On start-up only the last batch can lack its
+``done``; its files still exist, so it is completed from them.
 
 The spool holds database rows while the database is unreachable, replayed when it returns.
 
@@ -100,17 +101,35 @@ class Journal(RecordLog):
             self._forget_finished()
 
     def _forget_finished(self) -> None:
-        """Keep in memory only what can still be asked of: the last batch and what follows
-        (recovery looks no further back) after a summary holding ``seq`` and the index
-        cursor. Every batch's file list used to stay until the file was compacted, ~0.4 KB
-        an entry: a daemon's memory grew by ~16 MB between compactions."""
-        last_batch = max((n for n, r in enumerate(self.records) if r["type"] == "batch"),
-                         default=len(self.records) - 1)
+        """Keep in memory only what can still be asked of: the last batch, the one it names
+        as ``leaving`` (see removal.py), and what follows (recovery looks no further back)
+        after a summary holding ``seq`` and the index cursor. Every batch's file list used
+        to stay until the file was compacted, ~0.4 KB an entry: a daemon's memory grew by
+        ~16 MB between compactions."""
+        batches = [n for n, r in enumerate(self.records) if r["type"] == "batch"]
+        first = batches[-1] if batches else len(self.records) - 1
+        leaving = self.records[first].get("leaving") if batches else None
+        if leaving is not None:
+            first = next((n for n in batches if self.records[n]["seq"] == leaving), first)
         summary: dict[str, Any] = {"type": "checkpoint", "seq": self.last("seq")}
         index = self.last("index")
         if index is not None:
             summary["index"] = index
-        self.records = [summary, *self.records[last_batch:]]
+        self.records = [summary, *self.records[first:]]
+
+    def batch(self, seq: int | None = None) -> dict[str, Any] | None:
+        """The batch record ``seq`` (the last one when None), if the journal holds it."""
+        for record in reversed(self.records):
+            if record["type"] == "batch" and (seq is None or record["seq"] == seq):
+                return record
+        return None
+
+    def kept(self, seq: int) -> set[str]:
+        """The entries recovery left in place for batch ``seq`` (its ``done`` says)."""
+        for record in reversed(self.records):
+            if record["type"] == "done" and record["seq"] == seq:
+                return set(record.get("kept", ()))
+        return set()
 
     def unfinished(self) -> dict[str, Any] | None:
         """The last batch record if no ``done`` followed it."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from modsec_tools import database as dbm
+from modsec_tools.database import Database, Row, parse_target, upgraded_match
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
@@ -159,15 +161,15 @@ def test_ingest_with_missing_storage_dir_fails(fast_tmp):
 # -- db init / status ---------------------------------------------------------------------------
 def _db_status_cycle(sb: ih.Sandbox, describe: str) -> None:
     before = sb.run(action="db status")
-    assert f"{describe}: schema 0 (this modsec-tools: 2)" in before.stdout, before.stdout
+    assert f"{describe}: schema 0 (this modsec-tools: 3)" in before.stdout, before.stdout
     init = sb.run(action="db init")
-    assert f"{describe}: applied schema [1, 2]" in init.stdout, init.stdout
+    assert f"{describe}: applied schema [1, 2, 3]" in init.stdout, init.stdout
     status = sb.run(action="db status")
-    assert f"{describe}: schema 2 (this modsec-tools: 2)" in status.stdout, status.stdout
+    assert f"{describe}: schema 3 (this modsec-tools: 3)" in status.stdout, status.stdout
     again = sb.run(action="db init")
-    assert f"{describe}: schema 2 is current" in again.stdout
+    assert f"{describe}: schema 3 is current" in again.stdout
     migrate = sb.run(action="db migrate")
-    assert f"{describe}: schema 2 is current" in migrate.stdout
+    assert f"{describe}: schema 3 is current" in migrate.stdout
 
 
 def test_db_init_then_status_sqlite(fast_tmp):
@@ -192,30 +194,87 @@ def test_db_init_then_status_mariadb(fast_tmp, mariadb, mariadb_db):
     assert {"events", "matches", "logs", "schema_version"} <= tables
 
 
-def test_db_migrate_from_schema_1_mariadb(fast_tmp, mariadb, mariadb_db):
-    """A version-1 database (unique_id in MySQL's case-insensitive default collation) is
-    brought to version 2 by `db migrate`, its rows kept; then ids differing only in case
-    are two rows."""
-    sb = ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db))
-    sb.run(action="db init")
-    conn = mariadb.connect(mariadb_db)
+def _schema_1(url: str, monkeypatch) -> Database:
+    """A database as version 1 of modsec-tools made it."""
+    db = Database(parse_target(url))
+    with monkeypatch.context() as patch:
+        patch.setattr(dbm, "MIGRATIONS", {1: dbm.MIGRATIONS[1]})
+        assert db.migrate() == [1]
+    return db
+
+
+# Rows as schema 1/2 stored them: seq, then rule_id ... tags. Two events share a message
+# (schema 3 stores it once); the values are hostile bytes and text.
+_OLD_MESSAGE = ("942100", "CRITICAL", b"SQL Injection Attack Detected via libinjection",
+                b"Matched Data: s&1c found within ARGS:id: 1' or '1'='1", b"\x00'\"\\\n\xff",
+                "OWASP_CRS/3.3.4", "", "", "/etc/crs/REQUEST-942.conf", "45",
+                b'["attack-sqli","OWASP_CRS"]')
+_OLD_MATCHES = {"AbC": [(0, *_OLD_MESSAGE), (1, "949110", "CRITICAL", b"Inbound Anomaly",
+                                             None, b"x", None, None, None, None, None, None)],
+                "dEf": [(0, *_OLD_MESSAGE)]}
+
+
+def _fill_schema_1(db: Database) -> None:
+    def fill(cursor):
+        for uid, matches in _OLD_MATCHES.items():
+            cursor.execute(f"INSERT INTO events (node, unique_id, intercepted, incomplete, "
+                           f"primary_seq, uri) VALUES ('n', {db.mark}, 1, 0, 0, {db.mark})",
+                           (uid, b"/?id=1' or '1'='1"))
+            cursor.execute(f"SELECT id FROM events WHERE unique_id = {db.mark}", (uid,))
+            event_id = cursor.fetchone()[0]
+            for match in matches:
+                cursor.execute(f"INSERT INTO matches ({','.join(dbm.MATCH_COLUMNS)}) VALUES "
+                               f"({','.join([db.mark] * len(dbm.MATCH_COLUMNS))})",
+                               (event_id, *match))
+    db._run(fill)
+
+
+def _views(db: Database) -> tuple[list, list]:
+    def read(cursor):
+        cursor.execute(f"SELECT {','.join(dbm.MATCH_COLUMNS)} FROM matches "
+                       "ORDER BY event_id, seq")
+        matches = [tuple(row) for row in cursor.fetchall()]
+        cursor.execute("SELECT * FROM logs ORDER BY unique_id")
+        return matches, [tuple(row) for row in cursor.fetchall()]
+    return db._run(read)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_db_migrate_from_schema_1(kind, fast_tmp, monkeypatch, request):
+    """A version-1 database with rows is brought to version 3 by `db migrate`: the
+    ``matches`` and ``logs`` views show exactly what the tables showed, a message shared by
+    two events is stored once, and (version 2) ids differing only in case are two rows."""
+    if kind == "mariadb":
+        mariadb, name = request.getfixturevalue("mariadb"), request.getfixturevalue("mariadb_db")
+        url = mariadb.url_for(name)
+    else:
+        url = f"sqlite:///{fast_tmp / 'old.db'}"
+    sb = ih.Sandbox(fast_tmp, db=url)
+    db = _schema_1(url, monkeypatch)
     try:
-        with conn.cursor() as cursor:  # back to what version 1 made
-            cursor.execute("ALTER TABLE events MODIFY unique_id VARCHAR(64) NOT NULL")
-            cursor.execute("DELETE FROM schema_version WHERE version = 2")
-            cursor.execute("INSERT INTO events (node, unique_id, intercepted, incomplete) "
-                           "VALUES ('n', 'AbC', 0, 0)")
-        conn.commit()
-        assert "schema 1 (this modsec-tools: 2)" in sb.run(action="db status").stdout
-        assert "applied schema [2]" in sb.run(action="db migrate").stdout
-        with conn.cursor() as cursor:
-            cursor.execute("INSERT INTO events (node, unique_id, intercepted, incomplete) "
-                           "VALUES ('n', 'abc', 0, 0)")
-        conn.commit()
-        ids = sorted(r[0] for r in ih.query(conn, "SELECT unique_id FROM events"))
+        _fill_schema_1(db)
+        before = _views(db)
+        assert [m[1:] for m in before[0]] == [m for ms in _OLD_MATCHES.values() for m in ms]
+        db.close()
+        assert "schema 1 (this modsec-tools: 3)" in sb.run(action="db status").stdout
+        assert "applied schema [2, 3]" in sb.run(action="db migrate").stdout
+        assert _views(db) == before
+        assert db.count("messages") == 2 and db.count("event_messages") == 3
+        assert db.table_type("matches") == "view"
+        # what schema 3 inserts for the same message is the row the migration made
+        values = [None] * len(dbm.EVENT_COLUMNS)
+        values[:2] = ["n", "ghI"]
+        values[dbm.EVENT_COLUMNS.index("intercepted")] = 0
+        values[dbm.EVENT_COLUMNS.index("incomplete")] = 0
+        new = Row("ghI", tuple(values), [upgraded_match((0, *_OLD_MESSAGE))])
+        assert db.insert("n", [new]) == 1
+        assert db.count("messages") == 2 and db.count("matches") == 4
+        if kind == "mariadb":  # version 2: unique_id compared byte by byte
+            values[1] = "GHI"
+            assert db.insert("n", [Row("GHI", tuple(values), [])]) == 1
+            assert db.count("events") == 4
     finally:
-        conn.close()
-    assert ids == ["AbC", "abc"]
+        db.close()
 
 
 def test_db_status_unreachable_database_fails(fast_tmp):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from modsec_tools import database as dbm
 from modsec_tools.database import (EVENT_COLUMNS, MATCH_COLUMNS, Database, DatabaseError, Row,
-                                   parse_target, sql_literal, values_text,
+                                   parse_target, sql_literal, upgraded_match, values_text,
                                    with_mysql_text)
 from modsec_tools.event import printable, raw
 
@@ -194,7 +194,7 @@ def _row(unique_id: str, text: str = "'\\\0\x1a\"", blob: bytes = bytes(range(25
     match_rows = [(seq, (text + "id")[:32], text[:10], blob, blob[::-1], b"\\'" + blob,
                    text[:255], text[:8], text[:8], text[:255], text[:16], b'["a\\\\\'"]')
                   for seq in range(matches)]
-    return Row(unique_id, tuple(event), match_rows)
+    return Row(unique_id, tuple(event), [upgraded_match(m) for m in match_rows])
 
 
 def _stored(conn, cursor) -> tuple[list, list]:
@@ -215,7 +215,7 @@ def _plain(value):
 
 def _expected(rows: list[Row]) -> tuple[list, list]:
     events = sorted(r.event for r in rows)
-    matches = sorted((r.unique_id, *m) for r in rows for m in r.matches)
+    matches = sorted((r.unique_id, m[0], *m[2:]) for r in rows for m in r.matches)
     return events, matches
 
 

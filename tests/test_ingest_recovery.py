@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from modsec_tools.journal import Journal
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
@@ -231,3 +232,48 @@ def test_crash_then_logrotate_then_restart_loses_nothing(fast_tmp, sink):
     for name, ids in (("archive", archived), ("event log", logged)):
         assert not ih.duplicates(ids), f"{name}: duplicates"
         assert set(ids) == set(made), f"{name}: {len(set(made) - set(ids))} entries lost"
+
+
+#: Like CRASHER, but batch 1's deletions never finish (the removal thread hangs on its first
+#: entry) and the process dies at batch 2's archive write: batch 2's record names batch 1
+#: as ``leaving``.
+CRASH_WHILE_LEAVING = r"""
+import os, sys, threading
+from modsec_tools import config, ingest, removal
+from modsec_tools.appendfile import AppendFile
+settings = config.load(sys.argv[1])
+removal.Removal._remove = lambda self, ref, inode, device: threading.Event().wait()
+real_append = AppendFile.append
+appends = []
+def append(self, data):
+    if self.path == settings.archive:
+        appends.append(len(data))
+        if len(appends) == 2:
+            os._exit(9)
+    return real_append(self, data)
+AppendFile.append = append
+ingest.Pipeline(settings).run_once()
+"""
+
+
+def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
+    """Start-up deletes what is left of the batch named ``leaving`` as well as of the last
+    one, after completing the last one: every entry once in every sink, none left."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, settings={"batch_size": "50", "workers": "0"})
+    made = ih.replicate(RUN, sb.storage, 1)
+    done = subprocess.run([sys.executable, "-c", CRASH_WHILE_LEAVING, str(sb.config)],
+                          cwd=ih.REPO, env=ih.cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 9, done.stderr[-2000:]
+    assert len(sb.left()) == len(made)  # batch 1's deletion never happened
+    journal = Journal(str(sb.state / "journal"))
+    records = journal.records
+    journal.close()
+    assert [(r["seq"], r.get("leaving")) for r in records if r["type"] == "batch"] == \
+        [(1, None), (2, 1)]
+    rerun = sb.run()
+    assert "completing batch 2 interrupted by a crash (50 files)" in rerun.stderr
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)

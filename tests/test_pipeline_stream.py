@@ -2,9 +2,12 @@
 it commits; nothing may be taken twice or dropped on the way."""
 from __future__ import annotations
 
+import time
+
 from modsec_tools import config
 from modsec_tools.examine import CLOSED
 from modsec_tools.ingest import Pipeline
+from modsec_tools.removal import Removal
 
 from tests import corpus
 from tests import ingest_helpers as ih
@@ -60,3 +63,42 @@ def test_an_entry_given_again_while_in_flight_is_handed_back(fast_tmp):
     assert again == [(found[0][0], CLOSED)]
     ids = ih.archive_ids_fast(sb.archive)
     assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fast_tmp,
+                                                                              monkeypatch):
+    """A batch's files are deleted in the background while the next batch is committed
+    (removal.py): until then they are still in the tree, and a rescan finds them. They
+    must not be examined and committed a second time."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, db="none")
+    ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
+    ih.age_tree(sb.storage)
+    real_remove = Removal._remove
+
+    def slow_remove(self, ref, inode, device):
+        time.sleep(0.002)  # 100 entries: 0.2 s, long enough for a rescan to come meanwhile
+        real_remove(self, ref, inode, device)
+    monkeypatch.setattr(Removal, "_remove", slow_remove)
+    pipeline = _pipeline(sb)
+    held = []
+    try:
+        found = sorted(pipeline.scan(), key=lambda item: item[0].name)
+
+        def rescan():
+            if pipeline.stats.batches == 0:
+                return []
+            if held:
+                return None
+            again = sorted(pipeline.scan(), key=lambda item: item[0].name)
+            held.extend(ref.relpath for ref, _ in again if pipeline.removal.holds(ref.relpath))
+            return again
+        pipeline.process(found[:300], more=rescan)
+        pipeline.process(pipeline.scan())  # what the rescan's examination left
+    finally:
+        pipeline.close()
+    assert held, "the rescan came after the deletions: nothing was tested"
+    assert sb.left() == []
+    ids = ih.archive_ids_fast(sb.archive)
+    assert len(set(ids)) == len(ids), f"{len(ids) - len(set(ids))} entries archived twice"
+    assert len(ids) == len(found)
