@@ -5,9 +5,9 @@ One code path serves ``modsec-tools ingest`` (everything complete now, then exit
 exactly-once protocol; in short, per batch:
 
 1. journal ``batch`` record (files, sink sizes before) — fsync
-2. archive append — fdatasync;  3. event-log append — fdatasync
-4. database insert (idempotent) — commit, or spool the rows durably if it is down
-5. journal ``done`` record — fsync;  6. unlink the files
+2. event-log append, then archive append — fdatasync each, in a second thread while
+3. the database insert (idempotent) commits, or the rows are spooled durably if it is down
+4. journal ``done`` record — fsync;  5. delete the files (removal.py, in the background)
 
 A crash anywhere leaves at most the last batch unfinished, with all its files still present;
 start-up completes it, appending only what the sinks lack.
@@ -20,6 +20,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .appendfile import AppendFile, Position
@@ -221,6 +222,7 @@ class Pipeline:
         self.trash = Trash(os.path.join(state, "trash"), settings.storage_dir)
         self.tree = StorageTree(settings.storage_dir, self.trash)
         self.removal = Removal(settings.storage_dir, self.trash)
+        self.file_sinks = ThreadPoolExecutor(1, thread_name_prefix="file-sinks")
         if db is None:
             target = parse_target(settings.db, settings.db_option_file)
             db = Database(target) if target.kind != "none" else None
@@ -371,19 +373,32 @@ class Pipeline:
 
     def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
         if fresh:
-            self.archive.append(b"".join(_archived(p.data) for p in batch))
-            self.archive.sync()
-            self.event_log.append(b"".join(p.line for p in batch))
-            self.event_log.sync()
-        else:
-            reloaded = {p.ref.relpath: p for p in batch}
-            archive_regions, line_regions = [], []
-            for relpath, *_, archived_len, line_len in record["files"]:
-                entry = reloaded.get(relpath)
-                archive_regions.append((archived_len, _archived(entry.data) if entry else None))
-                line_regions.append((line_len, entry.line if entry else None))
-            self.archive.complete_regions(Position(*record["archive"]), archive_regions)
-            self.event_log.complete_regions(Position(*record["events"]), line_regions)
+            # The two files are written and fdatasync'd by another thread while this one
+            # inserts into the database (both mostly wait on the disk, without the GIL);
+            # each sink is completed on its own after a crash, so their order is free.
+            files = self.file_sinks.submit(self._append_files, batch)
+            try:
+                self._write_database(batch)
+            finally:
+                files.result()
+            return
+        reloaded = {p.ref.relpath: p for p in batch}
+        archive_regions, line_regions = [], []
+        for relpath, *_, archived_len, line_len in record["files"]:
+            entry = reloaded.get(relpath)
+            archive_regions.append((archived_len, _archived(entry.data) if entry else None))
+            line_regions.append((line_len, entry.line if entry else None))
+        self.archive.complete_regions(Position(*record["archive"]), archive_regions)
+        self.event_log.complete_regions(Position(*record["events"]), line_regions)
+        self._write_database(batch)
+
+    def _append_files(self, batch: list[Outcome]) -> None:
+        self.event_log.append(b"".join(p.line for p in batch))  # first: fail2ban reads it
+        self.event_log.sync()
+        self.archive.append(b"".join(_archived(p.data) for p in batch))
+        self.archive.sync()
+
+    def _write_database(self, batch: list[Outcome]) -> None:
         if self.db is not None:
             refused = self.db.refused
             self.stats.spooled += self.db.write([p.row for p in batch])
@@ -509,6 +524,7 @@ class Pipeline:
             self.pool.close()
         self.archive.close()
         self.event_log.close()
+        self.file_sinks.shutdown()
         self.journal.close()
         self.removal.close()
         self.trash.close()
