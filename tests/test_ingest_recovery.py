@@ -3,6 +3,7 @@ right before a given sink write), then what start-up recovery must guarantee: ev
 whose file is gone is in every sink, once; nothing deleted unarchived."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from modsec_tools import config
+from modsec_tools.appendfile import AppendFile
+from modsec_tools.ingest import Pipeline
 from modsec_tools.journal import Journal
 from tests import corpus
 from tests import ingest_helpers as ih
@@ -274,6 +278,36 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
         [(1, None), (2, 1)]
     rerun = sb.run()
     assert "completing batch 2 interrupted by a crash (50 files)" in rerun.stderr
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+
+
+def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, monkeypatch):
+    """The archive is written by a second thread while the database commits: its failure
+    (here ENOSPC at fdatasync) must still end the batch before its done record and before
+    any deletion; the next run completes the batch, everything once."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, settings={"batch_size": "50", "workers": "0"})
+    made = ih.replicate(RUN, sb.storage, 1)
+    settings = config.load(str(sb.config))
+    real_sync = AppendFile.sync
+
+    def sync(self):
+        if self.path == settings.archive:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sync(self)
+    monkeypatch.setattr(AppendFile, "sync", sync)
+    pipeline = Pipeline(settings)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            pipeline.run_once()
+    finally:
+        pipeline.close()
+    assert len(sb.left()) == len(made)
+    monkeypatch.undo()
+    rerun = sb.run()
+    assert "completing batch 1 interrupted by a crash (50 files)" in rerun.stderr
     assert sb.left() == []
     check_nothing_lost(sb, made)
     assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
