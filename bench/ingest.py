@@ -12,7 +12,7 @@ Replicates the corpus's r1 storage tree (fresh unique ids, so every entry is a n
 Both start from an identical tree, both with SQLite (synchronous=FULL) and, with
 --mariadb, against a private MariaDB server started for the run (tests/realparts).
 
-usage: python3 bench/ingest.py [--entries N] [--mariadb] [--batch-size N]
+usage: python3 bench/ingest.py [--entries N] [--mariadb] [--batch-size N] [--workers N]
 """
 from __future__ import annotations
 
@@ -106,12 +106,14 @@ def mysql_connect(server, database: str):
     return connect
 
 
-def ours_run(tree: Path, work: Path, db_url: str, batch_size: int) -> tuple[int, dict]:
+def ours_run(tree: Path, work: Path, db_url: str, batch_size: int,
+             workers: str = "auto") -> tuple[int, dict]:
     settings = config.build({}, {
         "storage_dir": str(tree), "archive": str(work / "archive.log"),
         "event_log": str(work / "events.log"), "db": db_url,
         "state_dir": str(work / "state"), "quarantine_dir": str(work / "quarantine"),
-        "settle_seconds": "0", "batch_size": str(batch_size), "node": "bench"})
+        "settle_seconds": "0", "batch_size": str(batch_size), "node": "bench",
+        "workers": workers})
     pipeline = Pipeline(settings)
     stats = pipeline.run_once()
     pipeline.close()
@@ -127,7 +129,8 @@ def measure(label: str, run) -> float:
     return rate
 
 
-def compare(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch: int) -> None:
+def compare(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch: int,
+            workers: str) -> None:
     print(f"{name}:")
     tree_naive = scratch / f"{name}-naive"
     tree_ours = scratch / f"{name}-ours"
@@ -141,7 +144,7 @@ def compare(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch
     work = scratch / f"{name}-work"
     work.mkdir()
     rate_ours = measure("modsec-tools ingest", lambda: ours_run(tree_ours, work, ours_url,
-                                                                batch)[0])
+                                                                batch, workers)[0])
     left = sum(1 for p in tree_ours.rglob("*") if p.is_file())
     print(f"  ratio ours/naive: {rate_ours / rate_naive:.2f}x   files left: {left}")
 
@@ -151,6 +154,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--workers", default="auto",
+                        help="ingest's workers setting (default: auto, as installed)")
     parser.add_argument("--mariadb", action="store_true",
                         help="also measure against a private MariaDB server")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
@@ -169,7 +174,7 @@ def main() -> int:
         print(f"{args.entries} entries, {size / 1e6:.1f} MB, batch size {args.batch_size}, "
               f"{os.cpu_count()} cores")
         compare("sqlite", base, scratch, sqlite_connect(scratch / "naive.db"),
-                f"sqlite:///{scratch / 'ours.db'}", args.batch_size)
+                f"sqlite:///{scratch / 'ours.db'}", args.batch_size, args.workers)
         if args.mariadb:
             sys.path.insert(0, str(ROOT))
             from tests.realparts.mariadb import MariaDB
@@ -178,7 +183,7 @@ def main() -> int:
                          extra_args=["--innodb-flush-log-at-trx-commit=1"]) as server:
                 naive_db = server.create_database("naive")
                 compare("mariadb", base, scratch, mysql_connect(server, naive_db),
-                        server.url, args.batch_size)
+                        server.url, args.batch_size, args.workers)
     return 0
 
 
