@@ -318,8 +318,14 @@ def _normalize_matches(db: Database, cursor) -> None:
     idempotent, so a migration cut short is simply run again), then dropped."""
     if db.table_type("matches") != "table":
         return
+    cursor.execute("SELECT COUNT(*) FROM matches")
+    total = int(cursor.fetchone()[0])
+    if total:
+        log.warning("schema 3: moving %d rows of the matches table into messages and "
+                    "event_messages", total)
     mark = db.mark
     after = (-1, -1)
+    moved = 0
     while True:
         cursor.execute(f"SELECT {','.join(MATCH_COLUMNS)} FROM matches WHERE event_id > {mark} "
                        f"OR (event_id = {mark} AND seq > {mark}) ORDER BY event_id, seq "
@@ -338,6 +344,9 @@ def _normalize_matches(db: Database, cursor) -> None:
         if db.kind == "mysql":
             db.conn.commit()
         after = rows[-1][:2]
+        moved += len(rows)
+        if moved // 100_000 != (moved - len(rows)) // 100_000:
+            log.info("schema 3: %d of %d matches rows moved", moved, total)
     cursor.execute("DROP TABLE matches")
 
 
