@@ -521,7 +521,8 @@ NOTES = [
     "a whole backlog was submitted at once: 100-130 MB). Until 5bf2488 it also grew with "
     "every entry processed, by ~0.4 KB, until the journal file reached 4 MB and was "
     "compacted (~16 MB): the journal kept every finished batch's file list in memory; it "
-    "now keeps the last batch only. Since then watch also sets glibc's malloc thresholds "
+    "now keeps the last batch only (and, since e0bb5dd, the one whose files are still "
+    "being deleted). Since then watch also sets glibc's malloc thresholds "
     "(mmap from 128 KiB, trim beyond 256 KiB, 2 arenas), so the heap no longer keeps the "
     "largest burst's blocks: 70-75 MB peak before, 54-56 MB after, over the same phases.",
     "* Latency: watch group-commits (`--flush-ms 0`, the default since 2026-11-29): a "

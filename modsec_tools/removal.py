@@ -38,11 +38,19 @@ class Removal:
         self.failure: BaseException | None = None
         self.thread: threading.Thread | None = None
 
-    def start(self, seq: int | None, entries: list[Leaving]) -> None:
-        """Delete ``entries`` (batch ``seq``) in the background; the previous job must be
-        over (``wait``)."""
+    def start(self, seq: int | None, entries: list[Leaving], background: bool = True) -> None:
+        """Delete ``entries`` (batch ``seq``) in the background, or now when not
+        ``background`` (a few entries: the hand-over would cost more than it saves); the
+        previous job must be over (``wait``)."""
         assert self.idle.is_set(), "one batch's deletions at a time"
         if not entries:
+            return
+        if not background:
+            try:
+                for ref, inode, device in entries:
+                    self._remove(ref, inode, device)
+            finally:
+                self.tree.release()
             return
         if self.thread is None:
             self.thread = threading.Thread(target=self._work, name="removal", daemon=True)

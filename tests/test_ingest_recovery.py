@@ -15,7 +15,7 @@ import pytest
 
 from modsec_tools import config
 from modsec_tools.appendfile import AppendFile
-from modsec_tools.ingest import Pipeline
+from modsec_tools.ingest import PARALLEL_SINKS_FROM, Pipeline
 from modsec_tools.journal import Journal
 from tests import corpus
 from tests import ingest_helpers as ih
@@ -264,7 +264,9 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
     """Start-up deletes what is left of the batch named ``leaving`` as well as of the last
     one, after completing the last one: every entry once in every sink, none left."""
     corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, settings={"batch_size": "50", "workers": "0"})
+    # (64: batches this large are deleted in the background, smaller ones at once)
+    sb = ih.Sandbox(fast_tmp, settings={"batch_size": str(PARALLEL_SINKS_FROM),
+                                        "workers": "0"})
     made = ih.replicate(RUN, sb.storage, 1)
     done = subprocess.run([sys.executable, "-c", CRASH_WHILE_LEAVING, str(sb.config)],
                           cwd=ih.REPO, env=ih.cli_env(), capture_output=True, text=True,
@@ -277,7 +279,8 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
     assert [(r["seq"], r.get("leaving")) for r in records if r["type"] == "batch"] == \
         [(1, None), (2, 1)]
     rerun = sb.run()
-    assert "completing batch 2 interrupted by a crash (50 files)" in rerun.stderr
+    assert f"completing batch 2 interrupted by a crash ({PARALLEL_SINKS_FROM} files)" \
+        in rerun.stderr
     assert sb.left() == []
     check_nothing_lost(sb, made)
     assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
@@ -288,7 +291,8 @@ def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, m
     (here ENOSPC at fdatasync) must still end the batch before its done record and before
     any deletion; the next run completes the batch, everything once."""
     corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, settings={"batch_size": "50", "workers": "0"})
+    sb = ih.Sandbox(fast_tmp, settings={"batch_size": str(PARALLEL_SINKS_FROM),
+                                        "workers": "0"})
     made = ih.replicate(RUN, sb.storage, 1)
     settings = config.load(str(sb.config))
     real_sync = AppendFile.sync
@@ -307,7 +311,8 @@ def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, m
     assert len(sb.left()) == len(made)
     monkeypatch.undo()
     rerun = sb.run()
-    assert "completing batch 1 interrupted by a crash (50 files)" in rerun.stderr
+    assert f"completing batch 1 interrupted by a crash ({PARALLEL_SINKS_FROM} files)" \
+        in rerun.stderr
     assert sb.left() == []
     check_nothing_lost(sb, made)
     assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
