@@ -11,6 +11,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Position:
@@ -42,10 +44,22 @@ class AppendFile:
         info = os.fstat(self.fd)
         return Position(info.st_ino, info.st_size)
 
-    def append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+    def append(self, data: bytes | list[bytes]) -> None:
+        """``data``, or a list of pieces written in order with writev: a batch's entries
+        are appended without first being joined into one more copy of them all."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = [data]
+        pieces = [memoryview(piece) for piece in data if piece]
+        start = 0
+        while start < len(pieces):
+            written = os.writev(self.fd, pieces[start:start + _IOV_MAX])
+            while written:
+                first = pieces[start]
+                if written < len(first):
+                    pieces[start] = first[written:]
+                    break
+                written -= len(first)
+                start += 1
 
     def sync(self) -> None:
         os.fdatasync(self.fd)

@@ -404,7 +404,7 @@ class Pipeline:
     def _append_files(self, batch: list[Outcome]) -> None:
         self.event_log.append(b"".join(p.line for p in batch))  # first: fail2ban reads it
         self.event_log.sync()
-        self.archive.append(b"".join(_archived(p.data) for p in batch))
+        self.archive.append([_archived(p.data) for p in batch])
         self.archive.sync()
 
     def _write_database(self, batch: list[Outcome]) -> None:
