@@ -240,6 +240,32 @@ _TYPES = {
               "message_id": "BIGINT UNSIGNED NOT NULL PRIMARY KEY", "without_rowid": ""},
 }
 
+# A rule message's columns: schema 1's matches table held them, schema 3's messages table
+# holds them (its migration moves them from one to the other).
+_MESSAGE_FIELDS = """
+        rule_id VARCHAR(32),
+        severity VARCHAR(10),
+        msg {blob},
+        data {blob},
+        text {blob},
+        ver {str},
+        maturity VARCHAR(8),
+        accuracy VARCHAR(8),
+        file {str},
+        line VARCHAR(16),
+        tags {blob}"""
+# The original tool's table, as a view, so existing queries keep working: the event and
+# (to be joined as ``m``) its first rule message.
+_LOGS_VIEW = """{view} logs AS SELECT
+        e.method AS REQUEST_METHOD, e.uri AS REQUEST_URI, e.client_ip AS REMOTE_ADDR,
+        m.rule_id AS ruleId, e.host AS Host, m.msg AS msg, m.data AS data,
+        e.unique_id AS unique_id, m.severity AS severity, m.maturity AS maturity,
+        m.accuracy AS accuracy, e.user_agent AS User_Agent,
+        e.response_status_line AS responce_header, e.engine_mode AS Engine_Mode,
+        e.anomaly_score AS Score, e.sqli_score AS SQLi, e.xss_score AS XSS,
+        e.phase AS phase, e.created_at AS created_at
+      FROM events e """
+
 _SCHEMA_V1 = [
     """CREATE TABLE IF NOT EXISTS schema_version (version {int} NOT NULL){engine}""",
     """CREATE TABLE IF NOT EXISTS events (
@@ -281,31 +307,11 @@ _SCHEMA_V1 = [
     "CREATE INDEX {ifnot}events_time ON events (created_at)",
     """CREATE TABLE IF NOT EXISTS matches (
         event_id {bigint} NOT NULL,
-        seq {int} NOT NULL,
-        rule_id VARCHAR(32),
-        severity VARCHAR(10),
-        msg {blob},
-        data {blob},
-        text {blob},
-        ver {str},
-        maturity VARCHAR(8),
-        accuracy VARCHAR(8),
-        file {str},
-        line VARCHAR(16),
-        tags {blob},
+        seq {int} NOT NULL,""" + _MESSAGE_FIELDS + """,
         PRIMARY KEY (event_id, seq)
     ){engine}""",
     "CREATE INDEX {ifnot}matches_rule ON matches (rule_id)",
-    # The original tool's table, as a view, so existing queries keep working.
-    """{view} logs AS SELECT
-        e.method AS REQUEST_METHOD, e.uri AS REQUEST_URI, e.client_ip AS REMOTE_ADDR,
-        m.rule_id AS ruleId, e.host AS Host, m.msg AS msg, m.data AS data,
-        e.unique_id AS unique_id, m.severity AS severity, m.maturity AS maturity,
-        m.accuracy AS accuracy, e.user_agent AS User_Agent,
-        e.response_status_line AS responce_header, e.engine_mode AS Engine_Mode,
-        e.anomaly_score AS Score, e.sqli_score AS SQLi, e.xss_score AS XSS,
-        e.phase AS phase, e.created_at AS created_at
-      FROM events e LEFT JOIN matches m ON m.event_id = e.id AND m.seq = e.primary_seq""",
+    _LOGS_VIEW + "LEFT JOIN matches m ON m.event_id = e.id AND m.seq = e.primary_seq",
 ]
 # v2: mod_unique_id's ids are case-sensitive (base64), but MySQL's default collation is
 # not: an id differing from a stored one only in case was refused as a duplicate.
@@ -354,18 +360,7 @@ def _normalize_matches(db: Database, cursor) -> None:
 # table becomes a view with its name and columns, so queries written for it still work.
 _SCHEMA_V3 = [
     """CREATE TABLE IF NOT EXISTS messages (
-        id {message_id},
-        rule_id VARCHAR(32),
-        severity VARCHAR(10),
-        msg {blob},
-        data {blob},
-        text {blob},
-        ver {str},
-        maturity VARCHAR(8),
-        accuracy VARCHAR(8),
-        file {str},
-        line VARCHAR(16),
-        tags {blob}
+        id {message_id},""" + _MESSAGE_FIELDS + """
     ){engine}""",
     "CREATE INDEX {ifnot}messages_rule ON messages (rule_id)",
     """CREATE TABLE IF NOT EXISTS event_messages (
@@ -378,22 +373,13 @@ _SCHEMA_V3 = [
     "DROP VIEW IF EXISTS logs",
     _normalize_matches,
     """{view} matches AS SELECT
-        em.event_id AS event_id, em.seq AS seq, g.rule_id AS rule_id, g.severity AS severity,
-        g.msg AS msg, g.data AS data, g.text AS text, g.ver AS ver, g.maturity AS maturity,
-        g.accuracy AS accuracy, g.file AS file, g.line AS line, g.tags AS tags,
+        em.event_id AS event_id, em.seq AS seq, m.rule_id AS rule_id, m.severity AS severity,
+        m.msg AS msg, m.data AS data, m.text AS text, m.ver AS ver, m.maturity AS maturity,
+        m.accuracy AS accuracy, m.file AS file, m.line AS line, m.tags AS tags,
         em.message_id AS message_id
-      FROM event_messages em JOIN messages g ON g.id = em.message_id""",
-    """{view} logs AS SELECT
-        e.method AS REQUEST_METHOD, e.uri AS REQUEST_URI, e.client_ip AS REMOTE_ADDR,
-        g.rule_id AS ruleId, e.host AS Host, g.msg AS msg, g.data AS data,
-        e.unique_id AS unique_id, g.severity AS severity, g.maturity AS maturity,
-        g.accuracy AS accuracy, e.user_agent AS User_Agent,
-        e.response_status_line AS responce_header, e.engine_mode AS Engine_Mode,
-        e.anomaly_score AS Score, e.sqli_score AS SQLi, e.xss_score AS XSS,
-        e.phase AS phase, e.created_at AS created_at
-      FROM events e
-      LEFT JOIN event_messages em ON em.event_id = e.id AND em.seq = e.primary_seq
-      LEFT JOIN messages g ON g.id = em.message_id""",
+      FROM event_messages em JOIN messages m ON m.id = em.message_id""",
+    _LOGS_VIEW + """LEFT JOIN event_messages em ON em.event_id = e.id AND em.seq = e.primary_seq
+      LEFT JOIN messages m ON m.id = em.message_id""",
 ]
 #: Each version's steps: SQL (formatted with _TYPES) or a function(database, cursor).
 MIGRATIONS: dict[int, list] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}

@@ -238,6 +238,23 @@ def test_crash_then_logrotate_then_restart_loses_nothing(fast_tmp, sink):
         assert set(ids) == set(made), f"{name}: {len(set(made) - set(ids))} entries lost"
 
 
+def threaded_sandbox(root) -> ih.Sandbox:
+    """Batches large enough for the threads: files written while the database commits,
+    entries deleted while the next batch commits (smaller ones do both in line)."""
+    return ih.Sandbox(root, settings={"batch_size": str(PARALLEL_SINKS_FROM), "workers": "0"})
+
+
+def rerun_completes(sb: ih.Sandbox, made: dict[str, ih.Copy], batch: int) -> None:
+    """The next run completes the interrupted ``batch``: every entry once in every sink,
+    none left in the tree."""
+    rerun = sb.run()
+    assert f"completing batch {batch} interrupted by a crash ({PARALLEL_SINKS_FROM} files)" \
+        in rerun.stderr
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+
+
 #: Like CRASHER, but batch 1's deletions never finish (the removal thread hangs on its first
 #: entry) and the process dies at batch 2's archive write: batch 2's record names batch 1
 #: as ``leaving``.
@@ -264,9 +281,7 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
     """Start-up deletes what is left of the batch named ``leaving`` as well as of the last
     one, after completing the last one: every entry once in every sink, none left."""
     corpus.require_corpus()
-    # (64: batches this large are deleted in the background, smaller ones at once)
-    sb = ih.Sandbox(fast_tmp, settings={"batch_size": str(PARALLEL_SINKS_FROM),
-                                        "workers": "0"})
+    sb = threaded_sandbox(fast_tmp)
     made = ih.replicate(RUN, sb.storage, 1)
     done = subprocess.run([sys.executable, "-c", CRASH_WHILE_LEAVING, str(sb.config)],
                           cwd=ih.REPO, env=ih.cli_env(), capture_output=True, text=True,
@@ -278,12 +293,7 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
     journal.close()
     assert [(r["seq"], r.get("leaving")) for r in records if r["type"] == "batch"] == \
         [(1, None), (2, 1)]
-    rerun = sb.run()
-    assert f"completing batch 2 interrupted by a crash ({PARALLEL_SINKS_FROM} files)" \
-        in rerun.stderr
-    assert sb.left() == []
-    check_nothing_lost(sb, made)
-    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+    rerun_completes(sb, made, batch=2)
 
 
 def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, monkeypatch):
@@ -291,8 +301,7 @@ def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, m
     (here ENOSPC at fdatasync) must still end the batch before its done record and before
     any deletion; the next run completes the batch, everything once."""
     corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, settings={"batch_size": str(PARALLEL_SINKS_FROM),
-                                        "workers": "0"})
+    sb = threaded_sandbox(fast_tmp)
     made = ih.replicate(RUN, sb.storage, 1)
     settings = config.load(str(sb.config))
     real_sync = AppendFile.sync
@@ -310,9 +319,4 @@ def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, m
         pipeline.close()
     assert len(sb.left()) == len(made)
     monkeypatch.undo()
-    rerun = sb.run()
-    assert f"completing batch 1 interrupted by a crash ({PARALLEL_SINKS_FROM} files)" \
-        in rerun.stderr
-    assert sb.left() == []
-    check_nothing_lost(sb, made)
-    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+    rerun_completes(sb, made, batch=1)
