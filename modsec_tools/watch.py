@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # No IN_DONT_FOLLOW: watches are added through /proc/self/fd/N, a link to follow.
 WATCH_MASK = (pyinotify.IN_CREATE | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO
               | pyinotify.IN_ONLYDIR)
+# A minute directory holds entry files only: its IN_CREATE events (one per entry, besides
+# its IN_CLOSE_WRITE) would double the events of a flood and fill the queue sooner.
+MINUTE_DIR_MASK = pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO | pyinotify.IN_ONLYDIR
 INDEX_MASK = pyinotify.IN_MODIFY | pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
 
 
@@ -178,7 +181,8 @@ class Watcher:
         """Watch the directory open on ``fd``: through /proc/self/fd, inotify resolves to
         exactly that directory, whatever its path holds by now."""
         try:
-            result = self.wm.add_watch(f"/proc/self/fd/{fd}", WATCH_MASK, quiet=False)
+            mask = MINUTE_DIR_MASK if dirperms.is_minute_dir(dirs) else WATCH_MASK
+            result = self.wm.add_watch(f"/proc/self/fd/{fd}", mask, quiet=False)
         except pyinotify.WatchManagerError as exc:
             if os.strerror(errno.ENOSPC) in str(exc):
                 raise WatchLimit(

@@ -388,3 +388,37 @@ def test_removed_directories_are_forgotten(tmp_path):
             f"{len(watcher.wd_dirs)} directories still mapped for 3 watches"
     finally:
         watcher.close()
+
+
+def test_minute_directories_report_closes_only(tmp_path):
+    """In-process: a minute directory's watch delivers one event per entry (its close),
+    not its creation too (half the events of a flood); directories above still report
+    the directories created in them."""
+    from modsec_tools import config
+    from modsec_tools.watch import Watcher, WatchOptions, read_inotify_events
+    storage = tmp_path / "storage"
+    minute = storage / "www-data" / "20310101" / "20310101-0000"
+    minute.mkdir(parents=True)
+    settings = config.build({
+        "storage_dir": str(storage), "archive": str(tmp_path / "archive.log"),
+        "event_log": str(tmp_path / "events.log"), "db": "none",
+        "state_dir": str(tmp_path / "state"), "quarantine_dir": str(tmp_path / "q"),
+        "node": "watchtest", "workers": "0"}, {})
+    watcher = Watcher(settings, options=WatchOptions(rescan_seconds=3600))
+    try:
+        watcher.start()
+        for n in range(20):
+            (minute / f"20310101-000000-entry{n:02d}").write_bytes(b"x" * 10)
+        (minute.parent / "20310101-0001").mkdir()
+        time.sleep(0.1)
+        events = read_inotify_events(watcher.wm.get_fd())
+        in_minute = [e for e in events if watcher.wd_dirs.get(e.wd) == (
+            "www-data", "20310101", "20310101-0000")]
+    finally:
+        watcher.close()
+    import pyinotify
+    assert len(in_minute) == 20
+    assert all(e.mask & pyinotify.IN_CLOSE_WRITE and not e.mask & pyinotify.IN_CREATE
+               for e in in_minute)
+    assert any(e.name == "20310101-0001" and e.mask & pyinotify.IN_CREATE
+               and e.mask & pyinotify.IN_ISDIR for e in events)
