@@ -352,21 +352,26 @@ def test_kill9_leaves_nothing_holding_the_lock(tmp_path, daemons):
 
 
 # -- regressions (bugs found by these tests, fixed in 7c07cd7) ----------------------------------
+def _in_process_watcher(tmp_path: Path):
+    """A Watcher of ``tmp_path/storage`` in this process (for what only its internals show),
+    no database, no worker processes, no periodic rescan."""
+    from modsec_tools import config
+    from modsec_tools.watch import Watcher, WatchOptions
+    settings = config.build({
+        "storage_dir": str(tmp_path / "storage"), "archive": str(tmp_path / "archive.log"),
+        "event_log": str(tmp_path / "events.log"), "db": "none",
+        "state_dir": str(tmp_path / "state"), "quarantine_dir": str(tmp_path / "q"),
+        "node": "watchtest", "workers": "0"}, {})
+    return Watcher(settings, options=WatchOptions(rescan_seconds=3600))
+
+
 def test_removed_directories_are_forgotten(tmp_path):
     """In-process (the map is internal): 300 minute directories appear, are watched, and
     are removed again as remove_empty_dirs does; pyinotify drops their watches, and so must
     the watcher's own wd → directory map."""
-    from modsec_tools import config
-    from modsec_tools.watch import Watcher, WatchOptions
-    storage = tmp_path / "storage"
-    day = storage / "www-data" / "20310101"
+    day = tmp_path / "storage" / "www-data" / "20310101"
     day.mkdir(parents=True)
-    settings = config.build({
-        "storage_dir": str(storage), "archive": str(tmp_path / "archive.log"),
-        "event_log": str(tmp_path / "events.log"), "db": "none",
-        "state_dir": str(tmp_path / "state"), "quarantine_dir": str(tmp_path / "q"),
-        "node": "watchtest", "workers": "0"}, {})
-    watcher = Watcher(settings, options=WatchOptions(rescan_seconds=3600))
+    watcher = _in_process_watcher(tmp_path)
 
     def pump() -> None:
         for _ in range(5):
@@ -394,17 +399,10 @@ def test_minute_directories_report_closes_only(tmp_path):
     """In-process: a minute directory's watch delivers one event per entry (its close),
     not its creation too (half the events of a flood); directories above still report
     the directories created in them."""
-    from modsec_tools import config
-    from modsec_tools.watch import Watcher, WatchOptions, read_inotify_events
-    storage = tmp_path / "storage"
-    minute = storage / "www-data" / "20310101" / "20310101-0000"
+    from modsec_tools.watch import read_inotify_events
+    minute = tmp_path / "storage" / "www-data" / "20310101" / "20310101-0000"
     minute.mkdir(parents=True)
-    settings = config.build({
-        "storage_dir": str(storage), "archive": str(tmp_path / "archive.log"),
-        "event_log": str(tmp_path / "events.log"), "db": "none",
-        "state_dir": str(tmp_path / "state"), "quarantine_dir": str(tmp_path / "q"),
-        "node": "watchtest", "workers": "0"}, {})
-    watcher = Watcher(settings, options=WatchOptions(rescan_seconds=3600))
+    watcher = _in_process_watcher(tmp_path)
     try:
         watcher.start()
         for n in range(20):
