@@ -1,7 +1,8 @@
 """Deleting a committed batch's entries while the next batch is being committed.
 
 Deleting is a stat and a rename per entry (into the trash, see trash.py): a quarter of the
-committing thread's time when it was done in line. The journal lets one batch's deletions
+committing thread's time when it was done in line. (A batch of a few entries, as a live
+watch makes, is still deleted in line: handing it over would cost more than it saves.) The journal lets one batch's deletions
 be outstanding: the next batch's record names that batch (``leaving``), so start-up after a
 crash deletes what is left of both (ingest.Pipeline.recover). Hence one job at a time, and
 a batch's deletions start only once the previous batch's are done.
@@ -20,7 +21,7 @@ from .trash import Trash
 
 log = logging.getLogger(__name__)
 
-#: (where, (inode, device) it was read from): the entry is deleted only if the name still
+#: (where, inode, device it was read from): the entry is deleted only if the name still
 #: holds that file.
 Leaving = tuple[EntryRef, int, int]
 
