@@ -603,12 +603,12 @@ class Database:
         row = cursor.fetchone()
         return row[0] if row else None
 
-    def insert_sql(self, table: str, columns: Sequence[str]) -> str:
-        """INSERT of one parameterized row that skips a row whose key is already stored
-        (only that: any other error still fails it)."""
+    def insert_sql(self, table: str, columns: Sequence[str], skip_stored: bool = True) -> str:
+        """INSERT of one parameterized row; ``skip_stored``: a row whose key is already
+        stored is skipped (only that: any other error still fails it)."""
         marks = ",".join([self.mark] * len(columns))
         return (f"INSERT INTO {table} ({','.join(columns)}) VALUES ({marks})"
-                + _SKIP_DUPLICATE[self.kind](columns[0]))
+                + (_SKIP_DUPLICATE[self.kind](columns[0]) if skip_stored else ""))
 
     def ensure_schema(self) -> None:
         current = self.version()
@@ -652,8 +652,7 @@ class Database:
         if self.kind == "mysql":
             self._insert_mysql(cursor, node, fresh)
             return len(fresh)
-        marks = ",".join([self.mark] * len(EVENT_COLUMNS))
-        cursor.executemany(f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})",
+        cursor.executemany(self.insert_sql("events", EVENT_COLUMNS, skip_stored=False),
                            [r.event for r in fresh])
         ids = self._ids(cursor, node, (r.unique_id for r in fresh))
         links = [(ids[r.unique_id], m[0], m[1]) for r in fresh for m in r.matches]
@@ -662,8 +661,8 @@ class Database:
             new = [wanted[i][1:] for i in self._unstored(cursor, wanted)]
             if new:
                 cursor.executemany(self.insert_sql("messages", MESSAGE_COLUMNS), new)
-            cursor.executemany("INSERT INTO event_messages (event_id, seq, message_id) "
-                               "VALUES (?,?,?)", links)
+            cursor.executemany(self.insert_sql("event_messages", LINK_COLUMNS,
+                                               skip_stored=False), links)
         return len(fresh)
 
     def _unstored(self, cursor, message_ids: Iterable[int]) -> list[int]:

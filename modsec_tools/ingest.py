@@ -373,15 +373,24 @@ class Pipeline:
         self.stats.bytes += sum(len(p.data) for p in batch)
         self.stats.batches += 1
         if self.journal.size() >= COMPACT_AT:  # a fresh journal names no batch: none leaving
-            self.stats.errors += self.removal.wait()
+            self._await_removal()
             self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
 
     def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
-        if fresh and len(batch) < PARALLEL_SINKS_FROM:
+        if not fresh:  # recovery: append only what each file lacks
+            reloaded = {p.ref.relpath: p for p in batch}
+            archive_regions, line_regions = [], []
+            for relpath, *_, archived_len, line_len in record["files"]:
+                entry = reloaded.get(relpath)
+                archive_regions.append((archived_len, _archived(entry.data) if entry else None))
+                line_regions.append((line_len, entry.line if entry else None))
+            self.archive.complete_regions(Position(*record["archive"]), archive_regions)
+            self.event_log.complete_regions(Position(*record["events"]), line_regions)
+            self._write_database(batch)
+        elif len(batch) < PARALLEL_SINKS_FROM:
             self._append_files(batch)
             self._write_database(batch)
-            return
-        if fresh:
+        else:
             # The two files are written and fdatasync'd by another thread while this one
             # inserts into the database (both mostly wait on the disk, without the GIL);
             # each sink is completed on its own after a crash, so their order is free.
@@ -390,16 +399,6 @@ class Pipeline:
                 self._write_database(batch)
             finally:
                 files.result()
-            return
-        reloaded = {p.ref.relpath: p for p in batch}
-        archive_regions, line_regions = [], []
-        for relpath, *_, archived_len, line_len in record["files"]:
-            entry = reloaded.get(relpath)
-            archive_regions.append((archived_len, _archived(entry.data) if entry else None))
-            line_regions.append((line_len, entry.line if entry else None))
-        self.archive.complete_regions(Position(*record["archive"]), archive_regions)
-        self.event_log.complete_regions(Position(*record["events"]), line_regions)
-        self._write_database(batch)
 
     def _append_files(self, batch: list[Outcome]) -> None:
         self.event_log.append(b"".join(p.line for p in batch))  # first: fail2ban reads it
@@ -418,12 +417,16 @@ class Pipeline:
         self._remove_later(record["seq"], [(EntryRef.from_relpath(relpath), inode, device)
                                            for relpath, inode, device, *_ in record["files"]
                                            if relpath not in keep])
-        self.stats.errors += self.removal.wait()
+        self._await_removal()
 
     def _remove_later(self, seq: int, entries: list[Leaving]) -> None:
         """Start deleting a committed batch's entries once the previous batch's are gone."""
-        self.stats.errors += self.removal.wait()
+        self._await_removal()
         self.removal.start(seq, entries, background=len(entries) >= PARALLEL_SINKS_FROM)
+
+    def _await_removal(self) -> None:
+        """Until the deletions under way are done (those that failed count as errors)."""
+        self.stats.errors += self.removal.wait()
 
     # -- driving -------------------------------------------------------------------------------
     def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
@@ -459,7 +462,7 @@ class Pipeline:
         try:
             self._process(fresh(work), stream if more else None, seen, stop, cutoff)
         finally:
-            self.stats.errors += self.removal.wait()
+            self._await_removal()
         return again
 
     def _process(self, items: list, stream, seen: set[str], stop, cutoff) -> None:
@@ -531,9 +534,9 @@ class Pipeline:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        self.file_sinks.shutdown()
         self.archive.close()
         self.event_log.close()
-        self.file_sinks.shutdown()
         self.journal.close()
         self.removal.close()
         self.trash.close()
