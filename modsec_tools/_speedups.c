@@ -1,15 +1,20 @@
-/* modsec_tools._speedups: C versions of the native parser's innermost loops.
+/* modsec_tools._speedups: C versions of the native parser's innermost loops, and of the
+ * loop that deletes a batch's entries.
  *
- * Each function here has a pure-Python twin (in native.py, messages.py or http.py, named
- * in its docstring) that defines its meaning; tests run both over the corpus and under
- * fuzzing and require equal results. The parser uses these when the extension was built
- * and falls back to the twins when it was not. No I/O; every index is checked against the
- * buffer's length, since the input is attacker-controlled.
+ * Each function here has a pure-Python twin (in native.py, messages.py, http.py or
+ * storage.py, named in its docstring) that defines its meaning; tests run both and require
+ * equal results. The callers use these when the extension was built and fall back to the
+ * twins when it was not. The parser's functions do no I/O; every index is checked against
+ * the buffer's length, since the input is attacker-controlled.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int is_hex(char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
@@ -693,7 +698,85 @@ static PyObject *apache_time(PyObject *Py_UNUSED(module), PyObject *text) {
     return stamp;
 }
 
+/* remove_entries' results besides 0 (deleted) and an errno (storage.GONE, REPLACED) */
+#define GONE (-1)
+#define REPLACED (-2)
+
+PyDoc_STRVAR(remove_entries_doc,
+"remove_entries(entries: list[tuple[int, bytes, int, int]]) -> list[int]\n\n"
+"storage.remove_entries_py, without holding the GIL: the committing thread's database\n"
+"insert takes the GIL back at every row, and threads deleting in Python between their\n"
+"system calls made it wait several times as long.");
+
+struct doomed {
+    int fd;
+    const char *name;
+    unsigned long long inode, device;
+    int result;
+};
+
+static int remove_entry(const struct doomed *entry) {
+    struct stat now;
+    int done;
+    do
+        done = fstatat(entry->fd, entry->name, &now, AT_SYMLINK_NOFOLLOW);
+    while (done != 0 && errno == EINTR);
+    if (done != 0)
+        return errno == ENOENT ? GONE : errno;
+    if ((unsigned long long)now.st_ino != entry->inode
+        || (unsigned long long)now.st_dev != entry->device)
+        return REPLACED;
+    do
+        done = unlinkat(entry->fd, entry->name, 0);
+    while (done != 0 && errno == EINTR);
+    if (done != 0)
+        return errno == ENOENT ? GONE : errno;
+    return 0;
+}
+
+static PyObject *remove_entries(PyObject *Py_UNUSED(module), PyObject *arg) {
+    /* A tuple of our own keeps every name's bytes alive while the GIL is released. */
+    PyObject *items = PySequence_Tuple(arg);
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    struct doomed *entries = PyMem_Calloc(n ? n : 1, sizeof *entries);
+    PyObject *results = NULL;
+    if (entries == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct doomed *entry = &entries[i];
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "iyKK;remove_entries() needs "
+                "(dir_fd, name, inode, device) tuples", &entry->fd, &entry->name,
+                &entry->inode, &entry->device)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "remove_entries() needs tuples");
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        entries[i].result = remove_entry(&entries[i]);
+    Py_END_ALLOW_THREADS
+    results = PyList_New(n);
+    for (Py_ssize_t i = 0; results != NULL && i < n; i++) {
+        PyObject *result = PyLong_FromLong(entries[i].result);
+        if (result == NULL)
+            Py_CLEAR(results);
+        else
+            PyList_SET_ITEM(results, i, result);
+    }
+done:
+    PyMem_Free(entries);
+    Py_DECREF(items);
+    return results;
+}
+
 static PyMethodDef methods[] = {
+    {"remove_entries", remove_entries, METH_O, remove_entries_doc},
     {"split_sections", split_sections, METH_O, split_sections_doc},
     {"trailer_lines", trailer_lines, METH_O, trailer_lines_doc},
     {"message_fields", (PyCFunction)(void (*)(void))message_fields, METH_FASTCALL,
@@ -707,7 +790,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "modsec_tools._speedups",
-    "C versions of the native parser's innermost loops (see modsec_tools/native.py).",
+    "C versions of the native parser's innermost loops (see modsec_tools/native.py), and "
+    "of the loop deleting a batch's entries (storage.py).",
     0, methods, NULL, NULL, NULL, NULL,
 };
 

@@ -94,7 +94,7 @@ def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
            raw(event.user_agent), event.status, raw(event.response_status_line),
            int(event.intercepted), event.phase, verdict, event.anomaly_score,
            event.scores.get("SQLI"), event.scores.get("XSS"),
-           _fit(json.dumps(event.scores), 255) if event.scores else None, event.severity,
+           _fit(scores_json(event.scores), 255) if event.scores else None, event.severity,
            raw(",".join(event.rule_ids)), primary, _fit(event.engine_mode, 32),
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
@@ -142,6 +142,12 @@ def _message_literal(message: Message) -> str:
     if text is None:
         text = message.renderings["mysql"] = _tuple_literal(_message_row(message))
     return text  # type: ignore[return-value]
+
+
+def scores_json(scores: dict[str, int]) -> str:
+    """json.dumps of the per-category scores, at a fifth of its cost: the names are
+    ``[A-Z_]+`` (messages._categories) and the values ints, so nothing needs escaping."""
+    return "{" + ", ".join([f'"{name}": {value}' for name, value in scores.items()]) + "}"
 
 
 def _fit(text: str | None, size: int) -> str | None:

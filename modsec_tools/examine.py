@@ -23,6 +23,7 @@ from .errors import ParseError
 from .event import Event
 from .eventline import format_event
 from .indexlog import IndexLine, verify
+from .messages import keep_messages
 from .safefs import UnsafeFile
 from .storage import EntryRef, StorageTree
 from .verdict import VerdictPolicy
@@ -135,9 +136,15 @@ def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | Non
 _worker: tuple[StorageTree, Rules] | None = None
 
 
+#: Parsed messages a worker keeps (messages.keep_messages): a worker's memory is not
+#: bounded by the daemon's budget, and 4,096 messages are ~20 MB.
+WORKER_MESSAGES = 4096
+
+
 def _init_worker(root: str, rules: Rules) -> None:
     global _worker
     _die_with_parent()
+    keep_messages(WORKER_MESSAGES)
     _worker = (StorageTree(root), rules)
 
 
@@ -191,7 +198,8 @@ class ExaminerPool:
         workers keep busy while it commits a batch (the pipeline passes its batch size);
         with a window smaller than a batch they would stand idle during every commit."""
         # spawn, not fork: a forked worker would inherit the daemon's descriptors (its
-        # instance lock, inotify, journal) and keep them after the daemon's death.
+        # instance lock, inotify, journal) and keep them after the daemon's death. (Nor a
+        # fork server: its workers hold it alive, so they would outlive a killed daemon.)
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
             "spawn"), initializer=_init_worker, initargs=(root, rules))
         self.workers = workers

@@ -32,9 +32,8 @@ from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SC
                       ExaminerPool, Outcome, Rules, examine, render)
 from .indexlog import IndexLine, parse_index_line
 from .journal import COMPACT_AT, Journal, RecordLog
-from .removal import Leaving, Removal
+from .removal import Leaving, Removal, empty_old_trash
 from .storage import EntryRef, Oddity, StorageTree
-from .trash import Trash
 from .verdict import VerdictPolicy
 
 __all__ = ["Pipeline", "Stats", "SCAN", "INDEXED", "CLOSED", "FRESH"]
@@ -224,9 +223,9 @@ class Pipeline:
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
         state = settings.state_dir
-        self.trash = Trash(os.path.join(state, "trash"), settings.storage_dir)
-        self.tree = StorageTree(settings.storage_dir, self.trash)
-        self.removal = Removal(settings.storage_dir, self.trash)
+        empty_old_trash(os.path.join(state, "trash"))
+        self.tree = StorageTree(settings.storage_dir)
+        self.removal = Removal(settings.storage_dir)
         self.file_sinks = ThreadPoolExecutor(1, thread_name_prefix="file-sinks")
         if db is None:
             target = parse_target(settings.db, settings.db_option_file)
@@ -539,7 +538,6 @@ class Pipeline:
         self.event_log.close()
         self.journal.close()
         self.removal.close()
-        self.trash.close()
         if self.db is not None:
             self.db.close()
 

@@ -19,11 +19,12 @@ _PLAIN_FIELD = re.compile(r'\[(\w+) "([^"]*+)"\]')  # _FIELD where no backslash 
 _APACHE_PREFIX = re.compile(r"(?:\[\w+ [^\]]*\] )*ModSecurity: ")
 
 
-# A flood repeats the same few messages (same rule, same payload, same score line) across
-# thousands of entries; Message is immutable, so one parsed instance serves all of them.
-@functools.lru_cache(maxsize=1024)
 def parse_message(text: str) -> Message:
     """Split one message into its head and its fields (a shared, immutable Message)."""
+    return _cached_message(text)
+
+
+def _parse_message(text: str) -> Message:
     # ModSecurity always logs [file "..."] first; the regex is only a fallback.
     start = text.find(' [file "')
     if start == -1:
@@ -32,6 +33,20 @@ def parse_message(text: str) -> Message:
             return Message(text.rstrip())
         start = head_end.start()
     return Message(text[:start].rstrip(), _split_fields(text, start))
+
+
+# A flood repeats the same few messages (same rule, same payload, same score line) across
+# thousands of entries; Message is immutable, so one parsed instance serves all of them,
+# with what each sink made of it (Message.renderings: ~5 KB a message in all).
+_cached_message = functools.lru_cache(maxsize=1024)(_parse_message)
+
+
+def keep_messages(count: int) -> None:
+    """Cache this many parsed messages (1,024 by default: a daemon's memory budget counts
+    them). An examiner worker keeps more: a scanner cycling through its payloads makes
+    more distinct messages than that, and an LRU cache smaller than a cycle hits nothing."""
+    global _cached_message
+    _cached_message = functools.lru_cache(maxsize=count)(_parse_message)
 
 
 def split_fields_py(text: str, start: int) -> list[tuple[str, str]]:

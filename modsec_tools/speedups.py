@@ -1,9 +1,10 @@
 """The optional C extension ``modsec_tools._speedups`` (built from ``_speedups.c``).
 
-It holds C versions of the native parser's innermost loops. Every function in it has a
-pure-Python twin next to its caller that defines what it does; the tests require both to
-agree. When the extension was not built (no C compiler at install time), ``C`` is None and
-the twins serve: the same results, about half as fast.
+It holds C versions of the native parser's innermost loops, and of the loop deleting a
+batch's entries (which runs without the GIL). Every function in it has a pure-Python twin
+next to its caller that defines what it does; the tests require both to agree. When the
+extension was not built (no C compiler at install time), ``C`` is None and the twins serve:
+the same results, about half as fast.
 """
 from __future__ import annotations
 

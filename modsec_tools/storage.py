@@ -11,12 +11,12 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .safefs import UnsafeFile, open_dir_at, open_dir_path, read_file_at
 from .sources import DAY_DIR, ENTRY_NAME, MINUTE_DIR
-from .trash import Trash
+from .speedups import C
 
 log = logging.getLogger(__name__)
 USER_DIR_MAX = 64
@@ -80,9 +80,8 @@ class Oddity:
 
 
 class StorageTree:
-    def __init__(self, root: str, trash: Trash | None = None) -> None:
+    def __init__(self, root: str) -> None:
         self.root = root
-        self.trash = trash if trash is not None and trash.usable else None
         self._dir_fds: dict[tuple[str, ...], int] = {}
 
     def release(self) -> None:
@@ -181,31 +180,31 @@ class StorageTree:
         """(FileData) of an entry; raises UnsafeFile / OSError / FileNotFoundError."""
         return read_file_at(self.parent_fd(ref), ref.name, max_size)
 
-    def remove(self, ref: EntryRef, expect: tuple[int, int]) -> bool:
-        """Delete an entry we processed (into the trash when there is one), unless the
-        name now holds another (inode, device)."""
-        try:
-            fd = self.parent_fd(ref)
-            now = os.stat(ref.name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        if (now.st_ino, now.st_dev) != expect:
-            log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
-            return False
-        if self.trash is not None:
+    def remove(self, entries: Sequence[tuple[EntryRef, int, int]]) -> int:
+        """Delete entries we processed, given as (ref, inode, device they were read from),
+        each only if its name still holds that file; how many could not be deleted
+        (logged; one replaced meanwhile is left alone with a warning, not an error)."""
+        doomed: list[tuple[int, bytes, int, int]] = []
+        refs: list[EntryRef] = []
+        errors = 0
+        for ref, inode, device in entries:
             try:
-                self.trash.take(fd, ref.name)
-                return True
+                fd = self.parent_fd(ref)
+            except FileNotFoundError:
+                continue  # its directory is gone, and it with it
             except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                # Other mounts: a systemd unit's ReadWritePaths= (each is a bind mount),
-                # or a directory of the tree mounted from elsewhere.
-                log.info("the trash %s is on another mount than %s: entries are unlinked "
-                         "in place", self.trash.path, self._show(ref.dirs))
-                self.trash = None
-        os.unlink(ref.name, dir_fd=fd)
-        return True
+                errors += 1
+                log.error("%s: cannot delete: %s", ref.relpath, exc.strerror or exc)
+                continue
+            doomed.append((fd, os.fsencode(ref.name), inode, device))
+            refs.append(ref)
+        for ref, result in zip(refs, _remove_entries(doomed)):
+            if result == REPLACED:
+                log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
+            elif result > 0:
+                errors += 1
+                log.error("%s: cannot delete: %s", ref.relpath, os.strerror(result))
+        return errors
 
     def quarantine(self, ref: EntryRef, quarantine_dir: str, reason: str) -> str | None:
         """Move the name (never what a link points to) into quarantine with a .reason file."""
@@ -345,3 +344,30 @@ def _write_reason(dir_fd: int, name: str, relpath: str, reason: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# remove_entries' results besides 0 (deleted) and an errno
+GONE, REPLACED = -1, -2
+
+
+def remove_entries_py(entries: list[tuple[int, bytes, int, int]]) -> list[int]:
+    """For each (dir_fd, name, inode, device): unlink the name in the directory if it
+    still holds that (inode, device). 0: deleted; GONE: no such name; REPLACED: it holds
+    another file; else the errno of the failure."""
+    results = []
+    for fd, name, inode, device in entries:
+        try:
+            now = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if (now.st_ino, now.st_dev) != (inode, device):
+                results.append(REPLACED)
+                continue
+            os.unlink(name, dir_fd=fd)
+            results.append(0)
+        except FileNotFoundError:
+            results.append(GONE)
+        except OSError as exc:
+            results.append(exc.errno or errno.EIO)
+    return results
+
+
+_remove_entries = C.remove_entries if C else remove_entries_py

@@ -8,6 +8,8 @@ import struct
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modsec_tools import database as dbm
 from modsec_tools.database import Database, Row, event_row, parse_target, with_mysql_text
@@ -129,3 +131,12 @@ def test_replayed_rows_get_the_literals_the_workers_make():
         assert with_mysql_text(plain) == made
         for match, text in zip(made.matches, made.mysql.messages):
             assert text.startswith(f"({match[1]},")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Z_]{1,12}", fullmatch=True),
+                       st.integers(0, 999_999_999), max_size=10))
+def test_scores_json_is_what_json_dumps_makes(scores):
+    """The ``scores`` column is built without json.dumps (workers make it for every entry):
+    for the category names the parser can produce, it must be the same text."""
+    assert dbm.scores_json(scores) == json.dumps(scores)

@@ -37,3 +37,25 @@ def test_a_quarantine_outcome_survives_the_wire():
                       "quarantine", "no Z boundary")
     assert Outcome.from_wire(outcome.ref,
                              pickle.loads(pickle.dumps(outcome.to_wire()))) == outcome
+
+
+def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypatch):
+    """A scanner cycling through its payloads makes more distinct messages than the daemon's
+    cache holds (1,024), and an LRU cache smaller than the cycle hits nothing: a worker
+    keeps WORKER_MESSAGES."""
+    from modsec_tools import examine as examine_module, messages
+    texts = [f'Warning. Match of "x{n}" [file "f"] [id "{n}"]' for n in range(1500)]
+    messages.keep_messages(1024)  # the daemon's, empty
+    monkeypatch.setattr(examine_module, "_die_with_parent", lambda: None)  # not pytest's
+    try:
+        for text in texts * 2:
+            messages.parse_message(text)
+        assert messages._cached_message.cache_info().hits == 0  # the default: cycles miss
+        examine_module._init_worker(str(tmp_path), Rules("n", VerdictPolicy(), (), 1, 0.0,
+                                                         1.0, False))
+        for text in texts * 2:
+            messages.parse_message(text)
+        info = messages._cached_message.cache_info()
+        assert info.maxsize == examine_module.WORKER_MESSAGES and info.hits == len(texts)
+    finally:
+        messages.keep_messages(1024)

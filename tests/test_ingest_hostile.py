@@ -416,7 +416,9 @@ settings = config.load(sys.argv[1])
 real, moved, victim, hook = sys.argv[2:6]
 original = getattr(storage.StorageTree, hook)
 swapped = []
-def swap_first(self, ref, *args):
+def swap_first(self, first, *args):
+    # read(ref, ...); remove([(ref, inode, device), ...]), the batch
+    ref = first[0][0] if hook == "remove" else first
     if not swapped:
         swapped.append(ref.relpath)
         if hook == "read":     # the minute directory becomes a symlink after the scan
@@ -426,7 +428,7 @@ def swap_first(self, ref, *args):
             path = os.path.join(real, ref.name)
             os.rename(path, os.path.join(moved, ref.name))
             os.symlink(os.path.join(victim, ref.name), path)
-    return original(self, ref, *args)
+    return original(self, first, *args)
 setattr(storage.StorageTree, hook, swap_first)
 pipeline = ingest.Pipeline(settings)
 stats = pipeline.run_once()

@@ -145,7 +145,7 @@ CRASH_AT_FIRST_UNLINK = r"""
 import os, sys
 from modsec_tools import config, ingest, storage
 settings = config.load(sys.argv[1])
-def remove(self, ref, expect):
+def remove(self, entries):
     os._exit(9)
 storage.StorageTree.remove = remove
 ingest.Pipeline(settings)
@@ -255,15 +255,15 @@ def rerun_completes(sb: ih.Sandbox, made: dict[str, ih.Copy], batch: int) -> Non
     assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
 
 
-#: Like CRASHER, but batch 1's deletions never finish (the removal thread hangs on its first
-#: entry) and the process dies at batch 2's archive write: batch 2's record names batch 1
+#: Like CRASHER, but batch 1's deletions never finish (the removal threads hang on their first
+#: slice) and the process dies at batch 2's archive write: batch 2's record names batch 1
 #: as ``leaving``.
 CRASH_WHILE_LEAVING = r"""
 import os, sys, threading
 from modsec_tools import config, ingest, removal
 from modsec_tools.appendfile import AppendFile
 settings = config.load(sys.argv[1])
-removal.Removal._remove = lambda self, ref, inode, device: threading.Event().wait()
+removal.Removal._remove_all = staticmethod(lambda tree, entries: threading.Event().wait())
 real_append = AppendFile.append
 appends = []
 def append(self, data):

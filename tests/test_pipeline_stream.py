@@ -74,12 +74,12 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
     sb = ih.Sandbox(fast_tmp, db="none")
     ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
     ih.age_tree(sb.storage)
-    real_remove = Removal._remove
+    real_remove = Removal._remove_all
 
-    def slow_remove(self, ref, inode, device):
-        time.sleep(0.002)  # 100 entries: 0.2 s, long enough for a rescan to come meanwhile
-        real_remove(self, ref, inode, device)
-    monkeypatch.setattr(Removal, "_remove", slow_remove)
+    def slow_remove(tree, entries):
+        time.sleep(0.002 * len(entries))  # 0.2 s a batch: a rescan comes meanwhile
+        return real_remove(tree, entries)
+    monkeypatch.setattr(Removal, "_remove_all", staticmethod(slow_remove))
     pipeline = _pipeline(sb)
     held = []
     try:
