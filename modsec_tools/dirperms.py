@@ -75,11 +75,6 @@ def is_layout_dir(dirs: tuple[str, ...]) -> bool:
     return bool(MINUTE_DIR.fullmatch(last) and DAY_DIR.fullmatch(dirs[1]))
 
 
-def is_minute_dir(dirs: tuple[str, ...]) -> bool:
-    """``[<user>/]YYYYMMDD/YYYYMMDD-HHMM``: where entry files are, and nothing below."""
-    return len(dirs) in (2, 3) and is_layout_dir(dirs) and bool(MINUTE_DIR.fullmatch(dirs[-1]))
-
-
 def apply(root: str, dirs: tuple[str, ...], policy: DirPolicy) -> str | None:
     """Fix one directory; returns a problem description, or None when done (or nothing to do)."""
     if not policy.active:

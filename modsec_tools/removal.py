@@ -23,6 +23,7 @@ import os
 import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .safefs import open_dir_at
 from .storage import EntryRef, StorageTree
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def empty_old_trash(path: str) -> None:
     whatever a crash left there was durable in every sink. Only a trash that is ours (owned
     by us, writable by nobody else) is touched."""
     try:
-        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = open_dir_at(None, path)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -131,8 +132,7 @@ def empty_old_trash(path: str) -> None:
 
 def _empty_bin(top: int, name: str) -> int:
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=top)
+        fd = open_dir_at(top, name)
     except NotADirectoryError:
         return 0
     try:

@@ -61,6 +61,12 @@ def layout_ok(dirs: tuple[str, ...], name: str) -> bool:
                 and minute.startswith(day))
 
 
+def is_minute_dir(dirs: tuple[str, ...]) -> bool:
+    """``[<user>/]YYYYMMDD/YYYYMMDD-HHMM``: where entry files are, and nothing below."""
+    return len(dirs) in (2, 3) and bool(MINUTE_DIR.fullmatch(dirs[-1])) and bool(
+        DAY_DIR.fullmatch(dirs[-2]))
+
+
 def _user_dir_ok(name: str) -> bool:
     return 0 < len(name) <= USER_DIR_MAX and name not in (".", "..") and "/" not in name
 
@@ -107,7 +113,7 @@ class StorageTree:
         except OSError as exc:
             log.warning("cannot list %s: %s", self._show(dirs), exc.strerror)
             return
-        in_minute_dir = len(dirs) in (2, 3) and self._is_minute_dir(dirs)
+        in_minute_dir = is_minute_dir(dirs)
         for entry in entries:
             name = entry.name
             try:
@@ -142,11 +148,6 @@ class StorageTree:
             yield from self._scan_dir(child_fd, child)
         finally:
             os.close(child_fd)
-
-    @staticmethod
-    def _is_minute_dir(dirs: tuple[str, ...]) -> bool:
-        return len(dirs) >= 2 and bool(MINUTE_DIR.fullmatch(dirs[-1])) and bool(
-            DAY_DIR.fullmatch(dirs[-2]))
 
     @staticmethod
     def _descend(child: tuple[str, ...]) -> bool:
@@ -269,7 +270,7 @@ class StorageTree:
             user_dir = not dirs and name not in timed
             # Each user directory starts its own "newest" path; a day that is over does not.
             child_newest = user_dir or (newest_path and name == newest)
-            if not self._is_minute_dir(child):
+            if not is_minute_dir(child):
                 try:
                     child_fd = open_dir_at(fd, name)
                 except OSError:

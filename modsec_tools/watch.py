@@ -33,7 +33,7 @@ from .daemon import Signals, sd_notify, write_status
 from .examine import CLOSED, FRESH, INDEXED, SCAN
 from .ingest import Pipeline
 from .safefs import open_dir_path
-from .storage import EntryRef, layout_ok
+from .storage import EntryRef, is_minute_dir, layout_ok
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class Watcher:
         """Watch the directory open on ``fd``: through /proc/self/fd, inotify resolves to
         exactly that directory, whatever its path holds by now."""
         try:
-            mask = MINUTE_DIR_MASK if dirperms.is_minute_dir(dirs) else WATCH_MASK
+            mask = MINUTE_DIR_MASK if is_minute_dir(dirs) else WATCH_MASK
             result = self.wm.add_watch(f"/proc/self/fd/{fd}", mask, quiet=False)
         except pyinotify.WatchManagerError as exc:
             if os.strerror(errno.ENOSPC) in str(exc):

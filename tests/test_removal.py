@@ -1,5 +1,5 @@
 """Deleting committed entries (removal.py, StorageTree.remove): only the file that was read,
-several threads at once, and the C loop equal to its Python twin."""
+several threads at once. (The C loop against its Python twin: test_speedups.py.)"""
 from __future__ import annotations
 
 import errno
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools import removal, speedups, storage
+from modsec_tools import removal
 from modsec_tools.removal import Removal, empty_old_trash
-from modsec_tools.storage import GONE, REPLACED, EntryRef, StorageTree
+from modsec_tools.storage import EntryRef, StorageTree
 
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401
@@ -20,7 +20,7 @@ from tests.ingest_helpers import fast_tmp  # noqa: F401
 DIRS = ("20261128", "20261128-1626")
 
 
-def _entries(root: Path, count: int, dirs: tuple[str, ...] = DIRS) -> list:
+def entries_in(root: Path, count: int, dirs: tuple[str, ...] = DIRS) -> list:
     """``count`` entry files; (ref, inode, device) of each, as a batch's deletions get them."""
     minute = root.joinpath(*dirs)
     minute.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
 
 
-def _replace(path: Path) -> None:
+def replace_file(path: Path) -> None:
     """Another file under the name (made first: a freed inode number is soon reused)."""
     other = path.with_name(path.name + ".new")
     other.write_bytes(b"another file")
@@ -48,7 +48,7 @@ def test_a_batch_is_deleted_in_the_background_and_held_until_done(tmp_path):
     """Its slices go to THREADS threads; until ``wait`` its entries are ``held`` (not to be
     taken again) and the batch is ``outstanding`` (named ``leaving`` in the journal)."""
     root = tmp_path / "storage"
-    leaving = _entries(root, 200) + _entries(root, 10, ("20261128", "20261128-1627"))
+    leaving = entries_in(root, 200) + entries_in(root, 10, ("20261128", "20261128-1627"))
     gate = threading.Event()
     seen_threads = set()
     real = StorageTree.remove
@@ -77,7 +77,7 @@ def test_a_batch_is_deleted_in_the_background_and_held_until_done(tmp_path):
 def test_a_small_batch_is_deleted_at_once(tmp_path):
     root = tmp_path / "storage"
     job = Removal(str(root))
-    job.start(1, _entries(root, 3), background=False)
+    job.start(1, entries_in(root, 3), background=False)
     assert _files(root) == [] and job.outstanding() is None and job.pool is None
     job.close()
 
@@ -86,9 +86,9 @@ def test_only_the_file_that_was_read_is_deleted(tmp_path, caplog):
     """A name that now holds another file (an attacker's swap, a new entry of the same name)
     is left with a warning; one already gone is no error; a failure is an error, logged."""
     root = tmp_path / "storage"
-    kept, gone, fine, failing = _entries(root, 4)
+    kept, gone, fine, failing = entries_in(root, 4)
     minute = root.joinpath(*DIRS)
-    _replace(minute / kept[0].name)
+    replace_file(minute / kept[0].name)
     os.unlink(minute / gone[0].name)
     os.unlink(minute / failing[0].name)
     os.mkdir(minute / failing[0].name)  # unlink(2) of a directory fails: EISDIR
@@ -107,47 +107,13 @@ def test_only_the_file_that_was_read_is_deleted(tmp_path, caplog):
 
 def test_a_directory_swapped_for_a_symlink_is_not_followed(tmp_path):
     root = tmp_path / "storage"
-    leaving = _entries(root, 2)
+    leaving = entries_in(root, 2)
     outside = tmp_path / "outside"
     os.rename(root.joinpath(*DIRS), outside)
     os.symlink(outside, root.joinpath(*DIRS))
     tree = StorageTree(str(root))
     assert tree.remove(leaving) == 2  # refused, as errors: the entries were not deleted
     assert sorted(os.listdir(outside)) == sorted(ref.name for ref, _, _ in leaving)
-
-
-@pytest.mark.skipif(speedups.C is None, reason="the C extension is not built")
-def test_the_c_loop_gives_what_its_python_twin_gives(tmp_path):
-    results = {}
-    for twin, remove in (("py", storage.remove_entries_py), ("c", speedups.C.remove_entries)):
-        root = tmp_path / twin
-        leaving = _entries(root, 5)
-        minute = root.joinpath(*DIRS)
-        os.unlink(minute / leaving[1][0].name)                      # gone
-        _replace(minute / leaving[2][0].name)                      # replaced
-        os.unlink(minute / leaving[3][0].name)
-        os.mkdir(minute / leaving[3][0].name)                      # fails: EISDIR
-        info = os.stat(minute / leaving[3][0].name)
-        leaving[3] = (leaving[3][0], info.st_ino, info.st_dev)
-        fd = os.open(minute, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            results[twin] = remove([(fd, os.fsencode(ref.name), inode, device)
-                                    for ref, inode, device in leaving])
-        finally:
-            os.close(fd)
-        results[twin + " left"] = sorted(os.listdir(minute))
-    assert results["py"] == results["c"] == [0, GONE, REPLACED, errno.EISDIR, 0]
-    assert results["py left"] == results["c left"]
-    with pytest.raises(TypeError):
-        speedups.C.remove_entries([(0, "a str name", 1, 2)])
-    with pytest.raises(TypeError):
-        speedups.C.remove_entries([[0, b"a list", 1, 2]])
-    assert speedups.C.remove_entries([]) == []
-
-
-def test_the_tree_uses_the_c_loop_when_it_is_built():
-    expected = speedups.C.remove_entries if speedups.C else storage.remove_entries_py
-    assert storage._remove_entries is expected
 
 
 # -- the trash of earlier builds -----------------------------------------------------------------

@@ -8,6 +8,7 @@ extension fails instead of skipping.
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -16,10 +17,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from modsec_tools import http, messages, native, speedups, timestamps
+from modsec_tools import http, messages, native, speedups, storage, timestamps
+from modsec_tools.storage import GONE, REPLACED
 from tests import corpus
 from tests.test_fuzz_parser import FUZZ, SEEDS, message_texts, mutated_entries
 from tests.test_parse_support import REPO_ROOT
+from tests.test_removal import DIRS, entries_in, replace_file
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +42,7 @@ def test_the_parser_uses_the_extension_when_it_is_built(c_module) -> None:
     assert messages._split_fields is c_module.message_fields
     assert messages.modsecurity_part_of_apache_error is c_module.modsecurity_part
     assert http._http_head is c_module.http_head
+    assert storage._remove_entries is c_module.remove_entries
     assert speedups.describe() == "C speedups: built"
 
 
@@ -245,6 +249,34 @@ def test_wrong_argument_types_raise_type_error(c_module) -> None:
     for call in (lambda: c_module.split_sections("str"), lambda: c_module.trailer_lines("x"),
                  lambda: c_module.stopwatch(b"x"), lambda: c_module.modsecurity_part(b"x"),
                  lambda: c_module.message_fields(b"x", 0), lambda: c_module.http_head("x"),
-                 lambda: c_module.apache_time(b"x")):
+                 lambda: c_module.apache_time(b"x"),
+                 lambda: c_module.remove_entries([(0, "a str name", 1, 2)]),
+                 lambda: c_module.remove_entries([[0, b"a list", 1, 2]])):
         with pytest.raises(TypeError):
             call()
+
+
+def test_remove_entries(c_module, tmp_path) -> None:
+    """Deleted, gone, replaced by another file, failing (EISDIR): both twins give the same
+    results and leave the same names."""
+    results = {}
+    for twin, remove in (("py", storage.remove_entries_py), ("c", c_module.remove_entries)):
+        root = tmp_path / twin
+        leaving = entries_in(root, 5)
+        minute = root.joinpath(*DIRS)
+        os.unlink(minute / leaving[1][0].name)                      # gone
+        replace_file(minute / leaving[2][0].name)                   # replaced
+        os.unlink(minute / leaving[3][0].name)
+        os.mkdir(minute / leaving[3][0].name)                       # fails: EISDIR
+        info = os.stat(minute / leaving[3][0].name)
+        leaving[3] = (leaving[3][0], info.st_ino, info.st_dev)
+        fd = os.open(minute, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            results[twin] = remove([(fd, os.fsencode(ref.name), inode, device)
+                                    for ref, inode, device in leaving])
+        finally:
+            os.close(fd)
+        results[twin + " left"] = sorted(os.listdir(minute))
+    assert results["py"] == results["c"] == [0, GONE, REPLACED, errno.EISDIR, 0]
+    assert results["py left"] == results["c left"]
+    assert c_module.remove_entries([]) == []
