@@ -14,17 +14,21 @@ Both start from an identical tree, both with SQLite (synchronous=FULL) and, with
 each starts once the previous run's writes are on disk (sync; MariaDB: no dirty pages).
 Each line also gives the CPU time the whole machine was busy during the run (/proc/stat,
 the database server and kernel threads included): on this 2-vCPU VM a run saturates both,
-so entries/s follow the CPU an entry costs and the VM's speed of the minute.
+so entries/s follow the CPU an entry costs and the VM's speed of the minute. Hence
+--rounds: the pair of runs again (fresh copies, fresh databases), then the medians.
 
-usage: python3 bench/ingest.py [--entries N] [--mariadb] [--batch-size N] [--workers N]
+usage: python3 bench/ingest.py [--entries N] [--mariadb] [--rounds N] [--batch-size N]
+                                [--workers N]
 """
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import re
 import shutil
 import sqlite3
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -172,27 +176,55 @@ def settle(server=None) -> None:
     os.sync()
 
 
-def compare(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch: int,
-            workers: str, server=None) -> None:
-    print(f"{name}:")
+def compare_round(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch: int,
+                  workers: str, server=None) -> tuple[float, float]:
+    """One naive run and one of ours, each on its own copy of the tree and a fresh database;
+    returns (naive, ours) entries/s."""
     tree_naive = scratch / f"{name}-naive"
     tree_ours = scratch / f"{name}-ours"
+    work = scratch / f"{name}-work"
     shutil.copytree(base, tree_naive)
     shutil.copytree(base, tree_ours)
-    # On disk, as a backlog is: an entry never written back (ext4 allocates blocks late)
-    # costs less to delete than one that was.
-    settle(server)
-    rate_naive = measure("naive (per-entry commit)", lambda: naive_run(
-        tree_naive, scratch / f"{name}-merged.log", naive_connect))
-    work = scratch / f"{name}-work"
     work.mkdir()
-    # The naive run leaves ~50 MB of merged log and its database to write back: not
-    # during ours.
-    settle(server)
-    rate_ours = measure("modsec-tools ingest", lambda: ours_run(tree_ours, work, ours_url,
-                                                                batch, workers)[0])
-    left = sum(1 for p in tree_ours.rglob("*") if p.is_file())
-    print(f"  ratio ours/naive: {rate_ours / rate_naive:.2f}x   files left: {left}")
+    try:
+        # On disk, as a backlog is: an entry never written back (ext4 allocates blocks
+        # late) costs less to delete than one that was.
+        settle(server)
+        rate_naive = measure("naive (per-entry commit)", lambda: naive_run(
+            tree_naive, scratch / f"{name}-merged.log", naive_connect))
+        # The naive run leaves ~50 MB of merged log and its database to write back: not
+        # during ours.
+        settle(server)
+        rate_ours = measure("modsec-tools ingest", lambda: ours_run(
+            tree_ours, work, ours_url, batch, workers)[0])
+        left = sum(1 for p in tree_ours.rglob("*") if p.is_file())
+        print(f"  ratio ours/naive: {rate_ours / rate_naive:.2f}x   files left: {left}")
+    finally:
+        for path in (tree_naive, tree_ours, work):
+            shutil.rmtree(path, ignore_errors=True)
+        (scratch / f"{name}-merged.log").unlink(missing_ok=True)
+    return rate_naive, rate_ours
+
+
+def compare(name: str, base: Path, scratch: Path, databases, batch: int, workers: str,
+            rounds: int, server=None) -> None:
+    """``databases(round)``: (naive connect, our URL), fresh for each round."""
+    print(f"{name}:")
+    results = []
+    for number in range(rounds):
+        if rounds > 1:
+            print(f" round {number + 1}/{rounds}")
+        results.append(compare_round(name, base, scratch, *databases(number), batch,
+                                     workers, server))
+    if rounds > 1:
+        naive = statistics.median(r[0] for r in results)
+        ours = statistics.median(r[1] for r in results)
+        ratios = sorted(r[1] / r[0] for r in results)
+        best = max(results, key=lambda r: r[1])
+        print(f"  {name}, median of {rounds} rounds: naive {naive:.0f}/s, ours {ours:.0f}/s, "
+              f"ratio {statistics.median(ratios):.2f}x (rounds: {ratios[0]:.2f}-"
+              f"{ratios[-1]:.2f}x); fastest round: ours {best[1]:.0f}/s "
+              f"({best[1] / best[0]:.2f}x its naive run)")
 
 
 def main() -> int:
@@ -204,8 +236,16 @@ def main() -> int:
                         help="ingest's workers setting (default: auto, as installed)")
     parser.add_argument("--mariadb", action="store_true",
                         help="also measure against a private MariaDB server")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="naive + ours this many times per database, each on a fresh "
+                             "database, then the medians (this VM's speed varies by 40%% "
+                             "from one minute to the next)")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     args = parser.parse_args()
+    # As installed (pip and dh_python3 compile at install time), the package's bytecode is
+    # there; in a checkout under PYTHONDONTWRITEBYTECODE it is not, and each examiner
+    # worker would compile every module it imports (~50 ms of CPU a worker, a run).
+    compileall.compile_dir(ROOT / "modsec_tools", quiet=1)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         scratch = Path(tmp)
         with tarfile.open(args.corpus / "r1_relevant_concurrent" / "audit" /
@@ -219,17 +259,19 @@ def main() -> int:
         size = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
         print(f"{args.entries} entries, {size / 1e6:.1f} MB, batch size {args.batch_size}, "
               f"{os.cpu_count()} cores")
-        compare("sqlite", base, scratch, sqlite_connect(scratch / "naive.db"),
-                f"sqlite:///{scratch / 'ours.db'}", args.batch_size, args.workers)
+        compare("sqlite", base, scratch, lambda n: (
+            sqlite_connect(scratch / f"naive-{n}.db"), f"sqlite:///{scratch / f'ours-{n}.db'}"),
+            args.batch_size, args.workers, args.rounds)
         if args.mariadb:
             sys.path.insert(0, str(ROOT))
             from tests.realparts.mariadb import MariaDB
             # The datadir on this disk, not tmpfs: a production server fsyncs its commits.
             with MariaDB(basedir=str(scratch),
                          extra_args=["--innodb-flush-log-at-trx-commit=1"]) as server:
-                naive_db = server.create_database("naive")
-                compare("mariadb", base, scratch, mysql_connect(server, naive_db),
-                        server.url, args.batch_size, args.workers, server)
+                compare("mariadb", base, scratch, lambda n: (
+                    mysql_connect(server, server.create_database(f"naive{n}")),
+                    server.url_for(server.create_database(f"ours{n}"))),
+                    args.batch_size, args.workers, args.rounds, server)
     return 0
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from modsec_tools import database as dbm
 from modsec_tools.database import (EVENT_COLUMNS, MATCH_COLUMNS, Database, DatabaseError, Row,
                                    parse_target, sql_literal, upgraded_match, values_text,
-                                   with_mysql_text)
+                                   values_text_py, with_mysql_text)
 from modsec_tools.event import printable, raw
 
 HOSTILE_TEXT = [
@@ -63,8 +63,10 @@ def test_bytes_literal_is_hex(data):
 
 @given(st.lists(st.one_of(st.none(), st.integers(), st.booleans(), st.text(), st.binary())))
 def test_values_text_is_the_literals_joined(values):
-    """The inlined loop the workers use says what sql_literal says, value for value."""
-    assert values_text(values) == ",".join(sql_literal(v) for v in values)
+    """The inlined loop the workers use (C or its Python twin) says what sql_literal says,
+    value for value."""
+    joined = ",".join(sql_literal(v) for v in values)
+    assert values_text(values) == values_text_py(values) == joined
 
 
 # -- against the real server --------------------------------------------------------------------
