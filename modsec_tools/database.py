@@ -16,6 +16,7 @@ into the one-row-per-message shape of schema 2.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -25,7 +26,7 @@ import os
 import re
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -497,6 +498,9 @@ def _tls_configured(option_file: str) -> bool:
 _SKIP_DUPLICATE = {"sqlite": lambda column: " ON CONFLICT DO NOTHING",
                    "mysql": lambda column: f" ON DUPLICATE KEY UPDATE {column} = {column}"}
 
+#: Seconds a node waits for another one's schema migration (MySQL's GET_LOCK).
+SCHEMA_LOCK_WAIT = 120
+
 #: Characters per multi-row INSERT for MySQL (pymysql's executemany uses the same bound).
 MYSQL_STATEMENT = 1024000
 
@@ -512,6 +516,7 @@ class Database:
         self.conn: Any = None
         self.mark = "?" if self.kind == "sqlite" else "%s"
         self.schema_ready = False
+        self.consecutive_ids = False  # MySQL: see _ids_are_consecutive
 
     # connection ------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -530,6 +535,7 @@ class Database:
                                             read_timeout=60, write_timeout=60,
                                             charset="utf8mb4")
                 self._literal_session()
+                self.consecutive_ids = self._ids_are_consecutive()
         except DatabaseError:
             self.close()
             raise
@@ -554,6 +560,21 @@ class Database:
         if self.conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
             raise DatabaseError(f"{self.target.describe()}: NO_BACKSLASH_ESCAPES is set in "
                                 "the session's sql_mode and could not be turned off")
+
+    def _ids_are_consecutive(self) -> bool:
+        """Whether the rows of one multi-row INSERT get consecutive ids, so that they can
+        be told from LAST_INSERT_ID() (the first row's) instead of a SELECT: InnoDB's
+        "simple inserts" with innodb_autoinc_lock_mode 0 or 1 take their ids as one
+        block, and auto_increment_increment 1 makes that block first, first + 1, ...
+        (Galera needs lock mode 2, and sets the increment: there, the SELECT.)"""
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.execute("SELECT @@GLOBAL.innodb_autoinc_lock_mode, "
+                               "@@SESSION.auto_increment_increment")
+                mode, increment = cursor.fetchone()
+        except Exception:  # a server without InnoDB's variable
+            return False
+        return mode is not None and int(mode) <= 1 and int(increment) == 1
 
     def close(self) -> None:
         if self.conn is not None:
@@ -611,7 +632,42 @@ class Database:
             self.close()
 
     def migrate(self) -> list[int]:
-        """Apply missing schema versions; returns those applied. ``init`` is the same."""
+        """Apply missing schema versions; returns those applied. ``init`` is the same.
+        (MySQL: one node at a time; nodes starting together on a new database would
+        otherwise run the same steps at once, and one would fail.)"""
+        with self._schema_lock():
+            return self._migrate()
+
+    @contextlib.contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        if self.kind != "mysql":
+            yield
+            return
+        database = dict(self.target.params).get("database") or ""
+        name = "modsec-tools schema " + hashlib.blake2b(database.encode(),
+                                                         digest_size=8).hexdigest()
+        cursor = self._cursor()
+        try:
+            cursor.execute("SELECT GET_LOCK(%s, %s)", (name, SCHEMA_LOCK_WAIT))
+            (taken,), = cursor.fetchall()
+            self.conn.commit()  # the version is then read in a transaction of its own
+        except Exception as exc:
+            self.close()
+            raise DatabaseError(f"{self.target.describe()}: {exc}") from None
+        if taken != 1:
+            raise DatabaseError(f"{self.target.describe()}: another node has been changing the "
+                                f"schema for {SCHEMA_LOCK_WAIT} s (lock {name!r})")
+        try:
+            yield
+        finally:
+            try:
+                if self.conn is not None:
+                    with self.conn.cursor() as release:
+                        release.execute("SELECT RELEASE_LOCK(%s)", (name,))
+            except Exception:
+                self.close()  # a session's named locks end with it
+
+    def _migrate(self) -> list[int]:
         applied = []
         current = self.version()
         for number in sorted(MIGRATIONS):
@@ -729,8 +785,9 @@ class Database:
         """Multi-row INSERTs of literals the workers made (rows replayed from the spool or
         recovered after a crash get theirs here): no per-value work in this process."""
         texts = [(r.mysql or with_mysql_text(r).mysql) for r in fresh]
-        self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
-        ids = self._ids(cursor, node, (r.unique_id for r in fresh))
+        sent = self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
+        ids = self._inserted_ids(sent, fresh) or self._ids(cursor, node,
+                                                            (r.unique_id for r in fresh))
         wanted = {m[1]: text for r, t in zip(fresh, texts)
                   for m, text in zip(r.matches, t.messages)}
         # (another node may store the same message meanwhile: then it is skipped)
@@ -740,23 +797,43 @@ class Database:
         self._insert_values(cursor, "event_messages", LINK_COLUMNS, [
             f"({ids[r.unique_id]},{m[0]},{m[1]})" for r in fresh for m in r.matches])
 
+    def _inserted_ids(self, sent: list[tuple[int, int, int]],
+                      rows: list[Row]) -> dict[str, int] | None:
+        """The new rows' ids from the statements' first ids, when consecutive (None: ask)."""
+        if not self.consecutive_ids or any(first <= 0 or inserted != count
+                                           for first, inserted, count in sent):
+            return None
+        ids: dict[str, int] = {}
+        at = 0
+        for first, _, count in sent:
+            for offset, row in enumerate(rows[at:at + count]):
+                ids[row.unique_id] = first + offset
+            at += count
+        return ids
+
     def _insert_values(self, cursor, table: str, columns: Sequence[str],
-                       values: list[str], tail: str = "") -> None:
+                       values: list[str], tail: str = "") -> list[tuple[int, int, int]]:
         """INSERT statements of at most ~MYSQL_STATEMENT characters (a row longer than that
-        goes alone), far below any server's max_allowed_packet default."""
+        goes alone), far below any server's max_allowed_packet default. Returned, for each
+        statement: (LAST_INSERT_ID(), rows it inserted, rows it held)."""
         head = f"INSERT INTO {table} ({','.join(columns)}) VALUES "
+        sent = []
         start, size = 0, 0
         for end, text in enumerate(values):
             if size and size + len(text) > MYSQL_STATEMENT:
-                self._send(cursor, head + ",".join(values[start:end]) + tail)
+                sent.append(self._send(cursor, head + ",".join(values[start:end]) + tail,
+                                       end - start))
                 start, size = end, 0
             size += len(text) + 1
         if start < len(values):
-            self._send(cursor, head + ",".join(values[start:]) + tail)
+            sent.append(self._send(cursor, head + ",".join(values[start:]) + tail,
+                                   len(values) - start))
+        return sent
 
-    def _send(self, cursor, statement: str) -> None:
+    def _send(self, cursor, statement: str, rows: int) -> tuple[int, int, int]:
         self._check_backslash_escapes()
         cursor.execute(statement)
+        return cursor.lastrowid or 0, cursor.rowcount, rows
 
     def count(self, table: str = "events") -> int:
         if table not in ("events", "matches", "logs", "messages", "event_messages"):

@@ -87,7 +87,7 @@ def _round_trip(db: Database, texts: list[str], blobs: list[bytes]) -> tuple[lis
         size = max(len(texts), len(blobs))
         values = [f"({n},{sql_literal(texts[n] if n < len(texts) else None)},"
                   f"{sql_literal(blobs[n] if n < len(blobs) else None)})" for n in range(size)]
-        db._send(cursor, "INSERT INTO lit (n, t, b) VALUES " + ",".join(values))
+        db._send(cursor, "INSERT INTO lit (n, t, b) VALUES " + ",".join(values), len(values))
         cursor.execute("SELECT t, b FROM lit ORDER BY n")
         rows = cursor.fetchall()
     db.conn.commit()
@@ -243,8 +243,8 @@ def test_statements_split_by_size(mysql_db, monkeypatch):
     monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 4000)
     sent: list[int] = []
     send = mysql_db._send
-    monkeypatch.setattr(mysql_db, "_send", lambda cursor, text: (sent.append(len(text)),
-                                                                 send(cursor, text)))
+    monkeypatch.setattr(mysql_db, "_send", lambda cursor, text, count: (
+        sent.append(len(text)), send(cursor, text, count))[1])
     rows = [with_mysql_text(_row(f"r{n:04d}", matches=n % 4)) for n in range(120)]
     rows.insert(50, with_mysql_text(_row("big", blob=b"\\'" * 20000)))
     assert mysql_db.insert(NODE, rows) == len(rows)

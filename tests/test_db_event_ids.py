@@ -1,0 +1,159 @@
+"""MySQL/MariaDB: the ids of a batch's new events, for their event_messages links, come from
+LAST_INSERT_ID() when the server gives a multi-row INSERT consecutive ids, from a SELECT
+otherwise. Against the real server: both ways link every message to its own event."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from modsec_tools import database as dbm
+from modsec_tools.database import Database, event_row, parse_target
+from modsec_tools.entry import parse_entry
+from tests import corpus
+from tests.ingest_helpers import tree_files_from_tar
+from tests.realparts.fixtures import require
+from tests.realparts.mariadb import MariaDB
+from tests.test_db_messages import _matches_view
+
+
+def _rows(node: str, count: int, prefix: str = "") -> list[dbm.Row]:
+    corpus.require_corpus()
+    rows = []
+    for data in list(tree_files_from_tar("r1_relevant_concurrent").values())[:count]:
+        event = parse_entry(data, "test")
+        event.unique_id = prefix + event.unique_id[len(prefix):]
+        rows.append(event_row(event, node, "blocked", "mysql"))
+    return rows
+
+
+def _expected(rows) -> list[tuple]:
+    return sorted((r.unique_id, *m) for r in rows for m in r.matches)
+
+
+def _counting_selects(db: Database, monkeypatch) -> list[int]:
+    calls = []
+    real = db._ids
+
+    def counted(cursor, node, unique_ids):
+        found = real(cursor, node, unique_ids)
+        calls.append(len(found))
+        return found
+    monkeypatch.setattr(db, "_ids", counted)
+    return calls
+
+
+@pytest.fixture
+def mysql_db(mariadb, mariadb_db):
+    db = Database(parse_target(mariadb.url_for(mariadb_db)))
+    db.connect()
+    yield db
+    db.close()
+
+
+def test_ids_from_last_insert_id(mysql_db, monkeypatch):
+    """MariaDB's defaults (lock mode 1, increment 1): no SELECT after the insert, even when
+    the batch takes several statements; every link goes to its own event."""
+    assert mysql_db.consecutive_ids
+    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 40_000)  # ~15 events a statement
+    selects = _counting_selects(mysql_db, monkeypatch)
+    rows = _rows("n", 150)
+    assert mysql_db.insert("n", rows[:60]) == 60
+    assert mysql_db.insert("n", rows[40:]) == 90   # 20 already stored
+    assert selects == [0, 20]                       # the look-ups before each insert only
+    assert _matches_view(mysql_db) == _expected(rows)
+
+
+def test_ids_from_a_select_when_not_consecutive(mysql_db, monkeypatch):
+    mysql_db.consecutive_ids = False
+    selects = _counting_selects(mysql_db, monkeypatch)
+    rows = _rows("n", 80)
+    assert mysql_db.insert("n", rows) == 80
+    assert selects == [0, 80]
+    assert _matches_view(mysql_db) == _expected(rows)
+
+
+def test_an_increment_other_than_one_is_detected(mysql_db):
+    """With auto_increment_increment 2 (as Galera sets it) the ids of one statement are
+    first, first + 2, ...: taking them as consecutive would link messages to other
+    events; the check sees it and the SELECT gives the right ones."""
+    with mysql_db.conn.cursor() as cursor:
+        cursor.execute("SET SESSION auto_increment_increment = 2")
+    assert mysql_db._ids_are_consecutive() is False
+    rows = _rows("n", 60)
+    mysql_db.consecutive_ids = True                 # what not checking would do
+    mysql_db.insert("n", rows[:30])
+    assert _matches_view(mysql_db) != _expected(rows[:30])
+    mysql_db.consecutive_ids = mysql_db._ids_are_consecutive()
+    mysql_db.insert("n", rows[30:])
+    view = _matches_view(mysql_db)
+    assert [v for v in view if v[0] in {r.unique_id for r in rows[30:]}] == _expected(rows[30:])
+
+
+def test_two_nodes_inserting_at_once(mariadb, mariadb_db, monkeypatch):
+    """Two nodes start on a new database: one waits for the other's schema migration, then
+    their inserts interleave (each statement still gets its block of ids)."""
+    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 40_000)
+    nodes = {name: (Database(parse_target(mariadb.url_for(mariadb_db))), _rows(name, 200))
+             for name in ("a", "b")}
+    errors = []
+
+    def insert(name):
+        db, rows = nodes[name]
+        try:
+            for start in range(0, len(rows), 25):
+                db.insert(name, rows[start:start + 25])
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=insert, args=(name,)) for name in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    db, _ = nodes["a"]
+    assert db.consecutive_ids
+
+    def view(cursor):
+        cursor.execute("SELECT e.node, e.unique_id, m.seq, m.message_id FROM matches m "
+                       "JOIN events e ON e.id = m.event_id")
+        return sorted(cursor.fetchall())
+    assert db._run(view) == sorted((name, r.unique_id, m[0], m[1])
+                                   for name, (_, rows) in nodes.items()
+                                   for r in rows for m in r.matches)
+    for db, _ in nodes.values():
+        db.close()
+
+
+def test_lock_mode_2_means_a_select(tmp_path):
+    """innodb_autoinc_lock_mode 2 (MySQL 8's default, Galera's requirement) promises no
+    consecutive ids: the SELECT is used, and the links are right."""
+    with require(lambda: MariaDB(tmp_path / "server", extra_args=[
+            "--innodb-autoinc-lock-mode=2"])) as server:
+        db = Database(parse_target(server.url))
+        try:
+            db.connect()
+            assert db.consecutive_ids is False
+            rows = _rows("n", 50)
+            assert db.insert("n", rows) == 50
+            assert _matches_view(db) == _expected(rows)
+        finally:
+            db.close()
+
+
+def test_a_migration_waits_for_another_nodes(mariadb, mariadb_db, monkeypatch):
+    """While another session holds the database's schema lock, a migration waits, then
+    says why it gives up; once the lock is free it runs."""
+    monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 1)
+    db = Database(parse_target(mariadb.url_for(mariadb_db)))
+    other = Database(parse_target(mariadb.url_for(mariadb_db)))
+    try:
+        with other._schema_lock():
+            with pytest.raises(dbm.DatabaseError, match="another node has been changing"):
+                db.migrate()
+        assert db.migrate() == sorted(dbm.MIGRATIONS)
+        assert other.migrate() == []
+    finally:
+        db.close()
+        other.close()
