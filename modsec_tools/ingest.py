@@ -64,9 +64,14 @@ class Stats:
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (f"{self.entries} entries ({self.bytes / 1e6:.1f} MB) in {elapsed:.1f} s, "
-                f"{self.entries / elapsed:.0f} entries/s; {self.quarantined} quarantined; "
-                f"{self.spooled} spooled for the database; {self.errors} errors")
+        return (f"{_counted(self.entries, 'entry', 'entries')} ({self.bytes / 1e6:.1f} MB) in "
+                f"{elapsed:.1f} s, {self.entries / elapsed:.0f} entries/s; "
+                f"{self.quarantined} quarantined; {self.spooled} spooled for the database; "
+                f"{_counted(self.errors, 'error', 'errors')}")
+
+
+def _counted(number: int, one: str, more: str) -> str:
+    return f"{number} {one if number == 1 else more}"
 
 
 # -- the database with its spool --------------------------------------------------------------

@@ -127,7 +127,8 @@ def empty_old_trash(path: str) -> None:
     except OSError as exc:
         log.warning("cannot remove the old trash %s: %s", path, exc.strerror or exc)
         return
-    log.info("deleted %d processed entries left in the old trash %s", count, path)
+    log.info("deleted the old trash %s with the processed entries an earlier version left "
+             "in it: %d", path, count)
 
 
 def _empty_bin(top: int, name: str) -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from modsec_tools import database as dbm
 from modsec_tools.database import Database, Row, parse_target, upgraded_match
+from modsec_tools.ingest import Stats
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
@@ -414,3 +415,12 @@ def test_config_check_warns_when_apache_cannot_reach_the_storage_tree(fast_tmp):
     storage.chmod(0o777)
     done = sb.run(action="config check")
     assert "Apache's user" not in done.stdout, done.stdout
+
+
+def test_summary_counts_in_words():
+    """The end-of-run line a cron mail shows: singular and plural as English has them."""
+    one = Stats(entries=1, bytes=5_300, errors=1).summary()
+    assert one.startswith("1 entry (0.0 MB) in ") and one.endswith("; 1 error")
+    many = Stats(entries=12, bytes=2_500_000, quarantined=2, spooled=3).summary()
+    assert many.startswith("12 entries (2.5 MB) in ")
+    assert many.endswith("; 2 quarantined; 3 spooled for the database; 0 errors")

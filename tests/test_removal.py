@@ -131,7 +131,8 @@ def test_what_an_earlier_build_left_in_its_trash_is_deleted(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         empty_old_trash(str(trash))
     assert not trash.exists()
-    assert f"deleted 30 processed entries left in the old trash {trash}" in caplog.text
+    assert (f"deleted the old trash {trash} with the processed entries an earlier version "
+            "left in it: 30") in caplog.text
     empty_old_trash(str(trash))  # none: nothing to do
 
 
