@@ -11,7 +11,7 @@ from modsec_tools import database as dbm
 from modsec_tools.database import Database, event_row, parse_target
 from modsec_tools.entry import parse_entry
 from tests import corpus
-from tests.ingest_helpers import tree_files_from_tar
+from tests.ingest_helpers import mysql_db, tree_files_from_tar  # noqa: F401  (fixture)
 from tests.realparts.fixtures import require
 from tests.realparts.mariadb import MariaDB
 from tests.test_db_messages import _matches_view
@@ -43,12 +43,6 @@ def _counting_selects(db: Database, monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.fixture
-def mysql_db(mariadb, mariadb_db):
-    db = Database(parse_target(mariadb.url_for(mariadb_db)))
-    db.connect()
-    yield db
-    db.close()
 
 
 def test_ids_from_last_insert_id(mysql_db, monkeypatch):

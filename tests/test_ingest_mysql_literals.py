@@ -20,6 +20,7 @@ from modsec_tools.database import (EVENT_COLUMNS, MATCH_COLUMNS, Database, Datab
                                    parse_target, sql_literal, upgraded_match, values_text,
                                    values_text_py, with_mysql_text)
 from modsec_tools.event import printable, raw
+from tests.ingest_helpers import mysql_db  # noqa: F401  (fixture)
 
 HOSTILE_TEXT = [
     "", "'", '"', "\\", "\\'", "'\\", "\\\\'", "x\\", "''", "\\\\", "\0", "a\0b", "\x1a",
@@ -70,12 +71,6 @@ def test_values_text_is_the_literals_joined(values):
 
 
 # -- against the real server --------------------------------------------------------------------
-@pytest.fixture
-def mysql_db(mariadb, mariadb_db):
-    db = Database(parse_target(mariadb.url_for(mariadb_db)))
-    db.connect()
-    yield db
-    db.close()
 
 
 def _round_trip(db: Database, texts: list[str], blobs: list[bytes]) -> tuple[list, list]:
