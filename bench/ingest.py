@@ -242,9 +242,12 @@ def main() -> int:
                              "from one minute to the next)")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     # As installed (pip and dh_python3 compile at install time), the package's bytecode is
     # there; in a checkout under PYTHONDONTWRITEBYTECODE it is not, and each examiner
-    # worker would compile every module it imports (~50 ms of CPU a worker, a run).
+    # worker would compile every module it imports (~50 ms of CPU a worker, a run). (Into
+    # modsec_tools/__pycache__, which git ignores.)
     compileall.compile_dir(ROOT / "modsec_tools", quiet=1)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         scratch = Path(tmp)
@@ -259,19 +262,26 @@ def main() -> int:
         size = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
         print(f"{args.entries} entries, {size / 1e6:.1f} MB, batch size {args.batch_size}, "
               f"{os.cpu_count()} cores")
-        compare("sqlite", base, scratch, lambda n: (
-            sqlite_connect(scratch / f"naive-{n}.db"), f"sqlite:///{scratch / f'ours-{n}.db'}"),
-            args.batch_size, args.workers, args.rounds)
+        def sqlite_round(n: int):
+            for old in scratch.glob("*.db*"):  # the previous round's
+                old.unlink()
+            return (sqlite_connect(scratch / f"naive-{n}.db"),
+                    f"sqlite:///{scratch / f'ours-{n}.db'}")
+        compare("sqlite", base, scratch, sqlite_round, args.batch_size, args.workers,
+                args.rounds)
         if args.mariadb:
             sys.path.insert(0, str(ROOT))
             from tests.realparts.mariadb import MariaDB
             # The datadir on this disk, not tmpfs: a production server fsyncs its commits.
             with MariaDB(basedir=str(scratch),
                          extra_args=["--innodb-flush-log-at-trx-commit=1"]) as server:
-                compare("mariadb", base, scratch, lambda n: (
-                    mysql_connect(server, server.create_database(f"naive{n}")),
-                    server.url_for(server.create_database(f"ours{n}"))),
-                    args.batch_size, args.workers, args.rounds, server)
+                def mariadb_round(n: int):
+                    for old in (f"naive{n - 1}", f"ours{n - 1}")[:2 if n else 0]:
+                        server.drop_database(old)  # out of the buffer pool, off the disk
+                    return (mysql_connect(server, server.create_database(f"naive{n}")),
+                            server.url_for(server.create_database(f"ours{n}")))
+                compare("mariadb", base, scratch, mariadb_round, args.batch_size,
+                        args.workers, args.rounds, server)
     return 0
 
 

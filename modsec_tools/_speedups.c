@@ -803,19 +803,29 @@ static Py_ssize_t write_ascii(PyObject *out, Py_ssize_t at, const char *s) {
     return at;
 }
 
-/* Measures (out == NULL) or writes the literals; returns the length, or -1 with TypeError.
- * numbers[i] holds str(int) for the ints, made while measuring. */
+/* at + more, or -1 with OverflowError (the measuring pass adds up untrusted lengths). */
+static Py_ssize_t grown(Py_ssize_t at, Py_ssize_t more) {
+    if (at < 0 || more > PY_SSIZE_T_MAX - at) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_OverflowError, "values_text(): the literals are too long");
+        return -1;
+    }
+    return at + more;
+}
+
+/* Measures (out == NULL) or writes the literals; returns the length, or -1 with an
+ * exception set. numbers[i] holds str(int) for the ints, made while measuring. */
 static Py_ssize_t literals(PyObject *const *items, Py_ssize_t n, PyObject **numbers,
                            PyObject *out, Py_UCS4 *maxchar) {
     static const char hex[] = "0123456789abcdef";
     int out_kind = out ? PyUnicode_KIND(out) : 0;
     void *out_data = out ? PyUnicode_DATA(out) : NULL;
     Py_ssize_t at = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n && at >= 0; i++) {
         PyObject *v = items[i];
         if (i > 0) {
             if (out) PyUnicode_WRITE(out_kind, out_data, at, ',');
-            at++;
+            at = grown(at, 1);
         }
         if (PyBytes_CheckExact(v)) {
             const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(v);
@@ -827,47 +837,59 @@ static Py_ssize_t literals(PyObject *const *items, Py_ssize_t n, PyObject **numb
                     PyUnicode_WRITE(out_kind, out_data, at++, hex[b[j] & 15]);
                 }
                 at = write_ascii(out, at, "'");
+            } else if (len > (PY_SSIZE_T_MAX - 3) / 2) {
+                at = grown(-1, 0);  /* too long: OverflowError */
             } else
-                at += 3 + 2 * len;
+                at = grown(at, 3 + 2 * len);
         } else if (PyUnicode_CheckExact(v)) {
+#if PY_VERSION_HEX < 0x030C0000
+            if (PyUnicode_READY(v) < 0)  /* a legacy string (deprecated APIs) */
+                return -1;
+#endif
             int kind = PyUnicode_KIND(v);
             const void *data = PyUnicode_DATA(v);
             Py_ssize_t len = PyUnicode_GET_LENGTH(v);
-            if (out) PyUnicode_WRITE(out_kind, out_data, at, '\'');
-            at++;
-            for (Py_ssize_t j = 0; j < len; j++) {
-                Py_UCS4 c = PyUnicode_READ(kind, data, j);
-                Py_UCS4 letter = c < 128 ? escape_letter(c) : 0;
-                if (letter) {
-                    if (out) {
-                        PyUnicode_WRITE(out_kind, out_data, at, '\\');
-                        PyUnicode_WRITE(out_kind, out_data, at + 1, letter);
+            if (out) {
+                PyUnicode_WRITE(out_kind, out_data, at++, '\'');
+                for (Py_ssize_t j = 0; j < len; j++) {
+                    Py_UCS4 c = PyUnicode_READ(kind, data, j);
+                    Py_UCS4 letter = c < 128 ? escape_letter(c) : 0;
+                    if (letter) {
+                        PyUnicode_WRITE(out_kind, out_data, at++, '\\');
+                        c = letter;
                     }
-                    at += 2;
-                } else {
-                    if (out) PyUnicode_WRITE(out_kind, out_data, at, c);
-                    at++;
+                    PyUnicode_WRITE(out_kind, out_data, at++, c);
                 }
+                PyUnicode_WRITE(out_kind, out_data, at++, '\'');
+            } else {
+                Py_ssize_t escapes = 0;
+                for (Py_ssize_t j = 0; j < len; j++) {
+                    Py_UCS4 c = PyUnicode_READ(kind, data, j);
+                    escapes += c < 128 && escape_letter(c);
+                }
+                at = grown(grown(grown(at, len), escapes), 2);  /* + the quotes */
+                if (PyUnicode_MAX_CHAR_VALUE(v) > *maxchar)
+                    *maxchar = PyUnicode_MAX_CHAR_VALUE(v);
             }
-            if (out) PyUnicode_WRITE(out_kind, out_data, at, '\'');
-            at++;
-            if (!out && PyUnicode_MAX_CHAR_VALUE(v) > *maxchar)
-                *maxchar = PyUnicode_MAX_CHAR_VALUE(v);
         } else if (v == Py_None) {
-            at = out ? write_ascii(out, at, "NULL") : at + 4;
+            at = out ? write_ascii(out, at, "NULL") : grown(at, 4);
         } else if (PyBool_Check(v)) {
-            at = out ? write_ascii(out, at, v == Py_True ? "1" : "0") : at + 1;
+            at = out ? write_ascii(out, at, v == Py_True ? "1" : "0") : grown(at, 1);
         } else if (PyLong_CheckExact(v)) {
             if (!out) {
                 numbers[i] = PyObject_Str(v);
                 if (numbers[i] == NULL)
                     return -1;
-                at += PyUnicode_GET_LENGTH(numbers[i]);
+                at = grown(at, PyUnicode_GET_LENGTH(numbers[i]));
             } else
                 at = write_ascii(out, at, PyUnicode_AsUTF8(numbers[i]));
         } else {
-            PyErr_Format(PyExc_TypeError, "no MySQL literal for a %.100s value",
-                         Py_TYPE(v)->tp_name);
+            /* the type's own name, as type(v).__name__ gives it (tp_name may be dotted) */
+            PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(v), "__name__");
+            if (name != NULL) {
+                PyErr_Format(PyExc_TypeError, "no MySQL literal for a %U value", name);
+                Py_DECREF(name);
+            }
             return -1;
         }
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -39,6 +38,11 @@ SCHEMA_VERSION = 3
 
 class DatabaseError(Exception):
     """The database cannot be reached or refused a statement (the message says which)."""
+
+
+class SchemaError(DatabaseError):
+    """The database answers but its schema cannot be used now (newer than this version,
+    another node migrating it, a migration that failed): no row can be stored, whichever."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,37 +462,25 @@ def parse_target(url: str, option_file: str = "") -> Target:
             params["read_default_file"] = option_file
         if not params["database"]:
             raise ValueError(f"mysql URL needs a database name: {url!r}")
-        if _same_host(params) and not _tls_configured(option_file):
-            # PyMySQL >= 1.2 tries TLS whenever it can, and builds a context from the
-            # system's CA store at every connect (~0.1 s of CPU); on a Unix socket or a
-            # loopback address it would protect nothing.
+        if "unix_socket" in params and not _tls_configured(option_file):
+            # PyMySQL >= 1.2 tries TLS whenever the server offers it, and builds a context
+            # from the system's CA store at every connect (~0.1 s of CPU); over a Unix
+            # socket it would protect nothing. (Not so for a loopback address: it may be a
+            # forwarder to another host.)
             params["ssl_disabled"] = True
         return Target("mysql", params=tuple(sorted(params.items())))
     raise ValueError(f"unknown database URL scheme {parts.scheme!r} (use sqlite:// or mysql://)")
 
 
-def _same_host(params: dict[str, Any]) -> bool:
-    """Whether the connection stays on this machine: a Unix socket or a loopback address."""
-    if "unix_socket" in params:
-        return True
-    host = params.get("host", "localhost")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _tls_configured(option_file: str) -> bool:
     """Whether the option file's [client] section sets any ssl-* option (then TLS is the
-    administrator's choice, loopback or not)."""
+    administrator's choice, even over a Unix socket)."""
     if not option_file:
         return False
     import configparser  # here: the examiner workers import this module, never need it
     parser = configparser.RawConfigParser(allow_no_value=True, strict=False)
     try:
-        parser.read(option_file, encoding="utf-8")
+        parser.read(os.path.expanduser(option_file), encoding="utf-8")  # as PyMySQL does
     except (configparser.Error, UnicodeDecodeError):
         return True  # PyMySQL will say what is wrong with it; assume nothing
     return parser.has_section("client") and any(
@@ -498,8 +490,11 @@ def _tls_configured(option_file: str) -> bool:
 _SKIP_DUPLICATE = {"sqlite": lambda column: " ON CONFLICT DO NOTHING",
                    "mysql": lambda column: f" ON DUPLICATE KEY UPDATE {column} = {column}"}
 
-#: Seconds a node waits for another one's schema migration (MySQL's GET_LOCK).
-SCHEMA_LOCK_WAIT = 120
+#: Seconds a MySQL statement's reply may take before the connection is given up.
+READ_TIMEOUT = 60
+#: Seconds a node waits for another one's schema migration (GET_LOCK; below READ_TIMEOUT,
+#: or the wait would end as a lost connection).
+SCHEMA_LOCK_WAIT = 50
 
 #: Characters per multi-row INSERT for MySQL (pymysql's executemany uses the same bound).
 MYSQL_STATEMENT = 1024000
@@ -532,7 +527,7 @@ class Database:
                 import pymysql
                 self.conn = pymysql.connect(**dict(self.target.params), autocommit=False,
                                             connect_timeout=self.connect_timeout,
-                                            read_timeout=60, write_timeout=60,
+                                            read_timeout=READ_TIMEOUT, write_timeout=60,
                                             charset="utf8mb4")
                 self._literal_session()
                 self.consecutive_ids = self._ids_are_consecutive()
@@ -655,8 +650,8 @@ class Database:
             self.close()
             raise DatabaseError(f"{self.target.describe()}: {exc}") from None
         if taken != 1:
-            raise DatabaseError(f"{self.target.describe()}: another node has been changing the "
-                                f"schema for {SCHEMA_LOCK_WAIT} s (lock {name!r})")
+            raise SchemaError(f"{self.target.describe()}: another node has been changing the "
+                              f"schema for {SCHEMA_LOCK_WAIT} s (lock {name!r})")
         try:
             yield
         finally:
@@ -718,10 +713,15 @@ class Database:
     def ensure_schema(self) -> None:
         current = self.version()
         if current > SCHEMA_VERSION:
-            raise DatabaseError(f"database schema {current} is newer than this modsec-tools "
-                                f"({SCHEMA_VERSION}); upgrade modsec-tools")
+            raise SchemaError(f"database schema {current} is newer than this modsec-tools "
+                              f"({SCHEMA_VERSION}); upgrade modsec-tools")
         if current < SCHEMA_VERSION:
-            self.migrate()
+            try:
+                self.migrate()
+            except SchemaError:
+                raise
+            except DatabaseError as exc:
+                raise SchemaError(f"schema migration failed: {exc}") from None
 
     # data ---------------------------------------------------------------------------------------
     def insert(self, node: str, rows: Sequence[Row]) -> int:

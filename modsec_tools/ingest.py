@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from .appendfile import AppendFile, Position
 from .config import Settings
-from .database import Database, DatabaseError, Row, parse_target, upgraded_match
+from .database import (Database, DatabaseError, Row, SchemaError, parse_target,
+                       upgraded_match)
 from .entry import parse_entry
 from .errors import ParseError
 from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SCAN,
@@ -122,6 +123,8 @@ class DatabaseSink:
     def _insert(self, rows: list[Row]) -> None:
         try:
             self.db.insert(self.node, rows)
+        except SchemaError:
+            raise  # no row can be stored until it is usable: the rows wait in the spool
         except DatabaseError as batch_error:
             try:
                 self.db.ping()
@@ -172,7 +175,8 @@ class DatabaseSink:
 
     def _failed(self, exc: DatabaseError) -> None:
         if not self.down:
-            log.error("database unreachable, spooling events to %s: %s", self.spool.path, exc)
+            what = "schema not usable now" if isinstance(exc, SchemaError) else "unreachable"
+            log.error("database %s, spooling events to %s: %s", what, self.spool.path, exc)
         self.down = True
         self.retry_at = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, 60.0)

@@ -10,6 +10,7 @@ import pytest
 from modsec_tools import database as dbm
 from modsec_tools.database import Database, event_row, parse_target
 from modsec_tools.entry import parse_entry
+from modsec_tools.ingest import DatabaseSink
 from tests import corpus
 from tests.ingest_helpers import mysql_db, tree_files_from_tar  # noqa: F401  (fixture)
 from tests.realparts.fixtures import require
@@ -49,12 +50,18 @@ def test_ids_from_last_insert_id(mysql_db, monkeypatch):
     """MariaDB's defaults (lock mode 1, increment 1): no SELECT after the insert, even when
     the batch takes several statements; every link goes to its own event."""
     assert mysql_db.consecutive_ids
-    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 40_000)  # ~15 events a statement
+    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 20_000)  # ~18 events a statement
     selects = _counting_selects(mysql_db, monkeypatch)
+    sent = []
+    send = mysql_db._send
+    monkeypatch.setattr(mysql_db, "_send", lambda cursor, text, count: (
+        sent.append(count) if text.startswith("INSERT INTO events ") else None,
+        send(cursor, text, count))[1])
     rows = _rows("n", 150)
     assert mysql_db.insert("n", rows[:60]) == 60
     assert mysql_db.insert("n", rows[40:]) == 90   # 20 already stored
     assert selects == [0, 20]                       # the look-ups before each insert only
+    assert len(sent) >= 6 and sum(sent) == 150      # several statements a batch
     assert _matches_view(mysql_db) == _expected(rows)
 
 
@@ -105,6 +112,7 @@ def test_two_nodes_inserting_at_once(mariadb, mariadb_db, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
     assert not errors
     db, _ = nodes["a"]
     assert db.consecutive_ids
@@ -129,25 +137,35 @@ def test_lock_mode_2_means_a_select(tmp_path):
         try:
             db.connect()
             assert db.consecutive_ids is False
+            selects = _counting_selects(db, pytest.MonkeyPatch())
             rows = _rows("n", 50)
             assert db.insert("n", rows) == 50
+            assert selects == [0, 50]                   # the SELECT after the insert
             assert _matches_view(db) == _expected(rows)
         finally:
             db.close()
 
 
-def test_a_migration_waits_for_another_nodes(mariadb, mariadb_db, monkeypatch):
+def test_a_migration_waits_for_another_nodes(mariadb, mariadb_db, monkeypatch, tmp_path):
     """While another session holds the database's schema lock, a migration waits, then
-    says why it gives up; once the lock is free it runs."""
+    says why it gives up; the sink then spools the batch as in an outage (no row is
+    rejected: no row could be stored), and stores it once the lock is free."""
     monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 1)
-    db = Database(parse_target(mariadb.url_for(mariadb_db)))
-    other = Database(parse_target(mariadb.url_for(mariadb_db)))
+    assert dbm.SCHEMA_LOCK_WAIT < dbm.READ_TIMEOUT
+    url = mariadb.url_for(mariadb_db)
+    other = Database(parse_target(url))
+    sink = DatabaseSink(Database(parse_target(url)), "n", str(tmp_path / "db-spool"))
+    rows = _rows("n", 20)
     try:
         with other._schema_lock():
-            with pytest.raises(dbm.DatabaseError, match="another node has been changing"):
-                db.migrate()
-        assert db.migrate() == sorted(dbm.MIGRATIONS)
+            with pytest.raises(dbm.SchemaError, match="another node has been changing"):
+                Database(parse_target(url)).migrate()
+            assert sink.write(rows) == 20                  # spooled
+        assert sink.refused == 0 and not sink.rejected.records
+        sink.retry_at = 0
+        sink.flush()
+        assert sink.db.count() == 20 and not sink.spool.records
         assert other.migrate() == []
     finally:
-        db.close()
+        sink.close()
         other.close()

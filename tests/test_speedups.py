@@ -8,6 +8,8 @@ extension fails instead of skipping.
 """
 from __future__ import annotations
 
+import datetime
+import decimal
 import errno
 import os
 import subprocess
@@ -302,7 +304,8 @@ def test_values_text_refuses_what_has_no_literal(c_module) -> None:
     class Text(str):
         pass
 
-    for odd in (1.5, bytearray(b"x"), Text("x"), [1]):
+    for odd in (1.5, bytearray(b"x"), Text("x"), [1], datetime.datetime(2026, 1, 1),
+                decimal.Decimal(1)):
         for values in ([odd], ["a", b"b", odd], [odd, None]):
             errors = []
             for twin in (c_module.values_text, database.values_text_py):
