@@ -10,7 +10,8 @@ Replicates the corpus's r1 storage tree (fresh unique ids, so every entry is a n
   log, one transaction per batch).
 
 Both start from an identical tree, both with SQLite (synchronous=FULL) and, with
---mariadb, against a private MariaDB server started for the run (tests/realparts), and
+--mariadb, against a private MariaDB server started for the run (tests/realparts; both
+connect over its Unix socket, as a server on the same host is reached), and
 each starts once the previous run's writes are on disk (sync; MariaDB: no dirty pages).
 Each line also gives the CPU time the whole machine was busy during the run (/proc/stat,
 the database server and kernel threads included): on this 2-vCPU VM a run saturates both,
@@ -108,7 +109,7 @@ def sqlite_connect(path: Path):
 def mysql_connect(server, database: str):
     def connect():
         import pymysql
-        conn = pymysql.connect(host=server.host, port=server.port, user=server.user,
+        conn = pymysql.connect(unix_socket=server.socket, user=server.user,
                                password=server.password, database=database)
         return conn, "%s"
     return connect
@@ -279,7 +280,8 @@ def main() -> int:
                     for old in (f"naive{n - 1}", f"ours{n - 1}")[:2 if n else 0]:
                         server.drop_database(old)  # out of the buffer pool, off the disk
                     return (mysql_connect(server, server.create_database(f"naive{n}")),
-                            server.url_for(server.create_database(f"ours{n}")))
+                            server.url_for(server.create_database(f"ours{n}"),
+                                           unix_socket=True))
                 compare("mariadb", base, scratch, mariadb_round, args.batch_size,
                         args.workers, args.rounds, server)
     return 0
