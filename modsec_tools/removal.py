@@ -6,8 +6,9 @@ the more so while our own fsyncs run), so a batch's entries are unlinked by THRE
 threads at once (38-58 µs an entry with four) while the commit thread goes on with the
 next batch. Each slice is one call that does not hold the GIL (StorageTree.remove): the
 database insert in the commit thread retakes the GIL at every row, and threads that took
-it between their unlinks made the insert four to six times slower. (A batch of a few entries, as a live watch makes, is deleted in line: handing
-it over would cost more than it saves.)
+it between their unlinks made the insert four to six times slower. (A batch of a few
+entries, as a live watch makes, is deleted in line: handing it over would cost more than
+it saves.)
 
 The journal lets one batch's deletions be outstanding: the next batch's record names that
 batch (``leaving``), so start-up after a crash deletes what is left of both
