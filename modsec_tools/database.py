@@ -638,11 +638,15 @@ class Database:
         if self.kind != "mysql":
             yield
             return
-        database = dict(self.target.params).get("database") or ""
-        name = "modsec-tools schema " + hashlib.blake2b(database.encode(),
-                                                         digest_size=8).hexdigest()
         cursor = self._cursor()
+        name = ""
         try:
+            # The database's name as the server knows it: under lower_case_table_names,
+            # "modsec" and "MODSEC" in two nodes' settings are one database, and one lock.
+            cursor.execute("SELECT DATABASE()")
+            (database,), = cursor.fetchall()
+            name = "modsec-tools schema " + hashlib.blake2b((database or "").encode(),
+                                                             digest_size=8).hexdigest()
             cursor.execute("SELECT GET_LOCK(%s, %s)", (name, SCHEMA_LOCK_WAIT))
             (taken,), = cursor.fetchall()
             self.conn.commit()  # the version is then read in a transaction of its own

@@ -169,3 +169,22 @@ def test_a_migration_waits_for_another_nodes(mariadb, mariadb_db, monkeypatch, t
     finally:
         sink.close()
         other.close()
+
+
+def test_the_schema_lock_is_the_servers_name_for_the_database(tmp_path, monkeypatch):
+    """Under lower_case_table_names=1, "modsec" and "MODSEC" name one database: two nodes
+    set up with either take turns at migrating it."""
+    monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 1)
+    with require(lambda: MariaDB(tmp_path / "server", extra_args=[
+            "--lower-case-table-names=1"])) as server:
+        lower = Database(parse_target(server.url_for(server.database.lower())))
+        upper = Database(parse_target(server.url_for(server.database.upper())))
+        try:
+            with lower._schema_lock():
+                with pytest.raises(dbm.SchemaError, match="another node has been changing"):
+                    upper.migrate()
+            assert upper.migrate() == sorted(dbm.MIGRATIONS)
+            assert lower.migrate() == []
+        finally:
+            lower.close()
+            upper.close()
