@@ -495,6 +495,9 @@ READ_TIMEOUT = 60
 #: Seconds a node waits for another one's schema migration (GET_LOCK; below READ_TIMEOUT,
 #: or the wait would end as a lost connection).
 SCHEMA_LOCK_WAIT = 50
+#: Seconds the migrating node's session may stay idle before the server ends it (and so
+#: frees the schema lock of a node that is gone without closing its connection).
+SCHEMA_LOCK_IDLE = 300
 
 #: Characters per multi-row INSERT for MySQL (pymysql's executemany uses the same bound).
 MYSQL_STATEMENT = 1024000
@@ -639,7 +642,6 @@ class Database:
             yield
             return
         cursor = self._cursor()
-        name = ""
         try:
             # The database's name as the server knows it: under lower_case_table_names,
             # "modsec" and "MODSEC" in two nodes' settings are one database, and one lock.
@@ -649,6 +651,11 @@ class Database:
                                                              digest_size=8).hexdigest()
             cursor.execute("SELECT GET_LOCK(%s, %s)", (name, SCHEMA_LOCK_WAIT))
             (taken,), = cursor.fetchall()
+            if taken == 1:
+                # A node that vanishes while it holds the lock (power cut, no FIN) leaves an
+                # idle session: the server ends it, and frees the lock, after this long
+                # instead of wait_timeout's default 8 hours.
+                cursor.execute(f"SET SESSION wait_timeout = {int(SCHEMA_LOCK_IDLE)}")
             self.conn.commit()  # the version is then read in a transaction of its own
         except Exception as exc:
             self.close()
@@ -663,6 +670,7 @@ class Database:
                 if self.conn is not None:
                     with self.conn.cursor() as release:
                         release.execute("SELECT RELEASE_LOCK(%s)", (name,))
+                        release.execute("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
             except Exception:
                 self.close()  # a session's named locks end with it
 

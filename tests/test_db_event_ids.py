@@ -3,7 +3,9 @@ LAST_INSERT_ID() when the server gives a multi-row INSERT consecutive ids, from 
 otherwise. Against the real server: both ways link every message to its own event."""
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 import pytest
 
@@ -188,3 +190,69 @@ def test_the_schema_lock_is_the_servers_name_for_the_database(tmp_path, monkeypa
         finally:
             lower.close()
             upper.close()
+
+
+class _Relay:
+    """A TCP relay to the server that can fall silent: what a node cut off by a power
+    failure looks like from the server (its connection still open, nothing more on it)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = target
+        self.silent = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if not self.silent.is_set():
+                    sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_node_gone_silent_frees_the_schema_lock(mariadb, mariadb_db, monkeypatch):
+    """A node that vanishes mid-migration without closing its connection holds the schema
+    lock only until the server ends its idle session (SCHEMA_LOCK_IDLE), not for
+    wait_timeout's default 8 hours: the next node then migrates."""
+    monkeypatch.setattr(dbm, "SCHEMA_LOCK_IDLE", 2)
+    monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 20)
+    relay = _Relay((mariadb.host, mariadb.port))
+    gone = Database(parse_target(f"mysql://{mariadb.user}:{mariadb.password}@127.0.0.1:"
+                                 f"{relay.port}/{mariadb_db}"))
+    other = Database(parse_target(mariadb.url_for(mariadb_db)))
+    try:
+        with gone._schema_lock():
+            relay.silent.set()
+            started = time.monotonic()
+            try:
+                assert other.migrate() == sorted(dbm.MIGRATIONS)
+                assert time.monotonic() - started < 10
+            finally:
+                relay.close()  # its release then fails at once (the lock is long gone)
+        assert gone.conn is None
+        with other._cursor() as cursor:
+            cursor.execute("SELECT @@SESSION.wait_timeout = @@GLOBAL.wait_timeout")
+            assert cursor.fetchone() == (1,)  # the migrating session's is restored
+    finally:
+        relay.close()
+        gone.close()
+        other.close()
