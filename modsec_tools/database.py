@@ -643,7 +643,7 @@ class Database:
             return
         cursor = self._cursor()
         try:
-            # The database's name as the server knows it: under lower_case_table_names,
+            # The database's name as the server knows it: under lower_case_table_names=1,
             # "modsec" and "MODSEC" in two nodes' settings are one database, and one lock.
             cursor.execute("SELECT DATABASE()")
             (database,), = cursor.fetchall()
