@@ -49,10 +49,14 @@ class SchemaError(DatabaseError):
 class Row:
     """What one event contributes: the events row and, per rule message, ``(seq,
     message_id, *values of MESSAGE_COLUMNS after id)``; and (for MySQL, made beforehand by
-    ``with_mysql_text``) the same values as SQL literals."""
+    ``with_mysql_text``) the same values as SQL literals.
+
+    A row with literals may come without its values (``event`` None, ``matches`` as
+    ``(seq, message_id)``): the insert needs only the literals, and a worker process need
+    not send the values too; ``full_row`` makes them again from the literals."""
 
     unique_id: str
-    event: tuple
+    event: tuple | None
     matches: list[tuple]
     mysql: MysqlText | None = None
 
@@ -241,6 +245,55 @@ def with_mysql_text(row: Row) -> Row:
 def _tuple_literal(values: tuple) -> str:
     """A row as a MySQL ``(...)`` tuple literal."""
     return "(" + values_text(values) + ")"
+
+
+def without_values(row: Row) -> Row:
+    """The row as a worker sends it when it carries its literals (see ``Row``)."""
+    if row.mysql is None or row.event is None:
+        return row
+    return Row(row.unique_id, None, [m[:2] for m in row.matches], row.mysql)
+
+
+def full_row(row: Row) -> Row:
+    """The row with its values, read back from its literals when it came without them."""
+    if row.event is not None or row.mysql is None:
+        return row
+    matches = [(seq, *values_from_text(text[1:-1]))
+               for (seq, _), text in zip(row.matches, row.mysql.messages)]
+    return Row(row.unique_id, values_from_text(row.mysql.event[1:-1]), matches, row.mysql)
+
+
+# What values_text writes: NULL, an integer, a hex literal, or a quoted string whose
+# backslash escapes are the seven of _escaped.
+_LITERAL = re.compile(r"NULL|(-?[0-9]+)|X'([0-9a-f]*)'|'((?:[^\\']|\\.)*)'", re.S)
+_UNESCAPED = {"\\": "\\", "0": "\0", "n": "\n", "r": "\r", "Z": "\x1a", "'": "'", '"': '"'}
+_ESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def values_from_text(text: str) -> tuple:
+    """The values ``values_text`` made ``text`` from (its inverse)."""
+    values: list = []
+    at = 0
+    while text:
+        found = _LITERAL.match(text, at)
+        if found is None:
+            raise ValueError(f"not a literal written by values_text at {at}: {text[at:at + 20]!r}")
+        number, hexed, quoted = found.groups()
+        if number is not None:
+            values.append(int(number))
+        elif hexed is not None:
+            values.append(bytes.fromhex(hexed))
+        elif quoted is not None:
+            values.append(_ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], quoted))
+        else:
+            values.append(None)
+        at = found.end()
+        if at == len(text):
+            return tuple(values)
+        if text[at] != ",":
+            raise ValueError(f"not a literal written by values_text at {at}: {text[at:at + 20]!r}")
+        at += 1
+    return ()
 
 
 # -- schema ------------------------------------------------------------------------------------

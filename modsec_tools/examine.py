@@ -17,7 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 from .clientip import Network
-from .database import MysqlText, Row, event_row
+from .database import MysqlText, Row, event_row, without_values
 from .entry import parse_entry
 from .errors import ParseError
 from .event import Event
@@ -70,10 +70,12 @@ class Outcome:
 
     # Between processes an outcome travels as plain tuples: pickling the dataclasses
     # (slots, a frozen Row) cost twice as much, ~45 µs an entry for both ends together.
-    # Its ref stays behind: the sender of the work still holds it.
+    # Its ref stays behind: the sender of the work still holds it. A row with its MySQL
+    # literals goes without its values (database.without_values): ~11 µs an entry less.
     def to_wire(self) -> tuple:
-        row = self.row and (self.row.unique_id, self.row.event, self.row.matches,
-                            self.row.mysql and (self.row.mysql.event, self.row.mysql.messages))
+        row = self.row and without_values(self.row)
+        row = row and (row.unique_id, row.event, row.matches,
+                       row.mysql and (row.mysql.event, row.mysql.messages))
         return (self.kind, self.reason, self.data, self.inode, self.device, self.line, row,
                 self.status, self.crc)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .appendfile import AppendFile, Position
 from .config import Settings
-from .database import (Database, DatabaseError, Row, SchemaError, parse_target,
+from .database import (Database, DatabaseError, Row, SchemaError, full_row, parse_target,
                        upgraded_match)
 from .entry import parse_entry
 from .errors import ParseError
@@ -85,6 +85,7 @@ def _decode(value):
 
 
 def _encode_rows(rows: list[Row]) -> list:
+    rows = [full_row(r) for r in rows]
     return [[r.unique_id, [_encode(v) for v in r.event], [[_encode(v) for v in m]
                                                            for m in r.matches]] for r in rows]
 

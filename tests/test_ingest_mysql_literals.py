@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from modsec_tools import database as dbm
 from modsec_tools.database import (EVENT_COLUMNS, MATCH_COLUMNS, Database, DatabaseError, Row,
-                                   parse_target, sql_literal, upgraded_match, values_text,
-                                   values_text_py, with_mysql_text)
+                                   parse_target, sql_literal, upgraded_match, values_from_text,
+                                   values_text, values_text_py, with_mysql_text)
 from modsec_tools.event import printable, raw
 from tests.ingest_helpers import mysql_db  # noqa: F401  (fixture)
 
@@ -68,6 +68,24 @@ def test_values_text_is_the_literals_joined(values):
     value for value."""
     joined = ",".join(sql_literal(v) for v in values)
     assert values_text(values) == values_text_py(values) == joined
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(), st.booleans(), st.text(), st.binary())))
+@example([None, -1, True, False, 0, 10**30, -10**30, ",", "','", "NULL", "X'41'", "1,2",
+          *HOSTILE_TEXT, *HOSTILE_BYTES])
+def test_values_from_text_reads_back_what_values_text_wrote(values):
+    """A row that crossed from a worker with its literals only has its values read back
+    from them for the spool and db-rejected: exactly (a bool as the integer it is stored as)."""
+    expected = tuple(int(v) if type(v) is bool else v for v in values)
+    assert values_from_text(values_text(values)) == expected
+    assert values_from_text(values_text_py(values)) == expected
+
+
+@pytest.mark.parametrize("text", ["1,", ",1", "1,,2", "'x", "x'", "X'4'", "X'AB'", "null",
+                                  "'\\q'", "1 ,2", "(1)", "--1", "'a''b'"])
+def test_values_from_text_refuses_what_values_text_never_writes(text):
+    with pytest.raises((ValueError, KeyError)):
+        values_from_text(text)
 
 
 # -- against the real server --------------------------------------------------------------------
