@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -274,42 +275,53 @@ def full_row(row: Row) -> Row:
     """The row with its values, read back from its literals when it came without them."""
     if row.event is not None or row.mysql is None:
         return row
-    matches = [(seq, *values_from_text(text[1:-1]))
-               for (seq, _), text in zip(row.matches, row.mysql.messages)]
+    matches = [(seq, *_message_values(text))
+               for (seq, _), text in zip(row.matches, row.mysql.messages, strict=True)]
     return Row(row.unique_id, values_from_text(row.mysql.event[1:-1]), matches, row.mysql)
 
 
+@functools.lru_cache(maxsize=1024)
+def _message_values(text: str) -> tuple:
+    # (a message's literal recurs in many rows: in a flood, most of a batch's are repeats)
+    return values_from_text(text[1:-1])
+
+
 # What values_text writes: NULL, an integer, a hex literal, or a quoted string whose
-# backslash escapes are the seven of _escaped.
-_LITERAL = re.compile(r"NULL|(-?[0-9]+)|X'([0-9a-f]*)'|'((?:[^\\']|\\.)*)'", re.S)
+# backslash escapes are the seven of _escaped; each followed by a comma or the end.
+# (possessive: re would otherwise keep ~190 bytes of backtracking state per character)
+_LITERAL = re.compile(r"(?:(NULL)|(-?[0-9]+)|X'([0-9a-f]*)'|'((?:[^\\']++|\\.)*+)')(?:,|\Z)",
+                      re.S)
 _UNESCAPED = {"\\": "\\", "0": "\0", "n": "\n", "r": "\r", "Z": "\x1a", "'": "'", '"': '"'}
 _ESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def _unescaped(escape: re.Match) -> str:
+    try:
+        return _UNESCAPED[escape.group(1)]
+    except KeyError:
+        raise ValueError(f"not an escape values_text writes: {escape.group()!r}") from None
 
 
 def values_from_text(text: str) -> tuple:
     """The values ``values_text`` made ``text`` from (its inverse)."""
     values: list = []
     at = 0
-    while text:
-        found = _LITERAL.match(text, at)
-        if found is None:
-            raise ValueError(f"not a literal written by values_text at {at}: {text[at:at + 20]!r}")
-        number, hexed, quoted = found.groups()
-        if number is not None:
-            values.append(int(number))
+    for found in _LITERAL.finditer(text):
+        if found.start() != at:
+            break
+        null, number, hexed, quoted = found.groups()
+        if quoted is not None:
+            values.append(_ESCAPE.sub(_unescaped, quoted) if "\\" in quoted else quoted)
         elif hexed is not None:
             values.append(bytes.fromhex(hexed))
-        elif quoted is not None:
-            values.append(_ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], quoted))
+        elif number is not None:
+            values.append(int(number))
         else:
             values.append(None)
         at = found.end()
-        if at == len(text):
-            return tuple(values)
-        if text[at] != ",":
-            raise ValueError(f"not a literal written by values_text at {at}: {text[at:at + 20]!r}")
-        at += 1
-    return ()
+    if at != len(text) or text.endswith(","):
+        raise ValueError(f"not literals written by values_text at {at}: {text[at:at + 20]!r}")
+    return tuple(values)
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -830,7 +842,7 @@ class Database:
         if self.kind == "mysql":
             return self._insert_mysql(cursor, node, rows)
         existing = self._ids(cursor, node, (r.unique_id for r in rows))
-        fresh = [r for r in rows if r.unique_id not in existing]
+        fresh = [full_row(r) for r in rows if r.unique_id not in existing]
         if not fresh:
             return 0
         cursor.executemany(self.insert_sql("events", EVENT_COLUMNS, skip_stored=False),
@@ -871,6 +883,8 @@ class Database:
                 raise
             self.conn.rollback()
             existing = self._ids(cursor, node, (r.unique_id for r in rows))
+            if not existing:
+                raise  # another key (an exhausted id counter, say): as any refusal
             texts = [t for r, t in zip(rows, texts) if r.unique_id not in existing]
             rows = [r for r in rows if r.unique_id not in existing]
             if not rows:

@@ -70,6 +70,22 @@ def test_ids_from_last_insert_id(mysql_db, monkeypatch):
     assert _matches_view(mysql_db) == _expected(rows)
 
 
+def test_stored_events_found_by_a_later_statement(mysql_db, monkeypatch):
+    """A batch done again after a crash may hold stored events anywhere: when the server
+    finds one in the third statement, the first two statements' new events are undone
+    with the rest, so that they are inserted once, with their links. A unique id twice in
+    one batch is stored once."""
+    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 20_000)  # ~18 events a statement
+    selects = _counting_selects(mysql_db, monkeypatch)
+    rows = _rows("n", 150)
+    assert mysql_db.insert("n", rows[40:60]) == 20
+    again = rows[60:100] + rows[40:60] + rows[:40] + rows[100:] + rows[:5]
+    assert mysql_db.insert("n", again) == 130
+    assert selects == [20]
+    assert _matches_view(mysql_db) == _expected(rows)
+    assert mysql_db.count() == 150
+
+
 def test_ids_from_a_select_when_not_consecutive(mysql_db, monkeypatch):
     mysql_db.consecutive_ids = False
     selects = _counting_selects(mysql_db, monkeypatch)

@@ -84,7 +84,7 @@ def test_values_from_text_reads_back_what_values_text_wrote(values):
 @pytest.mark.parametrize("text", ["1,", ",1", "1,,2", "'x", "x'", "X'4'", "X'AB'", "null",
                                   "'\\q'", "1 ,2", "(1)", "--1", "'a''b'"])
 def test_values_from_text_refuses_what_values_text_never_writes(text):
-    with pytest.raises((ValueError, KeyError)):
+    with pytest.raises(ValueError):
         values_from_text(text)
 
 
