@@ -280,9 +280,16 @@ def full_row(row: Row) -> Row:
     return Row(row.unique_id, values_from_text(row.mysql.event[1:-1]), matches, row.mysql)
 
 
-@functools.lru_cache(maxsize=1024)
 def _message_values(text: str) -> tuple:
-    # (a message's literal recurs in many rows: in a flood, most of a batch's are repeats)
+    # A message's literal recurs in many rows (in a flood most of a batch's are repeats),
+    # but its data may be large: only short ones are kept, ~8 MB at most.
+    if len(text) > 4096:
+        return values_from_text(text[1:-1])
+    return _short_message_values(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_message_values(text: str) -> tuple:
     return values_from_text(text[1:-1])
 
 

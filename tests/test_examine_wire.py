@@ -66,3 +66,15 @@ def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypat
         assert info.maxsize == examine_module.WORKER_MESSAGES and info.hits == len(texts)
     finally:
         messages.keep_messages(1024)
+
+
+def test_long_message_literals_are_read_back_but_not_kept():
+    """The daemon reads values back from literals in an outage; a hostile entry's huge rule
+    data must not stay in its cache (its memory is budgeted)."""
+    from modsec_tools import database as dbm
+    huge = "(1,'" + "x" * 100_000 + "')"   # a messages row's literal: (id,...)
+    short = "(2,'" + "y" * 100 + "')"
+    before = dbm._short_message_values.cache_info().currsize
+    assert dbm._message_values(huge) == (1, "x" * 100_000)
+    assert dbm._message_values(short) == (2, "y" * 100)
+    assert dbm._short_message_values.cache_info().currsize == before + 1
