@@ -296,7 +296,7 @@ def _short_message_values(text: str) -> tuple:
 # What values_text writes: NULL, an integer, a hex literal, or a quoted string whose
 # backslash escapes are the seven of _escaped; each followed by a comma or the end.
 # (possessive: re would otherwise keep ~190 bytes of backtracking state per character)
-_LITERAL = re.compile(r"(?:(NULL)|(-?[0-9]+)|X'([0-9a-f]*)'|'((?:[^\\']++|\\.)*+)')(?:,|\Z)",
+_LITERAL = re.compile(r"(?:NULL|(-?[0-9]+)|X'([0-9a-f]*)'|'((?:[^\\']++|\\.)*+)')(?:,|\Z)",
                       re.S)
 _UNESCAPED = {"\\": "\\", "0": "\0", "n": "\n", "r": "\r", "Z": "\x1a", "'": "'", '"': '"'}
 _ESCAPE = re.compile(r"\\(.)", re.S)
@@ -316,7 +316,7 @@ def values_from_text(text: str) -> tuple:
     for found in _LITERAL.finditer(text):
         if found.start() != at:
             break
-        null, number, hexed, quoted = found.groups()
+        number, hexed, quoted = found.groups()  # all None: NULL
         if quoted is not None:
             values.append(_ESCAPE.sub(_unescaped, quoted) if "\\" in quoted else quoted)
         elif hexed is not None:
@@ -848,8 +848,7 @@ class Database:
         rows = _first_of_each(rows)
         if self.kind == "mysql":
             return self._insert_mysql(cursor, node, rows)
-        existing = self._ids(cursor, node, (r.unique_id for r in rows))
-        fresh = [full_row(r) for r in rows if r.unique_id not in existing]
+        fresh = [full_row(r) for r in self._not_stored(cursor, node, rows)]
         if not fresh:
             return 0
         cursor.executemany(self.insert_sql("events", EVENT_COLUMNS, skip_stored=False),
@@ -865,6 +864,10 @@ class Database:
                                                skip_stored=False), links)
         return len(fresh)
 
+    def _not_stored(self, cursor, node: str, rows: list[Row]) -> list[Row]:
+        existing = self._ids(cursor, node, (r.unique_id for r in rows))
+        return [r for r in rows if r.unique_id not in existing]
+
     def _unstored(self, cursor, message_ids: Iterable[int]) -> list[int]:
         """Which of these messages the database does not hold yet."""
         missing = set(message_ids)
@@ -877,26 +880,25 @@ class Database:
         return sorted(missing)
 
     def _insert_mysql(self, cursor, node: str, rows: list[Row]) -> int:
-        """Multi-row INSERTs of literals the workers made (rows replayed from the spool or
-        recovered after a crash get theirs here): no per-value work in this process.
-        Inserted at once, as new events usually are; only when the server finds one
+        """Inserted at once, as new events usually are; only when the server finds one
         already stored (a batch done again after a crash) is it all undone, the stored
         ones looked up and left out (on a new batch, that look-up cost 2.3 ms)."""
-        texts = [(r.mysql or with_mysql_text(r).mysql) for r in rows]
         try:
-            sent = self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
+            return self._insert_mysql_new(cursor, node, rows)
         except Exception as exc:
             if not _is_duplicate_key(exc):
                 raise
             self.conn.rollback()
-            existing = self._ids(cursor, node, (r.unique_id for r in rows))
-            if not existing:
+            fresh = self._not_stored(cursor, node, rows)
+            if len(fresh) == len(rows):
                 raise  # another key (an exhausted id counter, say): as any refusal
-            texts = [t for r, t in zip(rows, texts) if r.unique_id not in existing]
-            rows = [r for r in rows if r.unique_id not in existing]
-            if not rows:
-                return 0
-            sent = self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
+            return self._insert_mysql_new(cursor, node, fresh) if fresh else 0
+
+    def _insert_mysql_new(self, cursor, node: str, rows: list[Row]) -> int:
+        """Multi-row INSERTs of literals the workers made (rows replayed from the spool or
+        recovered after a crash get theirs here): no per-value work in this process."""
+        texts = [(r.mysql or with_mysql_text(r).mysql) for r in rows]
+        sent = self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
         ids = self._inserted_ids(sent, rows) or self._ids(cursor, node,
                                                            (r.unique_id for r in rows))
         wanted = {m[1]: text for r, t in zip(rows, texts)
