@@ -18,14 +18,20 @@ the database server and kernel threads included): on this 2-vCPU VM a run satura
 so entries/s follow the CPU an entry costs and the VM's speed of the minute. Hence
 --rounds: the pair of runs again (fresh copies, fresh databases), then the medians.
 
-usage: python3 bench/ingest.py [--entries N] [--mariadb] [--rounds N] [--batch-size N]
-                                [--workers N]
+Run it with the interpreter the product runs on as installed: /usr/bin/python3 (install.sh's
+venv and the .deb use it; on Debian 12, a build with PGO and LTO). A Python built without
+them (pyenv's default, which made ./run-tests' .venv on the development VM) runs both the
+naive script and ours ~15% slower. The first line printed names the interpreter.
+
+usage: /usr/bin/python3 bench/ingest.py [--entries N] [--mariadb] [--rounds N]
+                                        [--batch-size N] [--workers N]
 """
 from __future__ import annotations
 
 import argparse
 import compileall
 import os
+import platform
 import re
 import shutil
 import sqlite3
@@ -39,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from modsec_tools import config  # noqa: E402
+from modsec_tools import config, speedups  # noqa: E402
 from modsec_tools.ingest import Pipeline  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -262,7 +268,8 @@ def main() -> int:
         replicate(scratch / "r1" / "storage", base, args.entries)
         size = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
         print(f"{args.entries} entries, {size / 1e6:.1f} MB, batch size {args.batch_size}, "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores, Python {platform.python_version()} "
+              f"({sys.executable}), {speedups.describe()}")
         def sqlite_round(n: int):
             for old in scratch.glob("*.db*"):  # the previous round's
                 old.unlink()
