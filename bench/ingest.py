@@ -21,7 +21,9 @@ so entries/s follow the CPU an entry costs and the VM's speed of the minute. Hen
 Run it with the interpreter the product runs on as installed: /usr/bin/python3 (install.sh's
 venv and the .deb use it; on Debian 12, a build with PGO and LTO). A Python built without
 them (pyenv's default, which made ./run-tests' .venv on the development VM) runs both the
-naive script and ours ~15% slower. The first line printed names the interpreter.
+naive script and ours ~15% slower. The first line printed names the interpreter. It
+imports modsec_tools from this checkout, whose C speedups ./run-tests builds in place,
+and, for --mariadb, PyMySQL: Debian's python3-pymysql, which .ci/run installs.
 
 usage: /usr/bin/python3 bench/ingest.py [--entries N] [--mariadb] [--rounds N]
                                         [--batch-size N] [--workers N]
