@@ -277,20 +277,23 @@ def full_row(row: Row) -> Row:
         return row
     matches = [(seq, *_message_values(text))
                for (seq, _), text in zip(row.matches, row.mysql.messages, strict=True)]
-    return Row(row.unique_id, values_from_text(row.mysql.event[1:-1]), matches, row.mysql)
+    return Row(row.unique_id, _tuple_values(row.mysql.event), matches, row.mysql)
+
+
+def _tuple_values(text: str) -> tuple:
+    """The values a ``_tuple_literal`` was made from (its inverse)."""
+    if not (text.startswith("(") and text.endswith(")")):
+        raise ValueError(f"not a tuple literal: {text[:20]!r}")
+    return values_from_text(text[1:-1])
+
+
+# A message's literal recurs in many rows (in a flood most of a batch's are repeats), but
+# its data may be large: only short ones are kept, ~8 MB at most.
+_short_message_values = functools.lru_cache(maxsize=1024)(_tuple_values)
 
 
 def _message_values(text: str) -> tuple:
-    # A message's literal recurs in many rows (in a flood most of a batch's are repeats),
-    # but its data may be large: only short ones are kept, ~8 MB at most.
-    if len(text) > 4096:
-        return values_from_text(text[1:-1])
-    return _short_message_values(text)
-
-
-@functools.lru_cache(maxsize=1024)
-def _short_message_values(text: str) -> tuple:
-    return values_from_text(text[1:-1])
+    return _tuple_values(text) if len(text) > 4096 else _short_message_values(text)
 
 
 # What values_text writes: NULL, an integer, a hex literal, or a quoted string whose

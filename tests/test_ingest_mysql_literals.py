@@ -88,6 +88,13 @@ def test_values_from_text_refuses_what_values_text_never_writes(text):
         values_from_text(text)
 
 
+
+def test_a_tuple_literal_is_read_back_only_in_its_parentheses():
+    assert dbm._tuple_values("(" + values_text((1, None, "a")) + ")") == (1, None, "a")
+    for text in ("1,2", "(1,2", "1,2)", ""):
+        with pytest.raises(ValueError):
+            dbm._tuple_values(text)
+
 # -- against the real server --------------------------------------------------------------------
 
 
