@@ -1,8 +1,9 @@
 """Deleting a committed batch's entries while the next batch is being committed.
 
 Deleting is a stat and an unlink per entry. An unlink that frees a written-back file's
-blocks waits on the file system's journal (86-162 µs per 5 KB entry on the benchmark VM,
-the more so while our own fsyncs run), so a batch's entries are unlinked by THREADS
+blocks may wait on the disk (86-162 µs per 5 KB entry on the benchmark VM, whose ext4 has
+no journal and is mounted with discard: each such unlink sends the disk a discard and
+waits for it; bench/RESULTS.md), so a batch's entries are unlinked by THREADS
 threads at once (38-58 µs an entry with four) while the commit thread goes on with the
 next batch. Each slice is one call that does not hold the GIL (StorageTree.remove): the
 database insert in the commit thread retakes the GIL at every row, and threads that took
