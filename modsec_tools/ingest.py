@@ -14,7 +14,6 @@ start-up completes it, appending only what the sinks lack.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import time
@@ -25,14 +24,14 @@ from dataclasses import dataclass, field
 
 from .appendfile import AppendFile, Position
 from .config import Settings
-from .database import (Database, DatabaseError, Row, SchemaError, full_row, parse_target,
-                       upgraded_match)
+from .database import Database, parse_target
+from .dbsink import DatabaseSink
 from .entry import parse_entry
 from .errors import ParseError
 from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SCAN,
                       ExaminerPool, Outcome, Rules, examine, render)
 from .indexlog import IndexLine, parse_index_line
-from .journal import COMPACT_AT, Journal, RecordLog
+from .journal import COMPACT_AT, Journal
 from .removal import Leaving, Removal, empty_old_trash
 from .storage import EntryRef, Oddity, StorageTree
 from .verdict import VerdictPolicy
@@ -73,119 +72,6 @@ class Stats:
 
 def _counted(number: int, one: str, more: str) -> str:
     return f"{number} {one if number == 1 else more}"
-
-
-# -- the database with its spool --------------------------------------------------------------
-def _encode(value):
-    return {"b": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
-
-
-def _decode(value):
-    return base64.b64decode(value["b"]) if isinstance(value, dict) else value
-
-
-def _encode_rows(rows: list[Row]) -> list:
-    rows = [full_row(r) for r in rows]
-    return [[r.unique_id, [_encode(v) for v in r.event], [[_encode(v) for v in m]
-                                                           for m in r.matches]] for r in rows]
-
-
-class DatabaseSink:
-    """Inserts rows, or spools them durably while the database is unreachable.
-
-    A failure while the database still answers (a row it refuses) is not an outage: the
-    rows are then inserted one by one and a refused row goes to ``db-rejected`` with the
-    reason, so one bad row never blocks every later one.
-    """
-
-    def __init__(self, db: Database, node: str, spool_path: str) -> None:
-        self.db = db
-        self.node = node
-        self.spool = RecordLog(spool_path)
-        self.rejected = RecordLog(spool_path.replace("db-spool", "db-rejected"))
-        self.retry_at = 0.0
-        self.backoff = 1.0
-        self.down = False
-        self.refused = 0   # rows put in db-rejected (counted as errors: the exit status shows)
-
-    def write(self, rows: list[Row]) -> int:
-        """Returns how many rows went to the spool instead of the database (0 when stored)."""
-        if self._available():
-            try:
-                self._replay()
-                self._insert(rows)
-                self._up()
-                return 0
-            except DatabaseError as exc:
-                self._failed(exc)
-        self.spool.append({"rows": _encode_rows(rows)})
-        return len(rows)
-
-    def _insert(self, rows: list[Row]) -> None:
-        try:
-            self.db.insert(self.node, rows)
-        except SchemaError:
-            raise  # no row can be stored until it is usable: the rows wait in the spool
-        except DatabaseError as batch_error:
-            try:
-                self.db.ping()
-            except DatabaseError:
-                raise batch_error from None  # unreachable: an outage
-            for row in rows:
-                try:
-                    self.db.insert(self.node, [row])
-                except DatabaseError as exc:
-                    self._reject(row, exc)
-
-    def _reject(self, row: Row, exc: DatabaseError) -> None:
-        self.db.ping()  # still up? otherwise this is an outage after all (raises)
-        log.error("database refused event %r (kept in %s): %s", row.unique_id,
-                  self.rejected.path, exc)
-        self.rejected.append({"reason": str(exc), "rows": _encode_rows([row])})
-        self.refused += 1
-
-    def _available(self) -> bool:
-        return not self.down or time.monotonic() >= self.retry_at
-
-    def _replay(self) -> None:
-        if not self.spool.records:
-            return
-        count = 0
-        for record in self.spool.records:
-            rows = [Row(uid, tuple(_decode(v) for v in event),
-                        [upgraded_match([_decode(v) for v in m]) for m in matches])
-                    for uid, event, matches in record["rows"]]
-            self._insert(rows)
-            count += len(rows)
-        self.spool.reset()
-        log.warning("database: replayed %d spooled events", count)
-
-    def flush(self) -> None:
-        """Try to empty the spool now (the database may be back)."""
-        if self.spool.records and self._available():
-            try:
-                self._replay()
-                self._up()
-            except DatabaseError as exc:
-                self._failed(exc)
-
-    def _up(self) -> None:
-        if self.down:
-            log.warning("database is back: %s", self.db.target.describe())
-        self.down, self.backoff = False, 1.0
-
-    def _failed(self, exc: DatabaseError) -> None:
-        if not self.down:
-            what = "schema not usable now" if isinstance(exc, SchemaError) else "unreachable"
-            log.error("database %s, spooling events to %s: %s", what, self.spool.path, exc)
-        self.down = True
-        self.retry_at = time.monotonic() + self.backoff
-        self.backoff = min(self.backoff * 2, 60.0)
-
-    def close(self) -> None:
-        self.db.close()
-        self.spool.close()
-        self.rejected.close()
 
 
 # -- the index log ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from modsec_tools.database import full_row
 from modsec_tools.examine import READY, Outcome, Rules, examine
-from modsec_tools.ingest import _encode_rows
+from modsec_tools.dbsink import _encode_rows
 from modsec_tools.storage import EntryRef, StorageTree
 from modsec_tools.verdict import VerdictPolicy
 
