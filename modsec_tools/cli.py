@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__, config, speedups
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("paths", nargs="+", metavar="PATH")
     parse.add_argument("--format", choices=("json", "line"), default="json",
                        help="output format (default: json)")
-    _settings_flags(parse, ("storage_dir", "trusted_proxies", "node", "detect_min_severity",
-                            "detect_min_score", "max_entry_size"))
+    _settings_flags(parse, ("storage_dir", "trusted_proxies", "proxy_header", "node",
+                            "detect_min_severity", "detect_min_score", "max_entry_size"))
     parse.set_defaults(handler=cmd_parse)
 
     ingest = commands.add_parser(
@@ -153,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 PIPELINE_SETTINGS = ("storage_dir", "index_log", "archive", "event_log", "db",
                      "db_option_file", "state_dir", "quarantine_dir", "node",
-                     "trusted_proxies", "detect_min_severity", "detect_min_score",
-                     "settle_seconds", "quarantine_after", "max_entry_size", "batch_size",
-                     "workers")
+                     "trusted_proxies", "proxy_header", "detect_min_severity",
+                     "detect_min_score", "settle_seconds", "quarantine_after", "max_entry_size",
+                     "batch_size", "workers")
 
 WATCH_HELP = """\
 Watch the storage tree with inotify and process each entry as soon as ModSecurity closes
@@ -169,6 +172,9 @@ exactly-once guarantees and same lock as 'ingest': run one or the other.
 
 With --dir-mode/--dir-owner/--dir-group every new user/day/minute directory gets that mode
 and owner as soon as it appears (Apache MPM ITK), without following symlinks.
+
+A full or read-only file system does not end it: it logs the file and 'retrying in N s',
+waits (1 s, doubling up to 60 s) and goes on once it can write; nothing is lost meanwhile.
 
 signals: TERM/INT finish the current batch and exit; HUP reopens the archive and event log
 (logrotate); USR1 logs statistics. The status file <state_dir>/status.json is refreshed
@@ -224,7 +230,7 @@ def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
                               item.source, settings.max_entry_size)
                 continue
             try:
-                event = parse_entry(item.data, item.source, settings.trusted_proxies,
+                event = parse_entry(item.data, item.source, settings.proxies,
                                     item.index)
             except ParseError as exc:
                 failed += 1
@@ -267,7 +273,7 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
     from .daemon import Signals, bound_malloc, setup_logging
     from .lock import AlreadyRunning, InstanceLock
-    from .watch import WatchLimit, WatchOptions, Watcher
+    from .watch import WatchLimit, WatchOptions
     bound_malloc()
     target = args.log_target or ("stderr" if args.foreground else "syslog")
     if not args.foreground:
@@ -280,23 +286,96 @@ def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
         return EXIT_SOME_FAILED
     signals = Signals()
     try:
-        watcher = Watcher(settings, options=WatchOptions(flush_ms=args.flush_ms,
-                                                         rescan_seconds=args.rescan_seconds))
-        try:
-            watcher.run(signals)
-        finally:
-            watcher.close()
+        return _watch(settings, WatchOptions(flush_ms=args.flush_ms,
+                                             rescan_seconds=args.rescan_seconds), signals)
     except (WatchLimit, ValueError) as exc:
         logging.error("%s", exc)
         return EXIT_SOME_FAILED
     finally:
         lock.release()
+
+
+#: A file system that cannot take writes now (full, over quota, remounted read-only):
+#: the daemon waits it out; any other OSError ends it.
+WAIT_OUT = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS))
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+
+
+def _watch(settings: config.Settings, options, signals) -> int:
+    """Run the watcher until TERM. Once it has been ready, a file system that fills up or
+    turns read-only is waited out, with a log line per attempt and a growing delay, rather
+    than ending the daemon: systemd would give up after StartLimitBurst restarts, and
+    without systemd nothing restarts it, so bans would stop for good although the admin
+    frees space. Each attempt builds the pipeline anew: its start-up completes the batch
+    the error interrupted from the journal, as after a crash, so nothing is lost or
+    written twice meanwhile (the entries wait in the storage tree)."""
+    from .daemon import sd_notify
+    from .watch import Watcher
+    delay, waiting_since = RETRY_FIRST, None
+    started = False
+
+    def ready() -> None:
+        nonlocal started, waiting_since
+        started = True
+        if waiting_since is not None:
+            logging.warning("watching again after %.0f s of waiting",
+                            time.monotonic() - waiting_since)
+            waiting_since = None
+
+    while not signals.stop:
+        began = time.monotonic()
+        try:
+            watcher = Watcher(settings, options=options)
+            try:
+                watcher.run(signals, ready)
+            finally:
+                watcher.close()
+            return EXIT_OK
+        except OSError as exc:
+            if not started or exc.errno not in WAIT_OUT:
+                raise
+            if time.monotonic() - began > RETRY_MAX:
+                delay = RETRY_FIRST  # it ran well for a while: a new episode
+            waiting_since = waiting_since or time.monotonic()
+            logging.error("%s; retrying in %.0f s (entries wait in the storage tree)",
+                          os_error_line(exc), delay)
+            sd_notify(f"STATUS=waiting: {os_error_line(exc)}")
+            _sleep(delay, signals)
+            delay = min(delay * 2, RETRY_MAX)
     return EXIT_OK
+
+
+def _sleep(seconds: float, signals) -> None:
+    """Sleep, but wake up for TERM."""
+    deadline = time.monotonic() + seconds
+    while not signals.stop and time.monotonic() < deadline:
+        time.sleep(min(0.2, deadline - time.monotonic()))
+
+
+def failed_path(exc: OSError) -> str:
+    """The file an OSError is about. An open names it (relative to a directory descriptor,
+    the name alone); a write or fsync on a descriptor does not: then the innermost object
+    on the traceback that has a ``path`` (an AppendFile, a RecordLog) names it."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
+    if os.path.isabs(name):
+        return name
+    owner_path = ""
+    trace = exc.__traceback__
+    while trace is not None:
+        path = getattr(trace.tb_frame.f_locals.get("self"), "path", None)
+        owner_path = path if isinstance(path, str) else owner_path
+        trace = trace.tb_next
+    if name and owner_path and os.path.isdir(owner_path):
+        return os.path.join(owner_path, name)
+    return owner_path or name or "?"
+
+
+def os_error_line(exc: OSError) -> str:
+    return f"{failed_path(exc)}: {exc.strerror or exc}"
 
 
 def _detach() -> None:
     """Classic double fork, for running without systemd or --foreground."""
-    import os
     if os.fork():
         os._exit(0)
     os.setsid()
@@ -390,6 +469,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error
         return EXIT_OK
+    except OSError as exc:
+        unfinished = args.command in ("ingest", "watch") and exc.errno in WAIT_OUT
+        logging.error("%s%s", os_error_line(exc),
+                      " (nothing is lost: entries not yet written stay in the storage tree, "
+                      "and the next run completes the batch it was writing)" if unfinished
+                      else "")
+        return EXIT_SOME_FAILED
 
 
 if __name__ == "__main__":

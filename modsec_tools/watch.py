@@ -23,6 +23,7 @@ import select
 import struct
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyinotify
@@ -258,7 +259,9 @@ class Watcher:
             self._warn_once((), f"cannot scan: {exc.strerror or exc}")
 
     # -- main loop -------------------------------------------------------------------------------
-    def start(self, signals: Signals | None = None) -> None:
+    def start(self, signals: Signals | None = None,
+              ready: Callable[[], None] | None = None) -> None:
+        """Watch the tree, call ``ready`` (the daemon is up), then process the backlog."""
         # The configured root may itself be a symlink (admin's choice): it is resolved once.
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -271,6 +274,8 @@ class Watcher:
             result = self.wm.add_watch(self.index_dir, INDEX_MASK | pyinotify.IN_MASK_ADD,
                                        quiet=True)
             self.index_wd = result.get(self.index_dir, -1)
+        if ready is not None:
+            ready()
         began = time.time()
         self._rescan()
         # The backlog first, then live (files changing from now on come with their own
@@ -317,10 +322,11 @@ class Watcher:
         while self.new_dirs:
             self._adopt_dir(self.new_dirs.pop(0))
 
-    def run(self, signals: Signals | None = None) -> None:
+    def run(self, signals: Signals | None = None,
+            ready: Callable[[], None] | None = None) -> None:
         signals = signals or Signals()
         self.signals = signals
-        self.start(signals)
+        self.start(signals, ready)
         sd_notify("READY=1\nSTATUS=watching " + self.root)
         log.info("watching %s", self.root)
         next_rescan = time.monotonic() + self.options.rescan_seconds

@@ -697,3 +697,26 @@ def spool_ids(path: Path) -> list[str]:
         ids += [row[0] for row in json.loads(payload)["rows"]]
         offset += 12 + length
     return ids
+
+
+# -- entries without the corpus -------------------------------------------------------------------
+DATA_ENTRY = REPO / "tests" / "data" / "native_request_body.log"
+_DATA_UID = b"awrzAQgx7z821rWArgDqTQAAABE"
+
+
+def plant_data_entries(storage: Path, tags: list[str], age: float = OLD) -> dict[str, bytes]:
+    """One complete entry per tag (the repository's own tests/data sample, its unique id
+    made from the tag) in a Concurrent tree under ``storage``, older than ``settle_seconds``;
+    returned by unique id. Needs nothing beside the clone."""
+    sample = DATA_ENTRY.read_bytes()
+    minute = storage / "20261128" / "20261128-1628"
+    minute.mkdir(parents=True, exist_ok=True)
+    planted = {}
+    for tag in tags:
+        uid = (tag + "A" * len(_DATA_UID))[:len(_DATA_UID)]
+        data = sample.replace(_DATA_UID, uid.encode())
+        path = minute / f"20261128-162801-{uid}"
+        path.write_bytes(data)
+        os.utime(path, (time.time() - age, time.time() - age))
+        planted[uid] = data
+    return planted
