@@ -136,11 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(watch, PIPELINE_SETTINGS + ("dir_mode", "dir_owner", "dir_group"))
     watch.set_defaults(handler=cmd_watch)
 
-    db = commands.add_parser("db", help="create or upgrade the database schema",
-                             description="Create (init) or upgrade (migrate) the schema. "
-                             "Both are idempotent: they apply only what is missing.")
-    db.add_argument("action", choices=("init", "migrate", "status"))
-    _settings_flags(db, ("db", "db_option_file"))
+    db = commands.add_parser("db", help="manage the database schema; replay refused rows",
+                             description=DB_HELP, epilog=DB_EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    db.add_argument("action", choices=("init", "migrate", "status", "replay-rejected"))
+    _settings_flags(db, ("db", "db_option_file", "state_dir", "node"))
     db.set_defaults(handler=cmd_db)
 
     check = commands.add_parser(
@@ -187,6 +187,25 @@ examples:
   modsec-tools watch --foreground --dir-mode 0770 --dir-owner www-data --dir-group vhosts
 
 If it fails with "inotify watch limit", raise fs.inotify.max_user_watches (sysctl).
+"""
+
+DB_HELP = """\
+init / migrate: create or upgrade the schema; both are idempotent (they apply only what is
+missing). status: the schema version.
+
+replay-rejected: a row the database refused while it answered (a value it would not take,
+a trigger, a schema it could not use for that row) is kept in <state_dir>/db-rejected with
+the reason, and ingest exits 1. Once the cause is fixed, this offers every such row to the
+database again: rows stored are removed from db-rejected, rows refused again stay there
+with their new reason. Exactly once: a row already stored (a replay interrupted, then run
+again) is not stored twice. It takes the same lock as ingest and watch: stop the watcher
+first (systemctl stop modsec-tools), then start it again.
+"""
+
+DB_EPILOG = """\
+exit status:
+  0  done (replay-rejected: every row stored);  1  the database failed, or rows were
+  refused again (each reported on stderr);  2  usage or configuration error
 """
 
 INGEST_HELP = """\
@@ -267,7 +286,8 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
                                           "ingest: %s", stats.summary())
     if not args.verbose and sys.stderr.isatty():
         print(f"modsec-tools ingest: {stats.summary()}", file=sys.stderr)
-    return EXIT_SOME_FAILED if stats.errors or stats.quarantined else EXIT_OK
+    unusable = pipeline.db is not None and pipeline.db.unusable
+    return EXIT_SOME_FAILED if stats.errors or stats.quarantined or unusable else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -415,6 +435,8 @@ def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
         logging.error("no database configured (db = none)")
         return EXIT_USAGE
     try:
+        if args.action == "replay-rejected":
+            return _replay_rejected(db, settings)
         if args.action == "status":
             print(f"{db.target.describe()}: schema {db.version()} "
                   f"(this modsec-tools: {SCHEMA_VERSION})")
@@ -428,6 +450,29 @@ def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
         return EXIT_SOME_FAILED
     finally:
         db.close()
+
+
+def _replay_rejected(db, settings: config.Settings) -> int:
+    from .dbsink import REJECTED, replay_rejected
+    from .lock import AlreadyRunning, InstanceLock
+    path = os.path.join(settings.state_dir, REJECTED)
+    if not os.path.exists(path):
+        print(f"{path}: nothing to replay")
+        return EXIT_OK
+    try:
+        lock = InstanceLock(settings.state_dir).acquire()
+    except AlreadyRunning as exc:
+        logging.error("%s; stop it first (systemctl stop modsec-tools), then start it "
+                      "again", exc)
+        return EXIT_SOME_FAILED
+    try:
+        done = replay_rejected(db, settings.node, settings.state_dir)
+    finally:
+        lock.release()
+    print(f"{path}: {done.stored} stored, {done.present} already stored, "
+          f"{done.refused} refused again" + (" (kept there with the reason)"
+                                             if done.refused else ""))
+    return EXIT_SOME_FAILED if done.refused else EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -46,6 +46,27 @@ class SchemaError(DatabaseError):
     another node migrating it, a migration that failed): no row can be stored, whichever."""
 
 
+class UnusableError(DatabaseError):
+    """No row can be stored until the administrator acts, and waiting will not change it:
+    a SQLite file that is not a database or is corrupt, or that cannot be opened; a MySQL
+    account refused or a database that does not exist."""
+
+
+#: SQLite result codes (sqlite3.Error.sqlite_errorname) that only the administrator can end.
+UNUSABLE_SQLITE = frozenset(("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN",
+                             "SQLITE_READONLY", "SQLITE_PERM"))
+#: MySQL errors of the same kind: access denied (user, database), unknown database.
+UNUSABLE_MYSQL = frozenset((1044, 1045, 1049))
+
+
+def _unusable(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", None) or ""
+        return any(name == code or name.startswith(code + "_") for code in UNUSABLE_SQLITE)
+    return type(exc).__module__.startswith("pymysql") and bool(exc.args) \
+        and exc.args[0] in UNUSABLE_MYSQL
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """What one event contributes: the events row and, per rule message, ``(seq,
@@ -630,7 +651,11 @@ class Database:
             raise
         except Exception as exc:  # sqlite3.Error, pymysql.Error, OSError
             self.close()
-            raise DatabaseError(f"{self.target.describe()}: {exc}") from None
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: Exception) -> DatabaseError:
+        kind = UnusableError if _unusable(exc) else DatabaseError
+        return kind(f"{self.target.describe()}: {exc}")
 
     def _literal_session(self) -> None:
         """What sql_literal's escaping relies on: utf8mb4 whatever the server's
@@ -700,7 +725,7 @@ class Database:
             except Exception:
                 pass
             self.close()
-            raise DatabaseError(f"{self.target.describe()}: {exc}") from None
+            raise self._failure(exc) from None
 
     # schema -------------------------------------------------------------------------------------
     def version(self) -> int:
@@ -710,7 +735,10 @@ class Database:
             cursor.execute("SELECT MAX(version) FROM schema_version")
             row = cursor.fetchone()
             return int(row[0] or 0) if row else 0
-        except Exception:
+        except Exception as exc:
+            if _unusable(exc):
+                self.close()
+                raise self._failure(exc) from None
             self._end_read()
             return 0  # no schema_version table yet
 
@@ -821,7 +849,7 @@ class Database:
         if current < SCHEMA_VERSION:
             try:
                 self.migrate()
-            except SchemaError:
+            except (SchemaError, UnusableError):
                 raise
             except DatabaseError as exc:
                 raise SchemaError(f"schema migration failed: {exc}") from None

@@ -5,10 +5,17 @@ import base64
 import logging
 import time
 
-from .database import Database, DatabaseError, Row, SchemaError, full_row, upgraded_match
+import os
+from dataclasses import dataclass
+
+from .database import (Database, DatabaseError, Row, SchemaError, UnusableError, full_row,
+                       upgraded_match)
 from .journal import RecordLog
 
 log = logging.getLogger(__name__)
+
+#: Under state_dir: rows waiting for the database, and rows it refused.
+SPOOL, REJECTED = "db-spool", "db-rejected"
 
 
 def _encode(value):
@@ -25,6 +32,12 @@ def _encode_rows(rows: list[Row]) -> list:
                                                            for m in r.matches]] for r in rows]
 
 
+def _decode_rows(encoded: list) -> list[Row]:
+    return [Row(uid, tuple(_decode(v) for v in event),
+                [upgraded_match([_decode(v) for v in m]) for m in matches])
+            for uid, event, matches in encoded]
+
+
 class DatabaseSink:
     """Inserts rows, or spools them durably while the database is unreachable.
 
@@ -37,10 +50,11 @@ class DatabaseSink:
         self.db = db
         self.node = node
         self.spool = RecordLog(spool_path)
-        self.rejected = RecordLog(spool_path.replace("db-spool", "db-rejected"))
+        self.rejected = RecordLog(spool_path.replace(SPOOL, REJECTED))
         self.retry_at = 0.0
         self.backoff = 1.0
         self.down = False
+        self.unusable = ""  # why, while the database cannot be used until the admin acts
         self.refused = 0   # rows put in db-rejected (counted as errors: the exit status shows)
 
     def write(self, rows: list[Row]) -> int:
@@ -59,7 +73,7 @@ class DatabaseSink:
     def _insert(self, rows: list[Row]) -> None:
         try:
             self.db.insert(self.node, rows)
-        except SchemaError:
+        except (SchemaError, UnusableError):
             raise  # no row can be stored until it is usable: the rows wait in the spool
         except DatabaseError as batch_error:
             try:
@@ -76,7 +90,8 @@ class DatabaseSink:
         self.db.ping()  # still up? otherwise this is an outage after all (raises)
         log.error("database refused event %r (kept in %s): %s", row.unique_id,
                   self.rejected.path, exc)
-        self.rejected.append({"reason": str(exc), "rows": _encode_rows([row])})
+        self.rejected.append({"node": self.node, "reason": str(exc),
+                              "rows": _encode_rows([row])})
         self.refused += 1
 
     def _available(self) -> bool:
@@ -87,9 +102,7 @@ class DatabaseSink:
             return
         count = 0
         for record in self.spool.records:
-            rows = [Row(uid, tuple(_decode(v) for v in event),
-                        [upgraded_match([_decode(v) for v in m]) for m in matches])
-                    for uid, event, matches in record["rows"]]
+            rows = _decode_rows(record["rows"])
             self._insert(rows)
             count += len(rows)
         self.spool.reset()
@@ -107,10 +120,15 @@ class DatabaseSink:
     def _up(self) -> None:
         if self.down:
             log.warning("database is back: %s", self.db.target.describe())
-        self.down, self.backoff = False, 1.0
+        self.down, self.backoff, self.unusable = False, 1.0, ""
 
     def _failed(self, exc: DatabaseError) -> None:
-        if not self.down:
+        if isinstance(exc, UnusableError):
+            if not self.unusable:
+                log.error("database unusable (%s); its rows are kept in %s and stored once "
+                          "it is repaired or replaced", exc, self.spool.path)
+            self.unusable = str(exc)
+        elif not self.down:
             what = "schema not usable now" if isinstance(exc, SchemaError) else "unreachable"
             log.error("database %s, spooling events to %s: %s", what, self.spool.path, exc)
         self.down = True
@@ -121,3 +139,44 @@ class DatabaseSink:
         self.db.close()
         self.spool.close()
         self.rejected.close()
+
+
+@dataclass(slots=True)
+class Replayed:
+    stored: int = 0     # rows the database took now
+    present: int = 0    # rows it already held (a replay interrupted after its commit)
+    refused: int = 0    # rows it refused again: kept in db-rejected with the new reason
+
+
+def replay_rejected(db: Database, node: str, state_dir: str) -> Replayed:
+    """Offer every row of ``<state_dir>/db-rejected`` to the database again, row by row;
+    the file is then replaced by the rows still refused, each with its new reason.
+
+    Exactly once: inserts skip rows already stored, so a replay interrupted before the
+    file is replaced, and run again, stores nothing twice. An outage or an unusable
+    database ends it with DatabaseError, the file unchanged. The caller holds the
+    instance lock: an ingest or watch appending to the file meanwhile would lose rows."""
+    rejected = RecordLog(os.path.join(state_dir, REJECTED))
+    done = Replayed()
+    kept = []
+    try:
+        for record in rejected.records:
+            for row in _decode_rows(record["rows"]):
+                try:
+                    new = db.insert(record.get("node", node), [row])
+                except (SchemaError, UnusableError):
+                    raise
+                except DatabaseError as exc:
+                    db.ping()  # unreachable: an outage, not a refusal (raises)
+                    log.error("database refused event %r again (kept in %s): %s",
+                              row.unique_id, rejected.path, exc)
+                    kept.append({"node": record.get("node", node), "reason": str(exc),
+                                 "rows": _encode_rows([row])})
+                    done.refused += 1
+                    continue
+                done.stored += new
+                done.present += 1 - new
+        rejected.reset(kept)
+    finally:
+        rejected.close()
+    return done
