@@ -698,12 +698,14 @@ static PyObject *apache_time(PyObject *Py_UNUSED(module), PyObject *text) {
     return stamp;
 }
 
-/* remove_entries' results besides 0 (deleted) and an errno (storage.GONE, REPLACED) */
+/* remove_entries' results besides 0 (deleted) and an errno (storage.GONE, REPLACED,
+   CHANGED) */
 #define GONE (-1)
 #define REPLACED (-2)
+#define CHANGED (-3)
 
 PyDoc_STRVAR(remove_entries_doc,
-"remove_entries(entries: list[tuple[int, bytes, int, int]]) -> list[int]\n\n"
+"remove_entries(entries: list[tuple]) -> list[int]\n\n"
 "storage.remove_entries_py, without holding the GIL: the committing thread's database\n"
 "insert takes the GIL back at every row, and threads deleting in Python between their\n"
 "system calls made it wait several times as long.");
@@ -712,8 +714,13 @@ struct doomed {
     int fd;
     const char *name;
     unsigned long long inode, device;
+    long long size, mtime_ns, ctime_ns; /* as read; -1: not checked */
     int result;
 };
+
+static int differs(long long then, long long now) {
+    return then != -1 && then != now;
+}
 
 static int remove_entry(const struct doomed *entry) {
     struct stat now;
@@ -726,6 +733,12 @@ static int remove_entry(const struct doomed *entry) {
     if ((unsigned long long)now.st_ino != entry->inode
         || (unsigned long long)now.st_dev != entry->device)
         return REPLACED;
+    if (differs(entry->size, (long long)now.st_size)
+        || differs(entry->mtime_ns, (long long)now.st_mtim.tv_sec * 1000000000LL
+                                        + now.st_mtim.tv_nsec)
+        || differs(entry->ctime_ns, (long long)now.st_ctim.tv_sec * 1000000000LL
+                                        + now.st_ctim.tv_nsec))
+        return CHANGED;
     do
         done = unlinkat(entry->fd, entry->name, 0);
     while (done != 0 && errno == EINTR);
@@ -749,9 +762,11 @@ static PyObject *remove_entries(PyObject *Py_UNUSED(module), PyObject *arg) {
     for (Py_ssize_t i = 0; i < n; i++) {
         struct doomed *entry = &entries[i];
         PyObject *item = PyTuple_GET_ITEM(items, i);
-        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "iyKK;remove_entries() needs "
-                "(dir_fd, name, inode, device) tuples", &entry->fd, &entry->name,
-                &entry->inode, &entry->device)) {
+        entry->size = entry->mtime_ns = entry->ctime_ns = -1;
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "iyKK|LLL;remove_entries() needs "
+                "(dir_fd, name, inode, device[, size, mtime_ns, ctime_ns]) tuples",
+                &entry->fd, &entry->name, &entry->inode, &entry->device, &entry->size,
+                &entry->mtime_ns, &entry->ctime_ns)) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "remove_entries() needs tuples");
             goto done;

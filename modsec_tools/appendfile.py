@@ -8,8 +8,9 @@ twice and fail2ban, which follows the event log, never sees a line disappear.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
+
+from .owned import OwnedDir
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -29,13 +30,9 @@ class AppendFile:
 
     def reopen(self) -> None:
         """(Re)open the path, e.g. after logrotate moved the old file away (SIGHUP)."""
-        directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                     | os.O_NOFOLLOW, self.mode)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(f"{self.path} is not a regular file")
+        owned, name = OwnedDir.of(self.path)
+        with owned:
+            fd = owned.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = fd

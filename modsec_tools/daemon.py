@@ -12,6 +12,8 @@ import socket
 import sys
 import time
 
+from .owned import OwnedDir
+
 # glibc mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
@@ -77,10 +79,10 @@ def sd_notify(message: str) -> None:
 
 def write_status(path: str, status: dict) -> None:
     """Atomically replace the JSON status file (readable by monitoring)."""
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump({**status, "updated": time.time()}, stream, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    text = json.dumps({**status, "updated": time.time()}, indent=1, sort_keys=True)
+    owned, name = OwnedDir.of(path, 0o700)
+    with owned:
+        owned.replace(name, text.encode(), 0o644)
 
 
 def setup_logging(target: str, verbosity: int) -> logging.Handler:

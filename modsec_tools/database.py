@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .event import Event, Message, printable, raw
+from .owned import OwnedDir, UnsafePath
 from .speedups import C
 
 log = logging.getLogger(__name__)
@@ -632,8 +633,10 @@ class Database:
     def connect(self) -> None:
         try:
             if self.kind == "sqlite":
-                directory = os.path.dirname(os.path.abspath(self.target.path))
-                os.makedirs(directory, mode=0o750, exist_ok=True)
+                # SQLite opens by path: its directory must be ours, and the name ours too.
+                owned, name = OwnedDir.of(self.target.path)
+                with owned:
+                    os.close(owned.open(name, os.O_RDWR | os.O_CREAT))
                 self.conn = sqlite3.connect(self.target.path, timeout=30,
                                             isolation_level=None, check_same_thread=False)
                 self.conn.execute("PRAGMA journal_mode=WAL")
@@ -646,7 +649,7 @@ class Database:
                                             charset="utf8mb4")
                 self._literal_session()
                 self.consecutive_ids = self._ids_are_consecutive()
-        except DatabaseError:
+        except (DatabaseError, UnsafePath):  # an unsafe path is no outage to wait out
             self.close()
             raise
         except Exception as exc:  # sqlite3.Error, pymysql.Error, OSError

@@ -63,6 +63,8 @@ class Outcome:
     data: bytes = b""
     inode: int = 0
     device: int = 0
+    mtime_ns: int = 0          # as read: the entry is deleted only while they are unchanged
+    ctime_ns: int = 0
     line: bytes = b""          # the event-log line, newline included
     row: Row | None = None     # the database rows
     status: int | None = None  # kept in the journal (an HTTP/0.9 entry may have no other)
@@ -76,23 +78,25 @@ class Outcome:
         row = self.row and without_values(self.row)
         row = row and (row.unique_id, row.event, row.matches,
                        row.mysql and (row.mysql.event, row.mysql.messages))
-        return (self.kind, self.reason, self.data, self.inode, self.device, self.line, row,
-                self.status, self.crc)
+        return (self.kind, self.reason, self.data, self.inode, self.device, self.mtime_ns,
+                self.ctime_ns, self.line, row, self.status, self.crc)
 
     @classmethod
     def from_wire(cls, ref: EntryRef, wire: tuple) -> Outcome:
-        kind, reason, data, inode, device, line, row, status, crc = wire
+        kind, reason, data, inode, device, mtime_ns, ctime_ns, line, row, status, crc = wire
         if row is not None:
             unique_id, event, matches, mysql = row
             row = Row(unique_id, event, matches, mysql and MysqlText(*mysql))
-        return cls(ref, kind, reason, data, inode, device, line, row, status, crc)
+        return cls(ref, kind, reason, data, inode, device, mtime_ns, ctime_ns, line, row,
+                   status, crc)
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
            rules: Rules) -> Outcome:
     verdict = rules.policy.verdict(event)
     line = format_event(event, rules.node, verdict).encode("ascii") + b"\n"
-    return Outcome(ref, READY, data=data, inode=info.st_ino, device=info.st_dev, line=line,
+    return Outcome(ref, READY, data=data, inode=info.st_ino, device=info.st_dev,
+                   mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns, line=line,
                    row=event_row(event, rules.node, verdict, rules.sql_dialect),
                    status=event.status, crc=zlib.crc32(data))
 

@@ -253,6 +253,8 @@ class Pipeline:
             # entry by entry what is already there.
             "files": [[p.ref.relpath, p.inode, p.device, len(p.data), p.crc,
                        p.status, len(_archived(p.data)), len(p.line)] for p in batch],
+            # as each was read: deleted only while unchanged (absent in older journals)
+            "times": [[p.mtime_ns, p.ctime_ns] for p in batch],
         }
         self.journal.append(record)
         self._apply(record, batch, fresh=True)
@@ -263,7 +265,7 @@ class Pipeline:
             done["index"] = self.index.cursor  # every line read so far is processed
         self.journal.append(done)
         self.tree.release()
-        self._remove_later(record["seq"], [(p.ref, p.inode, p.device) for p in batch])
+        self._remove_later(record["seq"], [_leaving(p) for p in batch])
         self.stats.entries += len(batch)
         self.stats.bytes += sum(len(p.data) for p in batch)
         self.stats.batches += 1
@@ -309,9 +311,11 @@ class Pipeline:
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         """A journaled batch's entries, now (on start-up)."""
-        self._remove_later(record["seq"], [(EntryRef.from_relpath(relpath), inode, device)
-                                           for relpath, inode, device, *_ in record["files"]
-                                           if relpath not in keep])
+        times = record.get("times") or [[-1, -1]] * len(record["files"])
+        self._remove_later(record["seq"], [
+            (EntryRef.from_relpath(relpath), inode, device, size, *when)
+            for (relpath, inode, device, size, *_), when in zip(record["files"], times)
+            if relpath not in keep])
         self._await_removal()
 
     def _remove_later(self, seq: int, entries: list[Leaving]) -> None:
@@ -436,6 +440,10 @@ class Pipeline:
         self.removal.close()
         if self.db is not None:
             self.db.close()
+
+
+def _leaving(p: Outcome) -> Leaving:
+    return (p.ref, p.inode, p.device, len(p.data), p.mtime_ns, p.ctime_ns)
 
 
 def _pos(position: Position) -> list[int]:

@@ -19,17 +19,11 @@ import struct
 import zlib
 from typing import Any
 
+from .owned import OwnedDir
+
 MAGIC = b"MTJ1"
 HEADER = struct.Struct("<4sII")
 COMPACT_AT = 4 * 1024 * 1024
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _frame(record: dict[str, Any]) -> bytes:
@@ -42,8 +36,12 @@ class RecordLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        self.dir, self.name = OwnedDir.of(path, 0o700)
+        try:
+            self.fd = self.dir.open(self.name, os.O_RDWR | os.O_CREAT)
+        except BaseException:
+            self.dir.close()
+            raise
         self.records, good_end = self._load()
         if good_end != os.fstat(self.fd).st_size:
             os.ftruncate(self.fd, good_end)
@@ -76,22 +74,15 @@ class RecordLog:
 
     def reset(self, records: list[dict[str, Any]] = ()) -> None:
         """Atomically replace the whole file with ``records`` (write, fsync, rename)."""
-        temporary = self.path + ".new"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, b"".join(_frame(r) for r in records))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)
-        _fsync_dir(self.path)
+        self.dir.replace(self.name, b"".join(_frame(r) for r in records))
         os.close(self.fd)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        self.fd = self.dir.open(self.name, os.O_RDWR)
         os.lseek(self.fd, 0, os.SEEK_END)
         self.records = list(records)
 
     def close(self) -> None:
         os.close(self.fd)
+        self.dir.close()
 
 
 class Journal(RecordLog):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import fcntl
 import os
 
+from .owned import OwnedDir
+
 
 class AlreadyRunning(RuntimeError):
     pass
@@ -15,8 +17,9 @@ class InstanceLock:
         self.fd = -1
 
     def acquire(self) -> "InstanceLock":
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        owned, name = OwnedDir.of(self.path, 0o700)
+        with owned:
+            fd = owned.open(name, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

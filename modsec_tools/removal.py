@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 #: Threads unlinking one batch's entries (each a slice of it).
 THREADS = 4
 
-#: (where, inode, device it was read from): the entry is deleted only if the name still
-#: holds that file.
-Leaving = tuple[EntryRef, int, int]
+#: (where, inode, device, size, mtime_ns, ctime_ns as it was read): the entry is deleted
+#: only if the name still holds that file, unchanged (see StorageTree.remove).
+Leaving = tuple[EntryRef, int, int, int, int, int]
 
 
 class Removal:
@@ -60,7 +60,7 @@ class Removal:
         if self.pool is None:
             self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="removal")
         self.seq = seq
-        self.paths = frozenset(ref.relpath for ref, _, _ in entries)
+        self.paths = frozenset(entry[0].relpath for entry in entries)
         # Contiguous slices: entries come in time order, so a slice needs few directories.
         size = -(-len(entries) // THREADS)
         self.parts = [self.pool.submit(self._remove_all, tree, entries[at:at + size])

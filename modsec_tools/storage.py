@@ -7,6 +7,7 @@ that match ModSecurity's layout (``[<user>/]YYYYMMDD/YYYYMMDD-HHMM/YYYYMMDD-HHMM
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -14,7 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .safefs import UnsafeFile, open_dir_at, open_dir_path, read_file_at
+from .owned import OwnedDir
+from .safefs import FILE_FLAGS, open_dir_at, open_dir_path, read_file_at
 from .sources import DAY_DIR, ENTRY_NAME, MINUTE_DIR
 from .speedups import C
 
@@ -181,14 +183,16 @@ class StorageTree:
         """(FileData) of an entry; raises UnsafeFile / OSError / FileNotFoundError."""
         return read_file_at(self.parent_fd(ref), ref.name, max_size)
 
-    def remove(self, entries: Sequence[tuple[EntryRef, int, int]]) -> int:
-        """Delete entries we processed, given as (ref, inode, device they were read from),
-        each only if its name still holds that file; how many could not be deleted
-        (logged; one replaced meanwhile is left alone with a warning, not an error)."""
-        doomed: list[tuple[int, bytes, int, int]] = []
+    def remove(self, entries: Sequence[tuple]) -> int:
+        """Delete entries we processed, given as (ref, inode, device, size, mtime_ns,
+        ctime_ns as they were read; the last three may be missing, or -1 when unknown), each
+        only if its name still holds that file unchanged; how many could not be deleted
+        (logged; one replaced or changed meanwhile is left with a warning, not an error: a
+        changed entry is taken again)."""
+        doomed: list[tuple] = []
         refs: list[EntryRef] = []
         errors = 0
-        for ref, inode, device in entries:
+        for ref, *seen in entries:
             try:
                 fd = self.parent_fd(ref)
             except FileNotFoundError:
@@ -197,39 +201,42 @@ class StorageTree:
                 errors += 1
                 log.error("%s: cannot delete: %s", ref.relpath, exc.strerror or exc)
                 continue
-            doomed.append((fd, os.fsencode(ref.name), inode, device))
+            doomed.append((fd, os.fsencode(ref.name), *seen))
             refs.append(ref)
         for ref, result in zip(refs, _remove_entries(doomed)):
             if result == REPLACED:
                 log.warning("%s was replaced after it was read; not deleting it", ref.relpath)
+            elif result == CHANGED:
+                log.warning("%s changed after it was read; not deleting it: it will be taken "
+                            "again", ref.relpath)
             elif result > 0:
                 errors += 1
                 log.error("%s: cannot delete: %s", ref.relpath, os.strerror(result))
         return errors
 
     def quarantine(self, ref: EntryRef, quarantine_dir: str, reason: str) -> str | None:
-        """Move the name (never what a link points to) into quarantine with a .reason file."""
-        os.makedirs(quarantine_dir, mode=0o700, exist_ok=True)
-        target = "_".join((*ref.dirs, ref.name)).lstrip(".") or "entry"
+        """Move the name (never what a link points to) into quarantine: a directory of its
+        own that this call creates, holding ``reason`` (written first) and ``entry``.
+        Nothing the tree named is ever a name we write to; the returned path is that
+        directory, or None when the entry's directory cannot be opened (logged)."""
         try:
             fd = self.parent_fd(ref)
         except OSError as exc:
             log.error("cannot quarantine %s: %s", ref.relpath, exc.strerror)
             return None
-        qfd = os.open(quarantine_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            target = _free_name(qfd, target)
-            try:
-                os.rename(ref.name, target, src_dir_fd=fd, dst_dir_fd=qfd)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
+        with OwnedDir(quarantine_dir, 0o700) as top:
+            held, name = top.make_subdir(time.strftime("%Y%m%d-%H%M%S"))
+            with held:
+                try:
+                    _write_reason(held, ref.relpath, reason, _describe(fd, ref.name))
+                    _move_in(fd, ref.name, held)
+                except BaseException:
+                    held.remove(REASON)
+                    os.rmdir(name, dir_fd=top.fd)
                     raise
-                _copy_across(fd, ref.name, qfd, target)
-            _write_reason(qfd, target + ".reason", ref.relpath, reason)
-            os.fsync(qfd)
-            return os.path.join(quarantine_dir, target)
-        finally:
-            os.close(qfd)
+                held.sync()
+            top.sync()
+        return top.show(name)
 
     def remove_empty_dirs(self, keep_recent: float = 180.0) -> int:
         """rmdir empty day and minute directories, except those ModSecurity may be about to
@@ -306,61 +313,129 @@ def _kind(mode: int) -> str:
     return "unknown file type"
 
 
-def _free_name(dir_fd: int, name: str) -> str:
-    candidate, counter = name, 0
-    while True:
-        try:
-            os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return candidate
-        counter += 1
-        candidate = f"{name}.{counter}"
+#: The names inside each quarantine directory: the only ones it ever holds.
+ENTRY, REASON = "entry", "reason"
+_COPY_CHUNK = 1 << 20
 
 
-def _copy_across(src_dir: int, name: str, dst_dir: int, target: str) -> None:
-    """Quarantine across file systems: copy a regular file's bytes, then unlink the name.
-    Anything but a regular file is only unlinked after its description is recorded."""
+def _describe(dir_fd: int, name: str) -> str:
+    """What the name is, for the reason file (a link's target is all a link holds)."""
+    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(info.st_mode):
+        return f"symbolic link to {_printable(os.readlink(name, dir_fd=dir_fd))}"
+    links = f", {info.st_nlink} hard links" if info.st_nlink != 1 else ""
+    return f"{_kind(info.st_mode)}, {info.st_size} bytes, owner uid {info.st_uid}{links}"
+
+
+def _printable(text: str) -> str:
+    """Names come from the tree: control characters would forge lines in the reason."""
+    return ascii(text)[1:-1]
+
+
+def _write_reason(held: OwnedDir, relpath: str, reason: str, what: str) -> None:
+    text = (f"path: {_printable(relpath)}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+            f"reason: {_printable(reason)}\nwhat: {what}\n")
+    fd = held.create(REASON)
     try:
-        data = read_file_at(src_dir, name, 1 << 30, require_single_link=False).data
-    except UnsafeFile:
-        data = b""
-    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                  dir_fd=dst_dir)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out, view):]
-        os.fsync(out)
-    finally:
-        os.close(out)
-    os.unlink(name, dir_fd=src_dir)
-
-
-def _write_reason(dir_fd: int, name: str, relpath: str, reason: str) -> None:
-    text = f"path: {relpath}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n"
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
-                 dir_fd=dir_fd)
-    try:
-        os.write(fd, text.encode("utf-8", "backslashreplace"))
+        os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _move_in(src_dir: int, name: str, held: OwnedDir) -> None:
+    try:
+        os.rename(name, ENTRY, src_dir_fd=src_dir, dst_dir_fd=held.fd)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_across(src_dir, name, held)
+
+
+def _copy_across(src_dir: int, name: str, held: OwnedDir) -> None:
+    """Quarantine across file systems: a regular file is copied in bounded chunks, the copy
+    checked against the original (size, SHA-256) and fsync'd, and only then is the name
+    unlinked, if it still holds the same unchanged file. Anything but a regular file holds
+    no data (its description is in the reason): its name is only unlinked."""
+    before = os.stat(name, dir_fd=src_dir, follow_symlinks=False)
+    if not stat.S_ISREG(before.st_mode):
+        _unlink_if_unchanged(src_dir, name, before)  # never opened: a device could react
+        return
+    src = os.open(name, FILE_FLAGS, dir_fd=src_dir)
+    try:
+        _copy_checked(src, before, held)
+        _unlink_if_unchanged(src_dir, name, before)
+    except BaseException:
+        held.remove(ENTRY)
+        raise
+    finally:
+        os.close(src)
+
+
+def _copy_checked(src: int, before: os.stat_result, held: OwnedDir) -> None:
+    if _stamp(os.fstat(src)) != _stamp(before):
+        raise OSError(errno.EAGAIN, "replaced while it was opened; left in place")
+    out = held.create(ENTRY)
+    try:
+        digest, copied = _stream(src, out)
+        os.fsync(out)
+    finally:
+        os.close(out)
+    if copied != before.st_size or _stamp(os.fstat(src)) != _stamp(before):
+        raise OSError(errno.EAGAIN, "changed while it was copied into quarantine; left "
+                                    "in place")
+    check = os.open(ENTRY, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=held.fd)
+    try:
+        copy_digest, copy_size = _stream(check, None)
+    finally:
+        os.close(check)
+    if (copy_digest, copy_size) != (digest, copied):
+        raise OSError(errno.EIO, "its copy in quarantine differs from it; left in place")
+
+
+def _stream(src: int, out: int | None) -> tuple[bytes, int]:
+    """SHA-256 and length of what ``src`` holds from its offset 0, written to ``out``."""
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(src, _COPY_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+        view = memoryview(chunk)
+        while out is not None and view:
+            view = view[os.write(out, view):]
+    return digest.digest(), offset
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What tells a file we read from a file that changed since (or another file)."""
+    return info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _unlink_if_unchanged(dir_fd: int, name: str, before: os.stat_result) -> None:
+    now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if _stamp(now) != _stamp(before):
+        raise OSError(errno.EAGAIN, "replaced or changed while it was quarantined; left "
+                                    "in place")
+    os.unlink(name, dir_fd=dir_fd)
+
+
 # remove_entries' results besides 0 (deleted) and an errno
-GONE, REPLACED = -1, -2
+GONE, REPLACED, CHANGED = -1, -2, -3
 
 
-def remove_entries_py(entries: list[tuple[int, bytes, int, int]]) -> list[int]:
-    """For each (dir_fd, name, inode, device): unlink the name in the directory if it
-    still holds that (inode, device). 0: deleted; GONE: no such name; REPLACED: it holds
-    another file; else the errno of the failure."""
+def remove_entries_py(entries: list[tuple]) -> list[int]:
+    """For each (dir_fd, name, inode, device[, size, mtime_ns, ctime_ns]): unlink the name
+    in the directory if it still holds that (inode, device) with that size and times (-1:
+    not checked). 0: deleted; GONE: no such name; REPLACED: it holds another file;
+    CHANGED: the same file, written since; else the errno of the failure."""
     results = []
-    for fd, name, inode, device in entries:
+    for fd, name, inode, device, *stamp in entries:
         try:
             now = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if (now.st_ino, now.st_dev) != (inode, device):
                 results.append(REPLACED)
+                continue
+            if _changed(now, stamp):
+                results.append(CHANGED)
                 continue
             os.unlink(name, dir_fd=fd)
             results.append(0)
@@ -369,6 +444,11 @@ def remove_entries_py(entries: list[tuple[int, bytes, int, int]]) -> list[int]:
         except OSError as exc:
             results.append(exc.errno or errno.EIO)
     return results
+
+
+def _changed(now: os.stat_result, stamp: Sequence[int]) -> bool:
+    found = (now.st_size, now.st_mtime_ns, now.st_ctime_ns)
+    return any(then != -1 and then != value for then, value in zip(stamp, found))
 
 
 _remove_entries = C.remove_entries if C else remove_entries_py

@@ -170,11 +170,21 @@ class Sandbox:
     def left(self) -> list[str]:
         return entry_files(self.storage)
 
-    def quarantined(self) -> list[str]:
-        try:
-            return sorted(os.listdir(self.quarantine))
-        except FileNotFoundError:
-            return []
+    def quarantined(self) -> dict[str, Path]:
+        """Each quarantined name's path in the tree (as its reason says) → its directory
+        in quarantine (holding ``reason`` and, unless it held no data, ``entry``)."""
+        return quarantined(self.quarantine)
+
+
+def quarantined(where: Path) -> dict[str, Path]:
+    held = {}
+    for directory in sorted(where.iterdir()) if where.exists() else ():
+        first = (directory / "reason").read_text().split("\n", 1)[0]
+        assert first.startswith("path: "), first
+        path = first[len("path: "):].encode("ascii").decode("unicode_escape")
+        assert path not in held, f"{path} quarantined twice"
+        held[path] = directory
+    return held
 
 
 def cli_env() -> dict[str, str]:

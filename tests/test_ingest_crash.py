@@ -92,7 +92,7 @@ class SinkWatcher:
                               f"tree but not in the {sink}, e.g. {sorted(lost)[:3]}")
             foreign = ids - set(self.expected)
             assert not foreign, f"{sink}: unknown ids {sorted(foreign)[:3]}"
-        assert not self.sb.quarantined(), f"quarantined: {self.sb.quarantined()[:5]}"
+        assert not self.sb.quarantined(), f"quarantined: {list(self.sb.quarantined())[:5]}"
         return len(gone)
 
 
@@ -107,7 +107,7 @@ def message_counts() -> dict[str, int]:
 def verify_final(sb: ih.Sandbox, expected: dict[str, ih.Copy], conn) -> None:
     """Exactly once everywhere, byte-exact archive, matches complete, nothing left."""
     assert sb.left() == [], f"{len(sb.left())} entry files left, e.g. {sb.left()[:3]}"
-    assert not sb.quarantined(), sb.quarantined()[:5]
+    assert not sb.quarantined(), list(sb.quarantined())[:5]
     want = set(expected)
 
     # archive: split by the Serial reader; the file must be exactly the entries' bytes

@@ -201,23 +201,23 @@ def test_hostile_tree(fast_tmp):
             assert secret not in data, f"{sink} holds bytes read from outside the tree"
 
     # every odd name: in quarantine with its reason, or left where it was
-    held = set(sb.quarantined())
+    held = sb.quarantined()
     for name, reason in planted.quarantined.items():
-        flat = f"{MINUTE.replace('/', '_')}_{name}"
-        assert flat in held, f"{name} not quarantined ({reason}); log:\n{log[-3000:]}"
-        text = (sb.quarantine / (flat + ".reason")).read_text()
-        assert f"path: /{MINUTE}/{name}\n" in text and f"reason: {reason}\n" in text, text
+        relpath = f"/{MINUTE}/{name}"
+        assert relpath in held, f"{name} not quarantined ({reason}); log:\n{log[-3000:]}"
+        text = (held[relpath] / "reason").read_text()
+        assert f"reason: {reason}\n" in text, text
         assert not os.path.lexists(planted.minute / name), f"{name} still in the tree"
-    moved = sb.quarantine / f"{MINUTE.replace('/', '_')}_{_name('LinkShadow')}"
-    assert os.readlink(moved) == "/etc/shadow"  # the link itself was moved, not its target
-    assert stat.S_ISFIFO(os.lstat(sb.quarantine / f"{MINUTE.replace('/', '_')}_"
-                                                   f"{_name('Fifo')}").st_mode)
+        assert sorted(os.listdir(held[relpath])) == ["entry", "reason"]
+    moved = held[f"/{MINUTE}/{_name('LinkShadow')}"]
+    assert os.readlink(moved / "entry") == "/etc/shadow"  # the link itself, not its target
+    assert "what: symbolic link to /etc/shadow\n" in (moved / "reason").read_text()
+    assert stat.S_ISFIFO(os.lstat(held[f"/{MINUTE}/{_name('Fifo')}"] / "entry").st_mode)
     for relpath in planted.left_alone:
         assert os.path.lexists(sb.storage / relpath), f"{relpath} was removed"
     assert os.readlink(sb.storage / DAY / "20261128-1530") == "/etc"
     assert "directory named like an entry; left alone" in log
-    unexpected = held - {f"{MINUTE.replace('/', '_')}_{n}{suffix}"
-                         for n in planted.quarantined for suffix in ("", ".reason")}
+    unexpected = set(held) - {f"/{MINUTE}/{n}" for n in planted.quarantined}
     assert not unexpected, f"quarantined besides the planted names: {unexpected}"
 
     # the good entries beside them: ingested, exactly once, into every sink
@@ -232,7 +232,7 @@ def test_hostile_tree(fast_tmp):
     # are reported, nothing new is quarantined or ingested
     again = sb.run(expect=0)
     assert "0 quarantined" in again.stderr
-    assert set(sb.quarantined()) == held
+    assert sb.quarantined() == held
     assert len(sb.lines()) == len(want)
 
 
@@ -510,11 +510,7 @@ def test_index_mode_tampered_entries_and_bogus_index_lines(fast_tmp):
     done = sb.run(expect=1)  # 1: two entries were quarantined
     assert "Traceback" not in done.stderr
     assert _digest("/etc/shadow") == shadow
-    reasons = {}
-    for name in sb.quarantined():
-        if name.endswith(".reason"):
-            text = (sb.quarantine / name).read_text()
-            reasons[text.split("\n")[0][len("path: "):]] = text
+    reasons = {path: (where / "reason").read_text() for path, where in sb.quarantined().items()}
     assert set(reasons) == {flipped, cut}, reasons
     assert "md5 " in reasons[flipped] and "differs from index log's" in reasons[flipped]
     assert "size " in reasons[cut] and "differs from index log's" in reasons[cut]

@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make ``tests`` and ``modsec_to
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import corpus  # noqa: E402
+from tests.ingest_helpers import quarantined  # noqa: E402
 
 REPO = corpus.REPO
 CONCURRENT_RUNS = ("r1_relevant_concurrent", "r2_auditengine_on_concurrent",
@@ -595,13 +596,6 @@ def entry_files(storage: str | os.PathLike) -> list[str]:
     return found
 
 
-def quarantined(quarantine_dir: str | os.PathLike) -> list[str]:
-    try:
-        return sorted(os.listdir(quarantine_dir))
-    except FileNotFoundError:
-        return []
-
-
 def duplicates(ids: list[str]) -> dict[str, int]:
     return {uid: n for uid, n in Counter(ids).items() if n > 1}
 
@@ -632,7 +626,7 @@ def check_exactly_once(daemon: WatchDaemon, expected: dict[str, tuple[int, str]]
         errors.append(f"{len(left)} entry files left in the tree, e.g. {left[:3]}")
     held = quarantined(daemon.quarantine)
     if held and not allow_quarantine:
-        errors.append(f"quarantined: {held[:6]}")
+        errors.append(f"quarantined: {list(held)[:6]}")
     if errors:
         raise AssertionError("exactly-once violated:\n  " + "\n  ".join(errors)
                              + "\n" + daemon.log_tail())
