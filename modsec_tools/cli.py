@@ -182,6 +182,12 @@ every 5 s (entries, queue depth, lag, errors, database state).
 """
 
 WATCH_EPILOG = """\
+without --foreground:
+  the storage tree is checked first; then the daemon detaches and this command returns
+  once it is watching ("watching DIR (pid N)", exit 0) or has failed (its error, exit 1;
+  exit 2 for a setting or path that cannot work). Logs go to syslog unless --log-target
+  says otherwise; without a syslog socket (/dev/log) it asks for --log-target.
+
 examples:
   modsec-tools watch --foreground
   modsec-tools watch --foreground --dir-mode 0770 --dir-owner www-data --dir-group vhosts
@@ -291,14 +297,35 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
-    from .daemon import Signals, bound_malloc, setup_logging
+    from .configcheck import tree_problems
+    from .daemon import Readiness, bound_malloc, detach, setup_logging
+    # Checked here, where the admin sees the answer: a detached daemon's stderr is gone.
+    errors = [text for level, text in tree_problems(settings) if level == "error"]
+    for text in errors:
+        logging.error("%s", text)
+    if errors:
+        return EXIT_USAGE
+    target = args.log_target or ("stderr" if args.foreground else "syslog")
+    setup_logging(target, args.verbose)
+    bound_malloc()
+    readiness = Readiness() if args.foreground else detach()
+    try:
+        status = _watch_locked(args, settings, lambda: readiness.ready(
+            f"watching {settings.storage_dir} (pid {os.getpid()}), logging to {target}"))
+    except OSError as exc:
+        logging.error("%s", os_error_line(exc))
+        status = EXIT_SOME_FAILED
+    except Exception:
+        logging.exception("watch failed")
+        status = EXIT_SOME_FAILED
+    readiness.exit(status)
+    return status
+
+
+def _watch_locked(args: argparse.Namespace, settings: config.Settings, on_ready) -> int:
+    from .daemon import Signals
     from .lock import AlreadyRunning, InstanceLock
     from .watch import WatchLimit, WatchOptions
-    bound_malloc()
-    target = args.log_target or ("stderr" if args.foreground else "syslog")
-    if not args.foreground:
-        _detach()
-    setup_logging(target, args.verbose)
     try:
         lock = InstanceLock(settings.state_dir).acquire()
     except AlreadyRunning as exc:
@@ -307,7 +334,8 @@ def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
     signals = Signals()
     try:
         return _watch(settings, WatchOptions(flush_ms=args.flush_ms,
-                                             rescan_seconds=args.rescan_seconds), signals)
+                                             rescan_seconds=args.rescan_seconds), signals,
+                      on_ready)
     except (WatchLimit, ValueError) as exc:
         logging.error("%s", exc)
         return EXIT_SOME_FAILED
@@ -321,7 +349,7 @@ WAIT_OUT = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 
 
-def _watch(settings: config.Settings, options, signals) -> int:
+def _watch(settings: config.Settings, options, signals, on_ready) -> int:
     """Run the watcher until TERM. Once it has been ready, a file system that fills up or
     turns read-only is waited out, with a log line per attempt and a growing delay, rather
     than ending the daemon: systemd would give up after StartLimitBurst restarts, and
@@ -337,6 +365,7 @@ def _watch(settings: config.Settings, options, signals) -> int:
     def ready() -> None:
         nonlocal started, waiting_since
         started = True
+        on_ready()
         if waiting_since is not None:
             logging.warning("watching again after %.0f s of waiting",
                             time.monotonic() - waiting_since)
@@ -392,19 +421,6 @@ def failed_path(exc: OSError) -> str:
 
 def os_error_line(exc: OSError) -> str:
     return f"{failed_path(exc)}: {exc.strerror or exc}"
-
-
-def _detach() -> None:
-    """Classic double fork, for running without systemd or --foreground."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
 
 
 def _progress(work: list) -> object:

@@ -129,7 +129,9 @@ def _unreachable(storage: str, user: pwd.struct_passwd, blocker: str, info: os.s
                        "in SecAuditLogStorageDir and storage_dir")
 
 
-def check(settings: Settings) -> list[tuple[str, str]]:
+def tree_problems(settings: Settings) -> list[tuple[str, str]]:
+    """The storage tree and the index log: what Apache writes, not us (watch checks them
+    before it starts)."""
     problems: list[tuple[str, str]] = []
     # Apache creates the storage tree, not us: a missing one is a typo or a missing
     # SecAuditLogStorageDir, and ingest/watch would find nothing.
@@ -142,6 +144,11 @@ def check(settings: Settings) -> list[tuple[str, str]]:
         problems += _apache_reaches(settings.storage_dir, apache_user())
     if settings.index_log:
         problems.extend(_index_log_problems(settings.index_log))
+    return problems
+
+
+def check(settings: Settings) -> list[tuple[str, str]]:
+    problems = tree_problems(settings)
     problems += _output_file(settings.archive, "archive")
     problems += _output_file(settings.event_log, "event_log")
     problems += _directory(settings.state_dir, "state_dir", must_write=True)

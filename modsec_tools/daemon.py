@@ -85,15 +85,100 @@ def write_status(path: str, status: dict) -> None:
         owned.replace(name, text.encode(), 0o644)
 
 
+class Readiness(logging.Handler):
+    """A detached daemon's word to the shell that started it, through a pipe: the errors
+    logged while it starts, then ``ready`` or its exit status. The parent prints them and
+    exits with that status, so a daemon that could not start never looks as if it had."""
+
+    def __init__(self, fd: int = -1) -> None:
+        super().__init__(logging.ERROR)
+        self.fd = fd
+        if fd >= 0:
+            logging.getLogger().addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._send("error", record.getMessage())
+
+    def ready(self, text: str) -> None:
+        self._send("ready", text)
+        self._hang_up()
+
+    def exit(self, status: int) -> None:
+        """The status; the pipe stays open until the process is gone, so that the parent
+        does not return while its daemon still runs."""
+        self._send("exit", str(status))
+        logging.getLogger().removeHandler(self)
+
+    def _send(self, kind: str, text: str) -> None:
+        if self.fd >= 0:
+            line = f"{kind} {' '.join(text.splitlines())}\n".encode("utf-8", "replace")
+            os.write(self.fd, line)  # a few hundred bytes: below PIPE_BUF, never split
+
+    def _hang_up(self) -> None:
+        if self.fd >= 0:
+            logging.getLogger().removeHandler(self)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def detach() -> Readiness:
+    """Classic double fork, for running without systemd or --foreground. The process that
+    was started waits for the daemon's word (see Readiness) and exits with it."""
+    read, write = os.pipe()
+    first = os.fork()
+    if first:
+        os.close(write)
+        status = _await_daemon(read)
+        os.waitpid(first, 0)
+        os._exit(status)
+    os.close(read)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    return Readiness(write)
+
+
+def _await_daemon(fd: int) -> int:
+    """What the daemon said, printed; its status (1 if it died without a word)."""
+    status, said = 1, False
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as pipe:
+        for line in pipe:
+            kind, _, text = line.rstrip("\n").partition(" ")
+            said = True
+            if kind == "error":
+                print(f"modsec-tools: ERROR: {text}", file=sys.stderr)
+            elif kind == "ready":
+                print(f"modsec-tools: {text}", file=sys.stderr)
+                status = 0
+            elif kind == "exit":
+                status = int(text)
+    if not said:
+        print("modsec-tools: ERROR: the daemon ended while starting, without a word; "
+              "see its log", file=sys.stderr)
+    sys.stderr.flush()
+    return status
+
+
+SYSLOG_SOCKET = "/dev/log"
+
+
 def setup_logging(target: str, verbosity: int) -> logging.Handler:
     """``stderr`` (journald captures it), ``syslog``, or a file path (reopened on SIGHUP)."""
+    if target == "syslog" and not os.path.exists(SYSLOG_SOCKET):
+        # The handler would drop every line without a word.
+        raise FileNotFoundError(2, "no syslog socket: is a syslog daemon running? (or use "
+                                   "--log-target FILE)", SYSLOG_SOCKET)
     level = logging.INFO - 10 * min(max(verbosity - 1, 0), 1) if verbosity else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     if target == "syslog":
         handler: logging.Handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("modsec-tools[%(process)d]: %(levelname)s: "
                                                "%(message)s"))
     elif target == "stderr":
