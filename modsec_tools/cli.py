@@ -53,10 +53,11 @@ index recorded). '-' reads a Serial log or entry from standard input.
 
 PARSE_EPILOG = """\
 formats:
-  json  one JSON object per line: unique_id, timestamp, client_ip, peer_ip, method, uri,
-        protocol, host, user_agent, status, intercepted, phase, anomaly_score, rule_ids,
-        messages, engine_mode, source, verdict, ... (bytes that are not UTF-8 appear as
-        \\udcXX escapes and round-trip with surrogateescape)
+  json  one JSON object per line: unique_id, timestamp, client_ip, client_unbannable (why
+        it must not be banned, or null), peer_ip, method, uri, protocol, host, user_agent,
+        status, intercepted, phase, anomaly_score, rule_ids, messages, engine_mode, source,
+        verdict, ... (bytes that are not UTF-8 appear as \\udcXX escapes and round-trip
+        with surrogateescape)
   line  the event-log line fail2ban reads (docs/event-log.md)
 
 exit status:
@@ -105,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("paths", nargs="+", metavar="PATH")
     parse.add_argument("--format", choices=("json", "line"), default="json",
                        help="output format (default: json)")
-    _settings_flags(parse, ("storage_dir", "trusted_proxies", "node", "detect_min_severity",
-                            "detect_min_score", "max_entry_size"))
+    _settings_flags(parse, ("storage_dir", "trusted_proxies", "proxy_header", "node",
+                            "detect_min_severity", "detect_min_score", "max_entry_size"))
     parse.set_defaults(handler=cmd_parse)
 
     ingest = commands.add_parser(
@@ -156,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 PIPELINE_SETTINGS = ("storage_dir", "index_log", "archive", "event_log", "db",
                      "db_option_file", "state_dir", "quarantine_dir", "node",
-                     "trusted_proxies", "detect_min_severity", "detect_min_score",
-                     "settle_seconds", "quarantine_after", "max_entry_size", "batch_size",
-                     "workers")
+                     "trusted_proxies", "proxy_header", "detect_min_severity",
+                     "detect_min_score", "settle_seconds", "quarantine_after", "max_entry_size",
+                     "batch_size", "workers")
 
 WATCH_HELP = """\
 Watch the storage tree with inotify and process each entry as soon as ModSecurity closes
@@ -255,7 +256,7 @@ def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
                               item.source, settings.max_entry_size)
                 continue
             try:
-                event = parse_entry(item.data, item.source, settings.trusted_proxies,
+                event = parse_entry(item.data, item.source, settings.proxies,
                                     item.index)
             except ParseError as exc:
                 failed += 1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .clientip import parse_networks
+from .clientip import DEFAULT_HEADER, Proxies, parse_header_name, parse_networks
 from .event import SEVERITY_RANK
 from .eventline import NODE
 
@@ -123,7 +123,12 @@ KEYS: tuple[Key, ...] = (
         "(default: short host name)", parse_node, "NAME"),
     Key("trusted_proxies", "",
         "comma-separated addresses/networks of your reverse proxies; only their "
-        "X-Forwarded-For / X-Real-IP is believed", parse_networks_text, "LIST"),
+        "proxy_header is believed, and they are never the bannable client",
+        parse_networks_text, "LIST"),
+    Key("proxy_header", DEFAULT_HEADER,
+        "the one header your trusted proxies set to the client address (as mod_remoteip's "
+        "RemoteIPHeader): X-Forwarded-For or e.g. X-Real-IP; no other header is read",
+        parse_header_name, "NAME"),
     Key("detect_min_severity", "CRITICAL",
         "a non-intercepted rule match this severe or worse is verdict=detected",
         parse_severity, "SEVERITY"),
@@ -160,6 +165,7 @@ class Settings:
     quarantine_dir: str
     node: str
     trusted_proxies: tuple
+    proxy_header: str
     detect_min_severity: str
     detect_min_score: int
     settle_seconds: float
@@ -171,6 +177,10 @@ class Settings:
     dir_owner: str
     dir_group: str
     sources: tuple[str, ...] = ()   # the files the settings came from
+
+    @property
+    def proxies(self) -> Proxies:
+        return Proxies(tuple(self.trusted_proxies), self.proxy_header)
 
 
 class ConfigError(ValueError):

@@ -1,9 +1,7 @@
 """One audit entry's bytes → Event, whichever format ModSecurity wrote it in."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from .clientip import Network, resolve_client
+from .clientip import Proxies, resolve_client
 from .errors import ParseError
 from .event import Event
 from .indexlog import IndexLine
@@ -11,7 +9,7 @@ from .jsonformat import parse_json
 from .native import parse_native
 
 
-def parse_entry(data: bytes, source: str, trusted_proxies: Sequence[Network] = (),
+def parse_entry(data: bytes, source: str, proxies: Proxies = Proxies(),
                 index: IndexLine | None = None) -> Event:
     """Parse a native or JSON entry; raises ParseError with the reason when it cannot.
 
@@ -27,7 +25,8 @@ def parse_entry(data: bytes, source: str, trusted_proxies: Sequence[Network] = (
         event = parse_native(data, source)
     else:
         raise ParseError("neither a native (--xxxxxxxx-A--) nor a JSON audit entry")
-    event.client_ip = resolve_client(event, trusted_proxies)
+    client = resolve_client(event, proxies)
+    event.client_ip, event.client_unbannable = client.address, client.unbannable
     if index is not None:
         if index.unique_id != event.unique_id:
             raise ParseError(f"entry id {event.unique_id!r} differs from the index line's "

@@ -105,6 +105,7 @@ class Event:
     local_ip: str | None
     local_port: int | None
     source: str                              # file, serial log + offset, or index log it came from
+    client_unbannable: str | None = None     # why client_ip must not be banned (clientip.py)
     request_line: str | None = None
     method: str | None = None
     uri: str | None = None                   # raw request-target

@@ -1,17 +1,20 @@
 """The one-line event format fail2ban reads (see docs/event-log.md), and its reader.
 
 Every attacker-controlled byte is escaped so the line stays one line of printable ASCII
-whose fixed prefix, up to ``id=``, is ours alone.
+whose fixed prefix, up to ``id=``, is ours alone. An entry without a bannable client
+(clientip.py) is written ``client=-`` with the reason and the address, which the filter's
+``<ADDR>`` cannot match.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from .clientip import normalize_ip
+from .clientip import NO_ADDRESS, normalize_ip
 from .event import Event, raw
 
 CAPS = {"method": 32, "host": 255, "uri": 2048, "ua": 512}
+ID_CAP = 64     # raw bytes; mod_unique_id writes 24 or 27 characters, the database keeps 64
 QUOTED = tuple(CAPS)
 NODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -39,25 +42,46 @@ class EventLine:
     uri: bytes | None
     ua: bytes | None
     truncated: list[str] = field(default_factory=list)
+    noban: str | None = None     # why client is "-" although the entry came from somewhere
+    addr: str = "-"              # ... and from where (written only with noban)
 
 
 def from_event(event: Event, node: str, verdict: str) -> EventLine:
     def text(value: object) -> str:
         return "-" if value is None else str(value)
 
+    client = normalize_ip(event.client_ip)
+    noban, addr = _noban(event, client)
     line = EventLine(
         time=event.timestamp.isoformat(timespec="microseconds") if event.timestamp else "-",
-        node=node, client=normalize_ip(event.client_ip) or "-", verdict=verdict,
+        node=node, client="-" if noban else client, verdict=verdict,
         status=text(event.status), phase=text(event.phase), score=text(event.anomaly_score),
-        severity=text(event.severity), rules=event.rule_ids, id=event.unique_id,
+        severity=text(event.severity), rules=event.rule_ids, id=_capped_id(event.unique_id),
         method=raw(event.method), host=raw(event.host), uri=raw(event.uri),
-        ua=raw(event.user_agent))
+        ua=raw(event.user_agent), noban=noban, addr=addr)
+    if line.id != event.unique_id:
+        line.truncated.append("id")
     for name in QUOTED:
         value = getattr(line, name)
         if value is not None and len(value) > CAPS[name]:
             setattr(line, name, value[:CAPS[name]])
             line.truncated.append(name)
     return line
+
+
+def _noban(event: Event, client: str | None) -> tuple[str | None, str]:
+    """Why the line has no bannable client (None: it has one), and the address concerned:
+    the proxy itself when its header named nobody."""
+    if event.client_unbannable:
+        return event.client_unbannable, client or normalize_ip(event.peer_ip) or "-"
+    return (None, "-") if client else (NO_ADDRESS, "-")
+
+
+def _capped_id(unique_id: str) -> str:
+    if unique_id.isascii() and len(unique_id) <= ID_CAP:
+        return unique_id
+    data = raw(unique_id)
+    return unique_id if len(data) <= ID_CAP else data[:ID_CAP].decode("utf-8", "surrogateescape")
 
 
 def escape_bare(value: str) -> str:
@@ -79,13 +103,15 @@ def format_line(line: EventLine) -> str:
         raise ValueError(f"node name {line.node!r} must match {NODE.pattern}")
     rules = ",".join(line.rules) if line.rules else "-"
     bare = [line.client, line.verdict, line.status, line.phase, line.score, line.severity,
-            rules, line.id]
+            rules, line.id, line.noban or "-", line.addr]
     if not all(bare) or not _BARE_SAFE.fullmatch("".join(bare)):  # usually nothing to escape
         bare = [escape_bare(value) for value in bare]
-    client, verdict, status, phase, score, severity, rules, unique_id = bare
-    head = (f"{line.time} modsec[{line.node}]: client={client} verdict={verdict}"
+    client, verdict, status, phase, score, severity, rules, unique_id, noban, addr = bare
+    noban = f" noban={noban} addr={addr}" if line.noban else ""
+    cut = "+" if "id" in line.truncated else ""
+    head = (f"{line.time} modsec[{line.node}]: client={client}{noban} verdict={verdict}"
             f" status={status} phase={phase} score={score} severity={severity}"
-            f" rules={rules} id={unique_id}")
+            f" rules={rules} id={unique_id}{cut}")
     tail = []
     for name in QUOTED:
         value = getattr(line, name)
@@ -100,9 +126,9 @@ def format_event(event: Event, node: str, verdict: str) -> str:
 
 _Q = r'(?:-|"((?:[^"\\]|\\.)*)"(\+?))'
 _LINE = re.compile(
-    r"(\S+) modsec\[([A-Za-z0-9._-]{1,64})\]: client=(\S+) verdict=(\S+) status=(\S+)"
-    r" phase=(\S+) score=(\S+) severity=(\S+) rules=(\S+) id=(\S+)"
-    rf" method={_Q} host={_Q} uri={_Q} ua={_Q}$")
+    r"(\S+) modsec\[([A-Za-z0-9._-]{1,64})\]: client=(\S+)(?: noban=(\S+) addr=(\S+))?"
+    r" verdict=(\S+) status=(\S+) phase=(\S+) score=(\S+) severity=(\S+) rules=(\S+)"
+    rf" id=([^\s+]+)(\+?) method={_Q} host={_Q} uri={_Q} ua={_Q}$")
 _UNESCAPE = re.compile(rb'\\(?:x([0-9a-f]{2})|(["\\]))')
 
 
@@ -121,12 +147,15 @@ def parse_line(text: str) -> EventLine:
     if match is None:
         raise ValueError(f"not a modsec-tools event line: {text[:120]!r}")
     groups = match.groups()
-    bare = [_unescape_bare(value) for value in groups[2:10]]
-    line = EventLine(groups[0], groups[1], bare[0], bare[1], bare[2], bare[3], bare[4],
-                     bare[5], [] if bare[6] == "-" else bare[6].split(","), bare[7],
-                     None, None, None, None)
+    client, noban, addr, verdict, status, phase, score, severity, rules, unique_id = [
+        None if value is None else _unescape_bare(value) for value in groups[2:12]]
+    line = EventLine(groups[0], groups[1], client, verdict, status, phase, score, severity,
+                     [] if rules == "-" else rules.split(","), unique_id,
+                     None, None, None, None, noban=noban, addr=addr or "-")
+    if groups[12]:
+        line.truncated.append("id")
     for index, name in enumerate(QUOTED):
-        value, cut = groups[10 + 2 * index], groups[11 + 2 * index]
+        value, cut = groups[13 + 2 * index], groups[14 + 2 * index]
         setattr(line, name, None if value is None else _unescape_bytes(value))
         if cut:
             line.truncated.append(name)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
-from .clientip import Network
+from .clientip import Proxies
 from .database import MysqlText, Row, event_row, without_values
 from .entry import parse_entry
 from .errors import ParseError
@@ -47,7 +47,7 @@ class Rules:
 
     node: str
     policy: VerdictPolicy
-    trusted_proxies: tuple[Network, ...]
+    proxies: Proxies
     max_entry_size: int
     settle_seconds: float
     quarantine_after: float
@@ -122,7 +122,7 @@ def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | Non
     try:
         if index is not None:
             verify(file.data, index)
-        event = parse_entry(file.data, ref.relpath, rules.trusted_proxies, index)
+        event = parse_entry(file.data, ref.relpath, rules.proxies, index)
         problem = ("; ".join(event.problems) or "incomplete entry") if event.incomplete else None
     except ParseError as exc:
         problem = str(exc)

@@ -128,7 +128,7 @@ class Pipeline:
             db = Database(target) if target.kind != "none" else None
         self.rules = Rules(settings.node,
                            VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
-                           tuple(settings.trusted_proxies), settings.max_entry_size,
+                           settings.proxies, settings.max_entry_size,
                            settings.settle_seconds, settings.quarantine_after,
                            bool(settings.index_log), db.kind if db else "")
         self.journal = Journal(os.path.join(state, "journal"))
@@ -179,7 +179,7 @@ class Pipeline:
                 if (file.stat.st_ino, file.stat.st_dev) != (inode, device) or \
                         zlib.crc32(data) != crc:
                     raise ParseError("changed since it was journaled")
-                event = parse_entry(data, relpath, self.settings.trusted_proxies)
+                event = parse_entry(data, relpath, self.rules.proxies)
             except (OSError, ParseError) as exc:
                 skipped.add(relpath)
                 log.error("%s: journaled, but cannot be read as it was on recovery (%s); "

@@ -23,7 +23,8 @@ def event_to_dict(event: Event, verdict: str | None = None) -> dict[str, Any]:
     return {
         "unique_id": event.unique_id,
         "timestamp": event.timestamp.isoformat(timespec="microseconds") if event.timestamp else None,
-        "client_ip": event.client_ip, "peer_ip": event.peer_ip, "peer_port": event.peer_port,
+        "client_ip": event.client_ip, "client_unbannable": event.client_unbannable,
+        "peer_ip": event.peer_ip, "peer_port": event.peer_port,
         "local_ip": event.local_ip, "local_port": event.local_port,
         "method": event.method, "uri": event.uri, "protocol": event.protocol,
         "host": event.host, "user_agent": event.user_agent,

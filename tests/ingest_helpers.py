@@ -548,7 +548,7 @@ def originals(storage: Path, index: dict[str, IndexLine] | None = None) -> dict[
     found = {}
     for relpath, data in tree_files(storage).items():
         line = index.get(relpath) if index else None
-        event = parse_entry(data, relpath, (), line)
+        event = parse_entry(data, relpath, index=line)
         assert not event.incomplete, (relpath, event.problems)
         assert event.unique_id not in found
         found[event.unique_id] = Original(relpath, data, event)

@@ -139,11 +139,17 @@ def test_trusted_proxies_flag(config: Path, tmp_path_factory) -> None:
     truth = corpus.truth(run)
     moved = 0
     for record in objects(result):
-        actor = (truth[record["unique_id"]]["sent"] or {}).get("actor") or ""
-        if actor.startswith("proxied:"):
+        sent = truth[record["unique_id"]]["sent"] or {}
+        actor = sent.get("actor") or ""
+        if actor.startswith("proxied:") and sent.get("xff_sent") is None:
+            # its proxy sent X-Real-IP, and proxy_header is X-Forwarded-For: no client
+            assert (record["client_ip"], record["client_unbannable"]) == (None, "proxy-no-header")
+        elif actor.startswith("proxied:"):
             assert record["client_ip"] == actor.split(":", 1)[1]
             assert plain[record["unique_id"]]["client_ip"] == record["peer_ip"]
             moved += 1
+        elif actor == "monitor":  # a health check from inside the proxies' range: no client
+            assert (record["client_ip"], record["client_unbannable"]) == (None, "proxy-no-header")
         else:
             assert record["client_ip"] == record["peer_ip"]
     assert moved >= 10

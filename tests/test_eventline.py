@@ -1,6 +1,7 @@
 """The one-line event format (docs/event-log.md): the contract fail2ban reads."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -10,12 +11,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from modsec_tools.clientip import Proxies, parse_networks
 from modsec_tools.entry import parse_entry
-from modsec_tools.event import Event
-from modsec_tools.eventline import (CAPS, QUOTED, EventLine, escape_bare, escape_quoted,
-                                    format_event, format_line, from_event, parse_line)
-from tests.test_parse_support import (REPO_ROOT, dumps, fixture, json_entry, message, native,
-                                      trailer)
+from modsec_tools.event import Event, raw
+from modsec_tools.eventline import (CAPS, ID_CAP, QUOTED, EventLine, escape_bare,
+                                    escape_quoted, format_event, format_line, from_event,
+                                    parse_line)
+from tests.test_parse_support import (REPO_ROOT, SECTION_A, UNIQUE_ID, dumps, fixture,
+                                      json_entry, message, native, trailer)
 
 #: What a fail2ban filter anchored on our fixed prefix captures (docs/event-log.md).
 ANCHORED = re.compile(r"^\S+ modsec\[[A-Za-z0-9._-]+\]: client=(?P<host>\S+) "
@@ -78,10 +81,12 @@ def test_every_absent_value_prints_a_dash() -> None:
     line = format_event(event(timestamp=None, client_ip=None, method=None, uri=None, host=None,
                               user_agent=None, status=None, phase=None, anomaly_score=None,
                               severity=None, rule_ids=[]), "n", "passed")
-    assert line == ("- modsec[n]: client=- verdict=passed status=- phase=- score=- severity=- "
-                    "rules=- id=awrysggx7z821rWArgDkswAAABA method=- host=- uri=- ua=-")
+    assert line == ("- modsec[n]: client=- noban=no-address addr=- verdict=passed status=- "
+                    "phase=- score=- severity=- rules=- id=awrysggx7z821rWArgDkswAAABA "
+                    "method=- host=- uri=- ua=-")
     parsed = check_line(line)
     assert parsed.rules == [] and parsed.client == "-" and parsed.uri is None
+    assert parsed.noban == "no-address"
 
 
 def test_empty_quoted_value_is_not_absent() -> None:
@@ -101,6 +106,57 @@ def test_empty_quoted_value_is_not_absent() -> None:
 def test_client_is_a_normalized_address_or_a_dash(client: str, shown: str) -> None:
     parsed = check_line(format_event(event(client_ip=client), "n", "passed"))
     assert parsed.client == shown
+    assert parsed.noban == (None if shown != "-" else "no-address")
+
+
+# -- entries without a bannable client ---------------------------------------------------------
+
+
+def test_documented_unbannable_example_exactly() -> None:
+    doc = (REPO_ROOT / "docs" / "event-log.md").read_text()
+    (example_line,) = [text for text in doc.splitlines() if " modsec[web2]: " in text]
+    line = format_event(event(
+        unique_id="awrysggx7z821rWArgDkuQAAABc", client_ip=None, peer_ip="192.0.2.10",
+        client_unbannable="proxy-bad-header", method="GET", host="www.lab.test",
+        uri="/?id=1%27%20or%20%271%27=%271", anomaly_score=5,
+        timestamp=dt.datetime(2026, 11, 28, 16, 26, 43, 102214,
+                              dt.timezone(dt.timedelta(hours=1))),
+        rule_ids=["942100", "949110", "980130"]), "web2", "blocked")
+    assert line == example_line
+    check_line(line)
+
+
+@pytest.mark.parametrize("client_ip,peer,reason,addr", [
+    (None, "127.0.2.3", "proxy-only", "127.0.2.3"),
+    (None, "2001:db8:ffff::1", "proxy-no-header", "2001:db8:ffff::1"),
+    ("0.0.0.0", "127.0.2.3", "unspecified", "0.0.0.0"),
+    ("ff02::1", "127.0.2.3", "multicast", "ff02::1"),
+    ("127.0.0.1", "127.0.2.3", "loopback", "127.0.0.1"),
+    ("fe80::1%eth0", "fe80::1%eth0", "scoped", "fe80::1%eth0"),
+    (None, None, "no-address", "-"),
+])
+def test_an_unbannable_entry_says_why_and_the_filter_anchor_misses_it(
+        client_ip, peer, reason, addr) -> None:
+    """Today's main wrote the proxy (or 0.0.0.0, ff02::1, 127.0.0.1) as a bannable client."""
+    line = format_event(event(client_ip=client_ip, peer_ip=peer, client_unbannable=reason),
+                        "web1", "blocked")
+    parsed = check_line(line)
+    assert (parsed.client, parsed.noban, parsed.addr) == ("-", reason, addr)
+    assert f" client=- noban={reason} addr={escape_bare(addr)} verdict=blocked " in line
+    assert ANCHORED.match(line) is None
+    assert parsed.verdict == "blocked" and parsed.rules == event().rule_ids
+
+
+def test_unbannable_entries_from_parse_entry() -> None:
+    a = SECTION_A.replace("127.0.1.103", "127.0.2.3")
+    proxies = Proxies(tuple(parse_networks(["127.0.2.0/24"])))
+    for head, noban in [("", "proxy-no-header"), ("X-Forwarded-For: 127.0.2.9\n", "proxy-only"),
+                        ("X-Forwarded-For: 203.0.113.5 x\n", "proxy-bad-header"),
+                        ("X-Forwarded-For: 255.255.255.255\n", "broadcast")]:
+        data = native(a=a, b="GET / HTTP/1.1\nHost: x\n" + head)
+        parsed = check_line(format_event(parse_entry(data, "x", proxies), "n", "blocked"))
+        assert (parsed.client, parsed.noban) == ("-", noban)
+        assert parsed.addr == ("255.255.255.255" if noban == "broadcast" else "127.0.2.3")
 
 
 @settings(max_examples=150)
@@ -194,6 +250,38 @@ def test_caps_cut_values_and_mark_them(name: str) -> None:
 
 def test_caps_are_the_documented_ones() -> None:
     assert CAPS == {"method": 32, "host": 255, "uri": 2048, "ua": 512}
+    assert ID_CAP == 64
+
+
+def test_a_megabyte_unique_id_is_cut_like_the_other_fields() -> None:
+    """Today's main wrote a 1 MB id as a 1 MB line."""
+    forged = "A" * (1 << 20)
+    line = format_event(event(unique_id=forged), "n", "blocked")
+    assert len(line) < 1000
+    parsed = check_line(line)
+    assert parsed.id == "A" * ID_CAP and parsed.truncated == ["id"]
+    assert f" id={'A' * ID_CAP}+ method=" in line
+    assert ANCHORED.match(line)["host"] == "127.0.1.58"
+
+
+@pytest.mark.parametrize("unique_id,kept,cut", [
+    ("a" * 64, "a" * 64, False), ("a" * 65, "a" * 64, True),
+    ("é" * 32, "é" * 32, False),                       # 64 bytes
+    ("a" + "é" * 32, "a" + "é" * 31 + "\udcc3", True),  # the cut splits a character
+    ("\udcff" * 65, "\udcff" * 64, True),
+    ("x" * 10 + " client=6.6.6.6" * 10, ("x" * 10 + " client=6.6.6.6" * 4)[:64], True),
+])
+def test_id_cap_counts_raw_bytes(unique_id: str, kept: str, cut: bool) -> None:
+    line = format_event(event(unique_id=unique_id), "n", "blocked")
+    parsed = check_line(line)
+    assert parsed.id == kept and ("id" in parsed.truncated) == cut
+    assert len(line.split(" id=", 1)[1].split(" method=")[0]) <= 4 * ID_CAP + 1
+    assert ANCHORED.match(line)["host"] == "127.0.1.58"
+
+
+def test_a_cut_id_and_cut_quoted_fields_are_all_marked() -> None:
+    parsed = check_line(format_event(event(unique_id="i" * 99, method="M" * 40), "n", "p"))
+    assert parsed.truncated == ["id", "method"]
 
 
 def test_cap_counts_raw_bytes_not_characters() -> None:
@@ -262,7 +350,11 @@ lines = st.builds(
     severity=st.sampled_from(["-", "EMERGENCY", "CRITICAL", "WARNING", "DEBUG"]),
     rules=st.lists(st.integers(1, 10**7).map(str), max_size=8),
     id=bare_text, method=quoted, host=quoted, uri=quoted, ua=quoted,
-    truncated=st.just([]))
+    truncated=st.sampled_from([[], ["id"]]),
+    noban=st.one_of(st.none(), st.sampled_from(["proxy-only", "no-address", "loopback"])),
+    addr=st.one_of(st.just("-"), st.ip_addresses().map(str))
+).map(lambda line: dataclasses.replace(line, client="-") if line.noban else
+      dataclasses.replace(line, addr="-"))
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -271,7 +363,10 @@ def test_round_trip_of_arbitrary_lines(line: EventLine) -> None:
     text = format_line(line)
     parsed = check_line(text)
     assert parsed == line
-    assert ANCHORED.match(text)["host"] == line.client
+    if line.noban:
+        assert ANCHORED.match(text) is None
+    else:
+        assert ANCHORED.match(text)["host"] == line.client
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -287,7 +382,8 @@ def test_round_trip_of_events_with_arbitrary_bytes(method, host, uri, ua, uid, c
                unique_id=uid, client_ip=str(client))
     line = format_event(ev, "web-1", "blocked")
     parsed = check_line(line)
-    assert parsed.id == uid
+    assert raw(parsed.id) == raw(uid)[:ID_CAP]
+    assert ("id" in parsed.truncated) == (len(raw(uid)) > ID_CAP)
     for name, value in (("method", method), ("host", host), ("uri", uri), ("ua", ua)):
         got = getattr(parsed, name)
         if value is None:
@@ -337,3 +433,23 @@ def test_json_output_of_the_same_entry_is_fine() -> None:
     from modsec_tools.jsonout import dumps as event_dumps
     ev = parse_entry(dumps(json_entry(transaction={"transaction_id": "\ud800"})), "x.json")
     assert json.loads(event_dumps(ev))["unique_id"] == "\ud800"
+
+
+def test_a_megabyte_unique_id_through_ingest(tmp_path) -> None:
+    """The event line is cut, the archive keeps the entry byte for byte, the database row
+    holds the id's first 64 characters, and the file is gone: nothing breaks on it."""
+    from tests import ingest_helpers as ih
+    sb = ih.Sandbox(tmp_path, settings={"settle_seconds": "0"})
+    minute = sb.storage / "20261128" / "20261128-1626"
+    minute.mkdir(parents=True)
+    forged = "F" + "A" * (1 << 20)
+    data = native(a=SECTION_A.replace(UNIQUE_ID, forged))
+    (minute / "20261128-162642-FORGEDID").write_bytes(data)
+    ih.age_tree(sb.storage)
+    sb.run()
+    (line,) = sb.events.read_text().splitlines()
+    assert len(line) < 1000 and f" id={forged[:ID_CAP]}+ " in line
+    assert ih.archived_form(data) in sb.archived()
+    with ih.sqlite_connect(sb.db_path) as conn:
+        assert ih.query(conn, "SELECT unique_id FROM events") == [(forged[:64],)]
+    assert sb.left() == []

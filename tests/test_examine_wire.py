@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 
+from modsec_tools.clientip import Proxies
 from modsec_tools.database import full_row
 from modsec_tools.examine import READY, Outcome, Rules, examine
 from modsec_tools.dbsink import _encode_rows
@@ -20,7 +21,7 @@ from tests.ingest_helpers import tree_files_from_tar
 @pytest.mark.parametrize("dialect", ["", "mysql"])
 def test_outcomes_survive_the_wire(tmp_path, dialect):
     corpus.require_corpus()
-    rules = Rules("n", VerdictPolicy(), (), 1 << 20, 0.0, 3600.0, False, dialect)
+    rules = Rules("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, dialect)
     tree = StorageTree(str(tmp_path))
     for relpath, data in list(tree_files_from_tar("r1_relevant_concurrent").items())[:50]:
         ref = EntryRef.from_relpath(relpath)
@@ -58,7 +59,7 @@ def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypat
         for text in texts * 2:
             messages.parse_message(text)
         assert messages._cached_message.cache_info().hits == 0  # the default: cycles miss
-        examine_module._init_worker(str(tmp_path), Rules("n", VerdictPolicy(), (), 1, 0.0,
+        examine_module._init_worker(str(tmp_path), Rules("n", VerdictPolicy(), Proxies(), 1, 0.0,
                                                          1.0, False))
         for text in texts * 2:
             messages.parse_message(text)

@@ -1,6 +1,7 @@
 """filter.d/modsec.conf and modsec-recidive.conf against their sample logs, with the real fail2ban-regex."""
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import random
 import tempfile
@@ -71,8 +72,9 @@ def _hostile_value(rng: random.Random, cap: int) -> bytes | None:
     return value
 
 
-def _writer_lines(count: int, seed: int) -> list[tuple[str, str, str]]:
-    """(line, client, verdict) produced by modsec_tools.eventline with hostile request data."""
+def _writer_lines(count: int, seed: int) -> list[tuple[str, str | None, str]]:
+    """(line, client, verdict) produced by modsec_tools.eventline with hostile request data;
+    every fourth line has no bannable client (client None)."""
     from modsec_tools.eventline import CAPS, EventLine, format_line
     rng = random.Random(seed)
     rows = []
@@ -84,11 +86,13 @@ def _writer_lines(count: int, seed: int) -> list[tuple[str, str, str]]:
         values = {name: _hostile_value(rng, cap) for name, cap in CAPS.items()}
         cut = [name for name, v in values.items() if v is not None and len(v) > CAPS[name]]
         values = {name: (v[:CAPS[name]] if v is not None else None) for name, v in values.items()}
-        line = EventLine(f"2026-11-28T16:{n // 60 % 60:02d}:{n % 60:02d}.{n:06d}+01:00", "web1", client,
-                         verdict, "403", "2", str(n), "CRITICAL", ["949110", str(900000 + n)],
-                         f"Z0r{n:06d}CoAAEAAF", values["method"], values["host"], values["uri"],
-                         values["ua"], cut)
-        rows.append((format_line(line), client, verdict))
+        noban = ("proxy-only", "loopback", "multicast")[n // 4 % 3] if n % 4 == 3 else None
+        line = EventLine(f"2026-11-28T16:{n // 60 % 60:02d}:{n % 60:02d}.{n:06d}+01:00", "web1",
+                         "-" if noban else client, verdict, "403", "2", str(n), "CRITICAL",
+                         ["949110", str(900000 + n)], f"Z0r{n:06d}CoAAEAAF", values["method"],
+                         values["host"], values["uri"], values["ua"], cut, noban=noban,
+                         addr=client if noban else "-")
+        rows.append((format_line(line), None if noban else client, verdict))
     return rows
 
 
@@ -99,9 +103,26 @@ def test_writer_output_with_hostile_request_data_bans_only_the_real_client(mode,
     log.write_text("".join(line + "\n" for line, _, _ in rows))
     found = run_fail2ban_regex(log, filter_spec({"mode": mode}))
     wanted = {"blocked": {"blocked"}, "detected": {"detected"}, "aggressive": {"blocked", "detected"}}[mode]
-    expected = {line: client for line, client, verdict in rows if verdict in wanted}
+    expected = {line: client for line, client, verdict in rows if verdict in wanted and client}
     got = {m.line: m.ip for m in found}
     assert got == expected
+    assert sum(1 for _, client, verdict in rows if verdict in wanted and not client) >= 20
+
+
+def test_a_megabyte_unique_id_is_matched_with_its_cut_id(tmp_path):
+    """Today's main handed fail2ban a 1 MB line (and a 1 MB F-UNIQUEID)."""
+    from modsec_tools.event import Event
+    from modsec_tools.eventline import ID_CAP, format_event
+    stamp = dt.datetime(2026, 11, 28, 16, 26, 42, tzinfo=dt.timezone.utc)
+    event = Event(unique_id="U" * (1 << 20), timestamp=stamp, client_ip="192.0.2.77",
+                  peer_ip="192.0.2.77", peer_port=1, local_ip=None, local_port=None,
+                  source="t", status=403, phase=2, rule_ids=["949110"])
+    line = format_event(event, "web1", "blocked")
+    assert len(line) < 1000
+    log = tmp_path / "events.log"
+    log.write_text(line + "\n")
+    (found,) = run_fail2ban_regex(log, filter_spec({}))
+    assert found.ip == "192.0.2.77" and found.tags["uniqueid"] == "U" * ID_CAP
 
 
 def test_filter_time_is_linear_on_worst_case_lines(tmp_path):
