@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="check the configuration",
         description="'config check' validates every setting, the directories and their "
         "permissions (including whether Apache's user can reach the storage tree), and "
-        "connects to the database; 'config show' prints the settings.")
+        "connects to the database; 'config show' prints the settings. Both create and "
+        "change nothing (a database that does not exist yet is not created).")
     check.add_argument("action", choices=("check", "show"))
     _settings_flags(check, PIPELINE_SETTINGS)
     check.set_defaults(handler=cmd_config)
@@ -198,7 +199,8 @@ If it fails with "inotify watch limit", raise fs.inotify.max_user_watches (sysct
 
 DB_HELP = """\
 init / migrate: create or upgrade the schema; both are idempotent (they apply only what is
-missing). status: the schema version.
+missing). status: the schema version (read-only: a database that does not exist is not
+created).
 
 replay-rejected: a row the database refused while it answered (a value it would not take,
 a trigger, a schema it could not use for that row) is kept in <state_dir>/db-rejected with
@@ -439,15 +441,15 @@ def _progress(work: list) -> object:
     sys.stderr.write("\n")
 
 
-def _database(settings: config.Settings):
+def _database(settings: config.Settings, read_only: bool = False):
     from .database import Database, parse_target
     target = parse_target(settings.db, settings.db_option_file)
-    return None if target.kind == "none" else Database(target)
+    return None if target.kind == "none" else Database(target, read_only=read_only)
 
 
 def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
     from .database import SCHEMA_VERSION, DatabaseError
-    db = _database(settings)
+    db = _database(settings, read_only=args.action == "status")
     if db is None:
         logging.error("no database configured (db = none)")
         return EXIT_USAGE

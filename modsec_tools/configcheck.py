@@ -9,7 +9,7 @@ import stat
 
 from . import speedups
 from .config import Settings
-from .database import Database, DatabaseError, parse_target
+from .database import Database, DatabaseError, Target, parse_target
 
 
 def _directory(path: str, what: str, must_write: bool) -> list[tuple[str, str]]:
@@ -163,16 +163,25 @@ def check(settings: Settings) -> list[tuple[str, str]]:
         return problems + [("error", f"db: {exc}")]
     if settings.db_option_file and not os.access(settings.db_option_file, os.R_OK):
         problems.append(("error", f"db_option_file {settings.db_option_file} is not readable"))
-    if target.kind != "none":
-        db = Database(target)
-        try:
-            db.connect()
-            version = db.version()
-            if version == 0:
-                problems.append(("warning", f"{target.describe()}: no schema yet; "
-                                 "run 'modsec-tools db init' (ingest also creates it)"))
-        except DatabaseError as exc:
-            problems.append(("error", f"database: {exc}"))
-        finally:
-            db.close()
-    return problems
+    return problems + _database_problems(target)
+
+
+def _database_problems(target: Target) -> list[tuple[str, str]]:
+    """Read-only: a SQLite file that does not exist yet is not created here."""
+    if target.kind == "none":
+        return []
+    if target.kind == "sqlite" and not os.path.lexists(target.path):
+        return _output_file(target.path, "db") or [
+            ("warning", f"{target.describe()} does not exist yet (ingest, watch or "
+                        "'modsec-tools db init' create it)")]
+    db = Database(target, read_only=True)
+    try:
+        db.connect()
+        if db.version() == 0:
+            return [("warning", f"{target.describe()}: no schema yet; "
+                                "run 'modsec-tools db init' (ingest also creates it)")]
+    except DatabaseError as exc:
+        return [("error", f"database: {exc}")]
+    finally:
+        db.close()
+    return []

@@ -618,11 +618,15 @@ MYSQL_STATEMENT = 1024000
 
 # -- the database ---------------------------------------------------------------------------------
 class Database:
-    """One connection; ``insert`` is idempotent; errors surface as DatabaseError."""
+    """One connection; ``insert`` is idempotent; errors surface as DatabaseError.
+    ``read_only``: for the commands that look (db status, config check), which must not
+    create or change anything, not even a missing SQLite file or its -wal and -shm."""
 
-    def __init__(self, target: Target, connect_timeout: float = 5.0) -> None:
+    def __init__(self, target: Target, connect_timeout: float = 5.0,
+                 read_only: bool = False) -> None:
         self.target = target
         self.kind = target.kind
+        self.read_only = read_only
         self.connect_timeout = connect_timeout
         self.conn: Any = None
         self.mark = "?" if self.kind == "sqlite" else "%s"
@@ -632,7 +636,9 @@ class Database:
     # connection ------------------------------------------------------------------------------
     def connect(self) -> None:
         try:
-            if self.kind == "sqlite":
+            if self.kind == "sqlite" and self.read_only:
+                self.conn = self._open_read_only()
+            elif self.kind == "sqlite":
                 # SQLite opens by path: its directory must be ours, and the name ours too.
                 owned, name = OwnedDir.of(self.target.path)
                 with owned:
@@ -655,6 +661,21 @@ class Database:
         except Exception as exc:  # sqlite3.Error, pymysql.Error, OSError
             self.close()
             raise self._failure(exc) from None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """SQLite's mode=ro still creates a WAL database's -wal and -shm files where they
+        are missing (and leaves them). Missing, they mean that no writer has it open and
+        that the main file holds every commit: it is then read as immutable (no locks, no
+        shared memory), which creates nothing (a writer that starts meanwhile can at worst
+        make this read fail)."""
+        path = os.path.abspath(self.target.path)
+        if not os.path.isfile(path):
+            raise UnusableError(f"{self.target.describe()}: no such database file "
+                                "(ingest, watch or 'db init' create it)")
+        shared = all(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro" + ("" if shared else "&immutable=1")
+        return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
+                               check_same_thread=False)
 
     def _failure(self, exc: Exception) -> DatabaseError:
         kind = UnusableError if _unusable(exc) else DatabaseError
