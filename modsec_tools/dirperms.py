@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 
 from .safefs import open_dir_path
-from .sources import DAY_DIR, MINUTE_DIR
+from .layout import is_layout_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,6 @@ def _lookup(name: str, by_name, key: str, what: str) -> int:
         return by_name(name)
     except KeyError:
         raise ValueError(f"{key}: no such {what} {name!r}") from None
-
-
-def is_layout_dir(dirs: tuple[str, ...]) -> bool:
-    """``<user>``, ``[<user>/]YYYYMMDD`` or ``[<user>/]YYYYMMDD/YYYYMMDD-HHMM``."""
-    if not dirs or len(dirs) > 3 or any(p in ("", ".", "..") or "/" in p for p in dirs):
-        return False
-    last = dirs[-1]
-    if len(dirs) == 1:
-        return True  # a user directory, or a day directory of the old layout
-    if len(dirs) == 2:
-        return bool(DAY_DIR.fullmatch(last) or (MINUTE_DIR.fullmatch(last)
-                                                and DAY_DIR.fullmatch(dirs[0])))
-    return bool(MINUTE_DIR.fullmatch(last) and DAY_DIR.fullmatch(dirs[1]))
 
 
 def apply(root: str, dirs: tuple[str, ...], policy: DirPolicy) -> str | None:

@@ -13,14 +13,11 @@ from dataclasses import dataclass
 
 from .errors import IntegrityError, ParseError
 from .indexlog import IndexLine, parse_index_line, verify
+from .layout import ENTRY_NAME, EntryRef, is_minute_dir, position_of, walk
 from .safefs import open_dir_path, read_file_at
 from .serial import split_serial
 
 MAX_ENTRY = 64 * 1024 * 1024
-#: YYYYMMDD-HHMMSS-<unique_id>: the names ModSecurity 2 gives Concurrent entry files.
-ENTRY_NAME = re.compile(r"[0-9]{8}-[0-9]{6}-[A-Za-z0-9@_.-]{8,64}")
-DAY_DIR = re.compile(r"[0-9]{8}")
-MINUTE_DIR = re.compile(r"[0-9]{8}-[0-9]{4}")
 _INDEX_HINT = re.compile(rb'^\S+ \S+ \S+ \S+ \[[^\]]+\] "')
 
 
@@ -90,19 +87,35 @@ def iter_log_stream(stream, name: str, max_entry: int = MAX_ENTRY) -> Iterator[I
 
 
 def iter_tree(root: str, max_entry: int = MAX_ENTRY) -> Iterator[Item]:
-    """Entry files of a Concurrent storage tree, with or without the <user> level.
+    """Entry files of a Concurrent storage tree (with or without the <user> level), or of
+    one of its user, day or minute directories, found as ingest finds them (layout.walk:
+    no link followed, only the layout entered); every other name is reported, not read."""
+    at = position_of(root)
+    unlisted: list[ReadFailure] = []
 
-    Symlinks are never followed (``os.fwalk`` with ``follow_symlinks=False``, files opened with
-    O_NOFOLLOW); names that do not look like entries are reported, not read.
-    """
-    for dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if not ENTRY_NAME.fullmatch(name):
+    def where(dirs: tuple[str, ...], *name: str) -> str:
+        return os.path.join(root, *dirs[len(at):], *name)
+
+    def failed(dirs: tuple[str, ...], exc: OSError) -> None:
+        unlisted.append(ReadFailure(where(dirs), exc.strerror or str(exc)))
+
+    for listing in walk(root, at, failed):
+        yield from unlisted
+        unlisted.clear()
+        in_minute = is_minute_dir(listing.dirs)
+        for name in listing.odd_dirs:
+            yield ReadFailure(where(listing.dirs, name), "directory outside the storage "
+                                                         "layout; not read")
+        for entry in listing.others:
+            path = where(listing.dirs, entry.name)
+            if not in_minute:
+                yield ReadFailure(path, "not in a minute directory "
+                                        "([<user>/]YYYYMMDD/YYYYMMDD-HHMM); not read")
+            elif not ENTRY_NAME.fullmatch(entry.name):
                 yield ReadFailure(path, "name is not YYYYMMDD-HHMMSS-<unique_id>; not read")
-                continue
-            yield from _read_entry_file(dir_fd, name, path, max_entry)
+            else:
+                yield from _read_entry_file(listing.fd, entry.name, path, max_entry)
+    yield from unlisted
 
 
 def _read_entry_file(dir_fd: int | None, name: str, path: str, max_entry: int,
@@ -116,16 +129,6 @@ def _read_entry_file(dir_fd: int | None, name: str, path: str, max_entry: int,
         yield ReadFailure(path, exc.strerror or str(exc))
         return
     yield RawEntry(file.data, path, index, oversized=file.truncated)
-
-
-def relpath_is_layout(relpath: str) -> bool:
-    """``/<user>/YYYYMMDD/YYYYMMDD-HHMM/<entry>`` or the pre-2.9.3 form without <user>."""
-    parts = relpath.strip("/").split("/")
-    if len(parts) not in (3, 4) or any(p in ("", ".", "..") for p in parts):
-        return False
-    day, minute, entry = parts[-3:]
-    return bool(DAY_DIR.fullmatch(day) and MINUTE_DIR.fullmatch(minute)
-                and ENTRY_NAME.fullmatch(entry))
 
 
 def iter_index_log(path: str, storage_dir: str, max_entry: int = MAX_ENTRY) -> Iterator[Item]:
@@ -146,18 +149,18 @@ def iter_index_log(path: str, storage_dir: str, max_entry: int = MAX_ENTRY) -> I
 
 def read_indexed_entry(storage_dir: str, index: IndexLine,
                        max_entry: int = MAX_ENTRY) -> Iterator[Item]:
-    if not relpath_is_layout(index.relpath):
+    ref = EntryRef.from_relpath(index.relpath)
+    if not ref.in_layout:
         yield ReadFailure(index.relpath, "index line names a path outside the storage layout")
         return
-    *dirs, name = index.relpath.strip("/").split("/")
-    path = os.path.join(storage_dir, *dirs, name)
+    path = os.path.join(storage_dir, *ref.dirs, ref.name)
     try:
-        dir_fd = open_dir_path(storage_dir, dirs)
+        dir_fd = open_dir_path(storage_dir, list(ref.dirs))
     except OSError as exc:
         yield ReadFailure(path, f"cannot open its directory: {exc.strerror or exc}")
         return
     try:
-        items = list(_read_entry_file(dir_fd, name, path, max_entry, index))
+        items = list(_read_entry_file(dir_fd, ref.name, path, max_entry, index))
     finally:
         os.close(dir_fd)
     for item in items:

@@ -15,62 +15,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .layout import (DAY_DIR, ENTRY_NAME, MINUTE_DIR, Dirs, EntryRef, Listing, is_layout_dir,
+                     is_minute_dir, walk)
 from .owned import OwnedDir
 from .safefs import FILE_FLAGS, open_dir_at, open_dir_path, read_file_at
-from .sources import DAY_DIR, ENTRY_NAME, MINUTE_DIR
 from .speedups import C
 
+__all__ = ["EntryRef", "Candidate", "Oddity", "StorageTree", "GONE", "REPLACED", "CHANGED"]
+
 log = logging.getLogger(__name__)
-USER_DIR_MAX = 64
-
-
-class EntryRef:
-    """A name in the tree, relative to the storage dir: ``dirs`` then ``name``."""
-
-    __slots__ = ("dirs", "name", "relpath")
-
-    def __init__(self, dirs: tuple[str, ...], name: str) -> None:
-        self.dirs = dirs
-        self.name = name
-        self.relpath = "/" + "/".join((*dirs, name))  # as the index log writes it
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, EntryRef) and self.relpath == other.relpath
-
-    def __hash__(self) -> int:
-        return hash(self.relpath)
-
-    def __repr__(self) -> str:
-        return f"EntryRef({self.relpath!r})"
-
-    @property
-    def unique_id(self) -> str:
-        return self.name.split("-", 2)[2]
-
-    @classmethod
-    def from_relpath(cls, relpath: str) -> "EntryRef":
-        *dirs, name = relpath.strip("/").split("/")
-        return cls(tuple(dirs), name)
-
-
-def layout_ok(dirs: tuple[str, ...], name: str) -> bool:
-    if len(dirs) not in (2, 3) or not ENTRY_NAME.fullmatch(name):
-        return False
-    day, minute = dirs[-2:]
-    if len(dirs) == 3 and not _user_dir_ok(dirs[0]):
-        return False
-    return bool(DAY_DIR.fullmatch(day) and MINUTE_DIR.fullmatch(minute)
-                and minute.startswith(day))
-
-
-def is_minute_dir(dirs: tuple[str, ...]) -> bool:
-    """``[<user>/]YYYYMMDD/YYYYMMDD-HHMM``: where entry files are, and nothing below."""
-    return len(dirs) in (2, 3) and bool(MINUTE_DIR.fullmatch(dirs[-1])) and bool(
-        DAY_DIR.fullmatch(dirs[-2]))
-
-
-def _user_dir_ok(name: str) -> bool:
-    return 0 < len(name) <= USER_DIR_MAX and name not in (".", "..") and "/" not in name
 
 
 @dataclass(slots=True)
@@ -101,70 +54,12 @@ class StorageTree:
     # -- discovery -----------------------------------------------------------------------
     def scan(self) -> Iterator[Candidate | Oddity]:
         """Every entry file (oldest minute first) and every odd name at entry depth."""
-        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            yield from self._scan_dir(root_fd, ())
-        finally:
-            os.close(root_fd)
+        for listing in walk(self.root, on_error=self._unlisted):
+            if is_minute_dir(listing.dirs):
+                yield from _in_minute(listing)
 
-    def _scan_dir(self, fd: int, dirs: tuple[str, ...]) -> Iterator[Candidate | Oddity]:
-        # scandir's d_type tells files from directories and links without a stat call.
-        try:
-            with os.scandir(fd) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
-        except OSError as exc:
-            log.warning("cannot list %s: %s", self._show(dirs), exc.strerror)
-            return
-        in_minute_dir = is_minute_dir(dirs)
-        for entry in entries:
-            name = entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                is_file = not is_dir and entry.is_file(follow_symlinks=False)
-            except OSError:
-                continue
-            if is_dir:
-                child = (*dirs, name)
-                if self._descend(child):
-                    yield from self._scan_child(fd, name, child)
-                elif in_minute_dir and ENTRY_NAME.fullmatch(name):
-                    yield Oddity(EntryRef(dirs, name), "directory named like an entry", False)
-                continue
-            if not in_minute_dir:
-                continue
-            if is_file and ENTRY_NAME.fullmatch(name):
-                yield Candidate(EntryRef(dirs, name))
-                continue
-            try:
-                kind = _kind(entry.stat(follow_symlinks=False).st_mode)
-            except FileNotFoundError:
-                continue
-            yield Oddity(EntryRef(dirs, name), f"{kind}, not an entry file", True)
-
-    def _scan_child(self, fd: int, name: str, child: tuple[str, ...]):
-        try:
-            child_fd = open_dir_at(fd, name)
-        except OSError:
-            return  # swapped for a symlink since the stat: not followed
-        try:
-            yield from self._scan_dir(child_fd, child)
-        finally:
-            os.close(child_fd)
-
-    @staticmethod
-    def _descend(child: tuple[str, ...]) -> bool:
-        """Only directories that can belong to the layout: [user/]day/minute."""
-        last = child[-1]
-        if len(child) == 1:
-            return DAY_DIR.fullmatch(last) is not None or _user_dir_ok(last)
-        if len(child) == 2:
-            return (DAY_DIR.fullmatch(last) is not None
-                    or (MINUTE_DIR.fullmatch(last) is not None and DAY_DIR.fullmatch(child[0])
-                        is not None))
-        if len(child) == 3:
-            return MINUTE_DIR.fullmatch(last) is not None and DAY_DIR.fullmatch(child[1]) \
-                is not None
-        return False
+    def _unlisted(self, dirs: Dirs, exc: OSError) -> None:
+        log.warning("cannot list %s: %s", self._show(dirs), exc.strerror)
 
     # -- file operations -------------------------------------------------------------------
     def parent_fd(self, ref: EntryRef) -> int:
@@ -268,7 +163,7 @@ class StorageTree:
                 info = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if stat.S_ISDIR(info.st_mode) and self._descend((*dirs, name)):
+            if stat.S_ISDIR(info.st_mode) and is_layout_dir((*dirs, name)):
                 subdirs.append((name, info))
         timed = [name for name, _ in subdirs if DAY_DIR.fullmatch(name) or MINUTE_DIR.fullmatch(name)]
         newest = timed[-1] if timed else None
@@ -297,6 +192,27 @@ class StorageTree:
 
     def _show(self, dirs: tuple[str, ...]) -> str:
         return os.path.join(self.root, *dirs)
+
+
+def _in_minute(listing: Listing) -> Iterator[Candidate | Oddity]:
+    dirs = listing.dirs
+    for name in listing.odd_dirs:
+        if ENTRY_NAME.fullmatch(name):
+            yield Oddity(EntryRef(dirs, name), "directory named like an entry", False)
+    for entry in listing.others:
+        # scandir's d_type tells files from links without a stat call
+        try:
+            is_file = entry.is_file(follow_symlinks=False)
+        except OSError:
+            continue
+        if is_file and ENTRY_NAME.fullmatch(entry.name):
+            yield Candidate(EntryRef(dirs, entry.name))
+            continue
+        try:
+            kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            continue
+        yield Oddity(EntryRef(dirs, entry.name), f"{kind}, not an entry file", True)
 
 
 def _kind(mode: int) -> str:

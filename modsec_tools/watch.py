@@ -34,7 +34,7 @@ from .daemon import Signals, sd_notify, write_status
 from .examine import CLOSED, FRESH, INDEXED, SCAN
 from .ingest import Pipeline
 from .safefs import open_dir_path
-from .storage import EntryRef, is_minute_dir, layout_ok
+from .layout import EntryRef, is_entry, is_layout_dir, is_minute_dir, walk
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Watcher:
                 self.new_dirs.append((*dirs, event.name))
             return
         if event.mask & (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO) \
-                and layout_ok(dirs, event.name):
+                and is_entry(dirs, event.name):
             proof = CLOSED if event.mask & pyinotify.IN_CLOSE_WRITE else SCAN
             self._queue(EntryRef(dirs, event.name), proof)
 
@@ -208,19 +208,21 @@ class Watcher:
 
     # -- directories -----------------------------------------------------------------------------
     def _walk_dirs(self) -> list[tuple[str, ...]]:
-        """Every directory down to minute level, parents first, without following links."""
+        """Every directory down to minute level, parents first, without following links
+        (those outside the layout, and links where a directory would be, too: _adopt_dir
+        reports them once)."""
         found: list[tuple[str, ...]] = []
-        for dirpath, dirnames, _files, _fd in os.fwalk(self.root, follow_symlinks=False):
-            rel = os.path.relpath(dirpath, self.root)
-            parent = () if rel == "." else tuple(rel.split(os.sep))
-            dirnames[:] = sorted(d for d in dirnames if len(parent) < 3)
-            found.extend((*parent, name) for name in dirnames)
+        for listing in walk(self.root):
+            if not is_minute_dir(listing.dirs):
+                links = [entry.name for entry in listing.others if entry.is_symlink()]
+                found.extend((*listing.dirs, name)
+                             for name in sorted(listing.subdirs + listing.odd_dirs + links))
         return found
 
     def _adopt_dir(self, dirs: tuple[str, ...], fresh: bool = True) -> None:
         """A directory: fix its mode/owner, watch it, then look at what it already holds
         (files made before the watch existed). All through its descriptor."""
-        if not dirperms.is_layout_dir(dirs):
+        if not is_layout_dir(dirs):
             self._warn_once(dirs, "unexpected directory in the storage tree; not watched")
             return
         problem = dirperms.apply(self.root, dirs, self.policy)
@@ -243,7 +245,7 @@ class Watcher:
         for name, is_dir, is_file in children:
             if is_dir:
                 self._adopt_dir((*dirs, name))
-            elif is_file and layout_ok(dirs, name):
+            elif is_file and is_entry(dirs, name):
                 self._queue(EntryRef(dirs, name), FRESH)
 
     def _rescan(self) -> None:
