@@ -9,7 +9,8 @@ NAME
     install.sh - install modsec-tools and its fail2ban jails on this server
 
 SYNOPSIS
-    ./install.sh [--no-deps] [--enable-acl[=GROUP]] [--python PYTHON] [--root DIR]
+    ./install.sh [--configure-modsecurity] [--no-deps] [--enable-acl[=GROUP]]
+                 [--python PYTHON] [--root DIR]
     ./install.sh --uninstall [--root DIR]
     ./install.sh --help
 
@@ -44,27 +45,48 @@ DESCRIPTION
      4. config    /etc/modsec-tools/modsec-tools.conf, only if absent, with storage_dir and
                   index_log detected from the Apache layout (/etc/apache2 or /etc/httpd) and
                   the ModSecurity configuration (SecAuditLogType, SecAuditLogStorageDir,
-                  SecAuditLog in /etc/modsecurity/*.conf, /etc/apache2/{mods,conf}-enabled,
-                  /etc/httpd/conf.d, /etc/httpd/modsecurity.d). An existing file is
-                  kept; when ModSecurity's directives no longer match it, the run says
-                  which line to put in modsec-tools.local.
-     5. dirs      state_dir (/var/lib/modsec-tools, 0750), quarantine_dir (0700), the log
+                  SecAuditLog), read as Apache reads it: from apache2.conf or
+                  conf/httpd.conf through every Include. An existing file is kept; when
+                  ModSecurity's directives no longer match it, the run says which line to
+                  put in modsec-tools.local. ModSecurity writing Serial logs (the
+                  distributions' default) is reported, with what to set.
+     5. modsecurity
+                  with --configure-modsecurity (an earlier run's drop-in is kept):
+                  the audit log settings modsec-tools reads, in a drop-in Apache's
+                  ModSecurity configuration includes after its own
+                  (/etc/modsecurity/zz-modsec-tools.conf on Debian,
+                  /etc/httpd/modsecurity.d/zz-modsec-tools.conf on RHEL):
+                  SecAuditEngine RelevantOnly, SecAuditLogParts ABIJFHZ,
+                  SecAuditLogType Concurrent, SecAuditLogStorageDir (storage_dir),
+                  SecAuditLogDirMode 0750, SecAuditLogFileMode 0640 and SecAuditLog
+                  (the index, APACHE_LOG_DIR/modsec_index.log). "apache2ctl -t" must
+                  accept it and Apache must read it last, or it is taken back.
+                  SecRuleEngine is never touched: it is yours.
+     6. dirs      state_dir (/var/lib/modsec-tools, 0750), quarantine_dir (0700), the log
                   directory (/var/log/modsec-tools, 0750), an empty event log (so the jail
                   can start before the first event) and, when Apache is present and it is
                   missing, the storage tree (0750, owned by the Apache user).
-     6. acl       with --enable-acl: a POSIX ACL giving GROUP rwx on the storage tree, as
+     7. acl       with --enable-acl: a POSIX ACL giving GROUP rwx on the storage tree, as
                   access and default ACL (inherited by new subdirectories).
-     7. jails     /etc/fail2ban/jail.d/modsec.local enabling the bundle's jails, only if
+     8. jails     /etc/fail2ban/jail.d/modsec.local enabling the bundle's jails, only if
                   absent (it is yours afterwards).
-     8. system    the systemd unit /etc/systemd/system/modsec-tools.service with a drop-in
+     9. system    the systemd unit /etc/systemd/system/modsec-tools.service with a drop-in
                   (modsec-tools.service.d/50-install-paths.conf) making the configured paths
                   writable, /etc/logrotate.d/modsec-tools, the manual page, and
                   /etc/sysctl.d/60-modsec-tools.conf when fs.inotify.max_user_watches is
                   lower than 524288.
-     9. check     "modsec-tools config check" and "fail2ban-client -t".
-    10. start     if systemd runs: enable and (re)start modsec-tools.service, start or
+    10. check     "modsec-tools config check" and "fail2ban-client -t". What in Apache's
+                  configuration keeps the jails from banning (SecRuleEngine Off, or
+                  DetectionOnly with a jail in mode = blocked; Serial logs) is reported
+                  (NOT READY when a jail is enabled) and listed at the end with the
+                  commands that fix it: it is Apache's configuration, so it is left to you
+                  and does not fail the run.
+    11. start     if systemd runs: enable and (re)start modsec-tools.service, start or
                   reload fail2ban. Without systemd nothing is started: the exact commands to
-                  run are printed. A running fail2ban is reloaded either way.
+                  run are listed at the end. A running fail2ban is reloaded either way.
+
+    At the end, "Still to do" lists what is left to you, in order, each with the
+    commands that do it (lines starting with "$").
 
 OPTIONS
     --root DIR
@@ -73,6 +95,11 @@ OPTIONS
         sysctl or fail2ban-client, and writes nothing outside DIR (a temporary build
         directory aside). The check step runs "modsec-tools config show" (which validates
         every value) instead of "config check". Used by tests and image builders.
+
+    --configure-modsecurity
+        Install the ModSecurity drop-in of step 5 (checked with "apache2ctl -t", taken
+        back if Apache refuses it), then restart Apache yourself. Without it, install.sh
+        only says what to set. SecRuleEngine is left as it is either way.
 
     --no-deps
         Do not install packages; fail if a required program is missing.
@@ -108,6 +135,7 @@ EXIT STATUS
 
 EXAMPLES
     sudo ./install.sh                          install, detect, start
+    sudo ./install.sh --configure-modsecurity  ... and set ModSecurity's audit log up
     sudo ./install.sh --enable-acl=vhosts      ITK: vhost users share the group vhosts
     ./install.sh --root /tmp/stage --no-deps   stage a tree without touching the system
     sudo ./install.sh --uninstall
@@ -125,6 +153,7 @@ UNINSTALL=0
 ENABLE_ACL=0
 ACL_GROUP=""
 PYTHON=""
+CONFIGURE_MODSEC=0
 
 die_usage() { echo "install.sh: $*" >&2; echo "Try: ./install.sh --help" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -135,6 +164,7 @@ while [ $# -gt 0 ]; do
         --uninstall) UNINSTALL=1 ;;
         --enable-acl) ENABLE_ACL=1 ;;
         --enable-acl=*) ENABLE_ACL=1; ACL_GROUP=${1#--enable-acl=} ;;
+        --configure-modsecurity) CONFIGURE_MODSEC=1 ;;
         --python) [ $# -ge 2 ] || die_usage "--python needs a path"; PYTHON=$2; shift ;;
         --python=*) PYTHON=${1#--python=} ;;
         -h|--help) usage; exit 0 ;;
@@ -171,6 +201,9 @@ DEFAULT_STATE_DIR=/var/lib/modsec-tools
 # ModSecurity's storage tree when its configuration names none: outside /var/log/apache2 and
 # /var/log/httpd, which Apache's user cannot enter (see check_apache_reaches).
 DEFAULT_STORAGE=/var/log/modsec_audit
+# ModSecurity's index of complete entries (SecAuditLog in Concurrent mode), in Apache's log
+# directory: not modsec_audit.log, where a Serial log may already be.
+INDEX_NAME=modsec_index.log
 MANIFEST_NAME=install-manifest
 INOTIFY_WATCHES=524288
 
@@ -191,6 +224,33 @@ note() { printf '  %-10s %s\n' "note" "$*"; }    # information, not a change
 warn() { printf '  %-10s %s\n' "WARNING" "$*" >&2; }
 fail() { printf '  %-10s %s\n' "ERROR" "$*" >&2; FAILED=1; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+# What is left to the administrator (Apache's configuration, foreign jails, starting without
+# systemd): listed at the end, in the order to do it, each with the commands that do it.
+TODO_APACHE=() TODO_FAIL2BAN=() TODO_START=() APACHE_RESTART=0
+# todo LIST TEXT [COMMAND...]
+todo() {
+    local -n list=$1
+    local item=$2 command
+    shift 2
+    for command in "$@"; do [ -n "$command" ] && item+=$'\n'"       \$ $command"; done
+    list+=("$item")
+}
+print_todo() {
+    local items=("${TODO_APACHE[@]}") n=0 item restart
+    if [ ${#TODO_APACHE[@]} -gt 0 ] || [ "$APACHE_RESTART" = 1 ]; then
+        if systemd_running || ! live; then restart="systemctl restart $APACHE_SERVICE"
+        else restart="$APACHE_CTL restart"; fi
+        todo items "Restart Apache: ModSecurity reads its configuration only when Apache starts." "$restart"
+    fi
+    items+=("${TODO_FAIL2BAN[@]}" "${TODO_START[@]}")
+    [ ${#items[@]} -gt 0 ] || return 0
+    echo
+    echo "Still to do (install.sh leaves these to you), in this order:"
+    for item in "${items[@]}"; do
+        n=$((n + 1))
+        printf '  %d. %s\n' "$n" "$item"
+    done
+}
 
 R() { printf '%s%s' "$ROOT" "$1"; }           # a system path, inside --root
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -366,57 +426,49 @@ detect_os() {
     esac
 }
 
-# Apache layout: sets APACHE (apache2|httpd|none), APACHE_USER, APACHE_GROUP, SERVER_ROOT,
-# APACHE_LOGDIR and the ModSecurity directives found (last one wins, as in Apache).
-APACHE=none APACHE_USER="" APACHE_GROUP="" SERVER_ROOT="" APACHE_LOGDIR=""
-MS_TYPE="" MS_STORAGE="" MS_LOG="" MS_SOURCE=""
+# Apache layout and ModSecurity's settings, read by modsec_tools.serverconf the way Apache
+# reads its configuration (includes followed, the last directive wins). Sets APACHE
+# (apache2|httpd|none), APACHE_USER, APACHE_GROUP, SERVER_ROOT, APACHE_LOGDIR, APACHE_CTL,
+# APACHE_SERVICE, MS_* and FINDINGS: what keeps our jails from banning (Apache's
+# configuration, the administrator's), each with the commands that fix it (FINDING_FIX).
+APACHE=none APACHE_USER="" APACHE_GROUP="" SERVER_ROOT="" APACHE_LOGDIR="" APACHE_CTL=""
+APACHE_SERVICE="" MS_TYPE="" MS_STORAGE="" MS_LOG="" MS_SOURCE="" MS_LOADED=0 MS_ENGINE=""
+MS_ENGINE_WHERE="" MS_DROPIN=""
+FINDINGS=() FINDING_FIX=()
 detect_apache() {
-    local files=() f
-    if [ -d "$(R /etc/apache2)" ]; then
-        APACHE=apache2 APACHE_USER=www-data APACHE_GROUP=www-data
-        SERVER_ROOT=/etc/apache2 APACHE_LOGDIR=/var/log/apache2
-        files=(/etc/apache2/apache2.conf /etc/apache2/mods-enabled/*.conf
-               /etc/modsecurity/*.conf /etc/apache2/conf-enabled/*.conf)
-    elif [ -d "$(R /etc/httpd)" ]; then
-        APACHE=httpd APACHE_USER=apache APACHE_GROUP=apache
-        SERVER_ROOT=/etc/httpd APACHE_LOGDIR=/var/log/httpd
-        files=(/etc/httpd/conf/httpd.conf /etc/httpd/conf.d/mod_security.conf
-               /etc/httpd/modsecurity.d/*.conf /etc/httpd/conf.d/*.conf)
-    else
-        return 0
-    fi
-    if [ -r "$(R "$SERVER_ROOT/envvars")" ]; then   # Debian: APACHE_RUN_USER/GROUP
-        local u g
-        u=$(sed -n 's/^export APACHE_RUN_USER=\(.*\)/\1/p' "$(R "$SERVER_ROOT/envvars")" | tail -1)
-        g=$(sed -n 's/^export APACHE_RUN_GROUP=\(.*\)/\1/p' "$(R "$SERVER_ROOT/envvars")" | tail -1)
-        APACHE_USER=${u:-$APACHE_USER} APACHE_GROUP=${g:-$APACHE_GROUP}
-    fi
-    local seen=" " pattern
-    for pattern in "${files[@]}"; do
-        for f in "$ROOT"$pattern; do   # glob inside the root
-            [ -f "$f" ] || continue
-            case $seen in *" $f "*) continue ;; esac
-            seen="$seen$f "
-            local line key value
-            while IFS= read -r line || [ -n "$line" ]; do
-                line=${line#"${line%%[![:space:]]*}"}
-                case $line in '#'*|'') continue ;; esac
-                key=${line%%[[:space:]]*}
-                value=${line#"$key"}
-                value=${value#"${value%%[![:space:]]*}"}
-                value=${value%"${value##*[![:space:]]}"}
-                value=${value#\"}; value=${value%\"}
-                case ${key,,} in
-                    secauditlogtype) MS_TYPE=${value,,}; MS_SOURCE=${f#"$ROOT"} ;;
-                    secauditlogstoragedir) MS_STORAGE=$value; MS_SOURCE=${f#"$ROOT"} ;;
-                    secauditlog) MS_LOG=$value ;;
-                esac
-            done < "$f"
-        done
-    done
-    MS_STORAGE=${MS_STORAGE%/}
-    case $MS_STORAGE in ''|/*) ;; *) MS_STORAGE=$SERVER_ROOT/$MS_STORAGE ;; esac
-    case $MS_LOG in ''|/*) ;; '|'*) MS_LOG="" ;; *) MS_LOG=$SERVER_ROOT/$MS_LOG ;; esac
+    local args=() key value
+    [ -n "$ROOT" ] && args+=(--root "$ROOT")
+    [ -n "${1:-}" ] && args+=(--storage-dir "$1")
+    "$(R "$VENV")/bin/python" -I -B -m modsec_tools.serverconf "${args[@]}" > "$TMP/facts" \
+        || die "reading Apache's configuration failed (modsec_tools.serverconf, above)"
+    FINDINGS=() FINDING_FIX=()
+    while IFS=$'\t' read -r key value; do
+        case $key in
+            layout) APACHE=$value ;;
+            server_root) SERVER_ROOT=$value ;;
+            user) APACHE_USER=$value ;;
+            group) APACHE_GROUP=$value ;;
+            logdir) APACHE_LOGDIR=$value ;;
+            loaded) MS_LOADED=$value ;;
+            log_type) MS_TYPE=$value ;;
+            storage) MS_STORAGE=$value ;;
+            index) MS_LOG=$value ;;
+            source) MS_SOURCE=$value ;;
+            engine) MS_ENGINE=$value ;;
+            engine_where) MS_ENGINE_WHERE=$value ;;
+            dropin) MS_DROPIN=$value ;;
+            ctl) APACHE_CTL=$value ;;
+            service) APACHE_SERVICE=$value ;;
+            finding)     # level, kind, text
+                FINDINGS+=("$value")
+                # install.sh knows the command that sets ModSecurity's audit log up
+                case $value in
+                    *$'\t'audit_log$'\t'*) FINDING_FIX+=("$SRC/install.sh --configure-modsecurity"$'\n') ;;
+                    *) FINDING_FIX+=("") ;;
+                esac ;;
+            command) FINDING_FIX[-1]+="$value"$'\n' ;;
+        esac
+    done < "$TMP/facts"
 }
 
 # The firewall family the modsec-block action drives.
@@ -701,25 +753,35 @@ step_config() {
         httpd) note "Apache layout: RHEL httpd ($SERVER_ROOT, user $APACHE_USER)" ;;
         none) note "Apache layout: none found (neither /etc/apache2 nor /etc/httpd)" ;;
     esac
+    local index_source=$MS_SOURCE
     if [ "$MS_TYPE" = concurrent ] && [ -n "$MS_STORAGE" ]; then
         storage=$MS_STORAGE
         index=$MS_LOG
         origin="SecAuditLogStorageDir in $MS_SOURCE"
         note "ModSecurity: Concurrent, storage $storage${index:+, index $index} ($MS_SOURCE)"
+    elif [ "$APACHE" != none ] && [ "$CONFIGURE_MODSEC" = 1 ]; then
+        storage=$DEFAULT_STORAGE
+        index=$APACHE_LOGDIR/$INDEX_NAME
+        origin="the settings --configure-modsecurity writes ($MS_DROPIN)"
+        index_source=$MS_DROPIN
+        note "ModSecurity: ${MS_TYPE:+${MS_TYPE^} logs}${MS_TYPE:-no audit log settings} now; --configure-modsecurity sets Concurrent logs up, storage $storage, index $index"
     else
         if [ "$APACHE" != none ]; then
             storage=$DEFAULT_STORAGE
         fi
         origin="the default for the $APACHE layout"
-        if [ "$APACHE" != none ] && [ -z "$MS_SOURCE$MS_LOG" ]; then
-            warn "no ModSecurity audit log settings found under $SERVER_ROOT or /etc/modsecurity (is mod_security2 installed and enabled?). For modsec-tools, set:"
+        if [ "$APACHE" != none ] && [ "$MS_LOADED" != 1 ]; then
+            warn "Apache does not load mod_security2 (a2enmod security2 on Debian). Once it does, modsec-tools needs:"
+        elif [ "$APACHE" != none ] && [ -z "$MS_SOURCE$MS_LOG" ]; then
+            warn "mod_security2 is enabled but has no audit log settings (Debian ships only /etc/modsecurity/modsecurity.conf-recommended, which Apache does not read). modsec-tools needs:"
         elif [ "$APACHE" != none ]; then
-            warn "ModSecurity writes ${MS_TYPE:-Serial} logs${MS_SOURCE:+ ($MS_SOURCE)}; the watcher reads Concurrent storage trees. Set in the ModSecurity configuration:"
+            warn "ModSecurity writes ${MS_TYPE:-Serial} logs${MS_SOURCE:+ ($MS_SOURCE)}; the watcher reads Concurrent storage trees. modsec-tools needs:"
         fi
         if [ "$APACHE" != none ]; then
             warn "  SecAuditLogType Concurrent"
             warn "  SecAuditLogStorageDir ${storage}"
-            warn "  SecAuditLog $APACHE_LOGDIR/modsec_audit.log   (the index)"
+            warn "  SecAuditLog $APACHE_LOGDIR/$INDEX_NAME   (the index)"
+            warn "rerun with --configure-modsecurity to have them installed in $MS_DROPIN (checked with $APACHE_CTL -t), or set them yourself"
         fi
     fi
     local template=$SRC/packaging/modsec-tools.conf out=$TMP/config line
@@ -729,12 +791,99 @@ step_config() {
         if [ -n "$storage" ] && [[ $line == "#storage_dir ="* ]]; then
             printf '%s\n# set by install.sh from %s\nstorage_dir = %s\n' "$line" "$origin" "$storage" >> "$out"
         elif [ -n "$index" ] && [[ $line == "#index_log ="* ]]; then
-            printf '%s\n# set by install.sh from SecAuditLog in %s\nindex_log = %s\n' "$line" "$MS_SOURCE" "$index" >> "$out"
+            printf '%s\n# set by install.sh from SecAuditLog in %s\nindex_log = %s\n' "$line" "$index_source" "$index" >> "$out"
         else
             printf '%s\n' "$line" >> "$out"
         fi
     done < "$template"
     put_once "$out" "$CONFIG" 0644 "storage_dir ${storage:-default}${index:+, index_log $index}"
+}
+
+# --configure-modsecurity: the audit log settings modsec-tools reads, in a drop-in that
+# Apache's ModSecurity configuration includes after its own settings (so they win), checked
+# with "apache2ctl -t" and taken back if that fails. SecRuleEngine stays the administrator's.
+step_modsecurity() {
+    if [ "$CONFIGURE_MODSEC" = 0 ]; then
+        [ -n "$MS_DROPIN" ] && keep_installed "$MS_DROPIN"
+        return 0
+    fi
+    step "modsecurity: audit log settings${MS_DROPIN:+ in $MS_DROPIN}"
+    if [ "$APACHE" = none ]; then
+        fail "--configure-modsecurity: no Apache found (neither /etc/apache2 nor /etc/httpd)"; return 0
+    fi
+    if [ "$MS_LOADED" != 1 ]; then
+        fail "--configure-modsecurity: Apache does not load mod_security2: enable it first (Debian: a2enmod security2)"; return 0
+    fi
+    if [ "$MS_TYPE" = concurrent ] && [ -n "$MS_STORAGE" ] && [ "$MS_SOURCE" != "$MS_DROPIN" ]; then
+        say unchanged "ModSecurity writes a Concurrent tree already ($MS_STORAGE, $MS_SOURCE): no drop-in needed"
+        keep_installed "$MS_DROPIN"
+        return 0
+    fi
+    local storage=${SET[storage_dir]} index=${SET[index_log]:-$APACHE_LOGDIR/$INDEX_NAME}
+    cat > "$TMP/modsecurity.conf" <<EOF
+# Written by modsec-tools install.sh --configure-modsecurity (each such run rewrites it;
+# --uninstall removes it unless you edited it). The audit log modsec-tools reads: one file
+# per transaction in the storage tree, announced in the index once complete. Apache reads
+# this file after ModSecurity's own configuration, so these settings win.
+# SecRuleEngine (On, or DetectionOnly) is yours to set, in ModSecurity's own configuration.
+SecAuditEngine RelevantOnly
+SecAuditLogParts ABIJFHZ
+SecAuditLogType Concurrent
+SecAuditLogStorageDir $storage
+SecAuditLogDirMode 0750
+SecAuditLogFileMode 0640
+SecAuditLog $index
+EOF
+    local target had=0
+    target=$(R "$MS_DROPIN")
+    if [ -f "$target" ] && cmp -s "$TMP/modsecurity.conf" "$target"; then
+        put_file "$TMP/modsecurity.conf" "$MS_DROPIN" 0644
+        return 0
+    fi
+    if live && ! apache_test "$TMP/apache-test.before"; then
+        sed 's/^/  | /' "$TMP/apache-test.before" >&2
+        fail "$APACHE_CTL -t fails already, before any change: fix Apache's configuration, then rerun"
+        return 0
+    fi
+    [ -f "$target" ] && cp -p "$target" "$TMP/modsecurity.conf.previous" && had=1
+    put_file "$TMP/modsecurity.conf" "$MS_DROPIN" 0644
+    local why=""
+    if live && ! apache_test "$TMP/apache-test"; then
+        sed 's/^/  | /' "$TMP/apache-test" >&2
+        why="$APACHE_CTL -t fails with it (above)"
+    else
+        detect_apache
+        if [ "$MS_TYPE" != concurrent ] || [ "$MS_STORAGE" != "$storage" ]; then
+            why="Apache reads ModSecurity's audit log settings after it, in $MS_SOURCE: set them there (as in $MS_DROPIN)"
+        fi
+    fi
+    if [ -n "$why" ]; then
+        unset "NEW_TYPE[$MS_DROPIN]" "NEW_SHA[$MS_DROPIN]"
+        if [ "$had" = 1 ]; then
+            write_file "$TMP/modsecurity.conf.previous" "$MS_DROPIN" 0644
+            keep_installed "$MS_DROPIN"
+        else
+            rm -f "$target"
+        fi
+        detect_apache
+        fail "$MS_DROPIN taken back ($why): Apache's configuration is as it was"
+        return 0
+    fi
+    if live; then say ok "$APACHE_CTL -t: Apache accepts $MS_DROPIN"
+    else note "--root: $APACHE_CTL -t is for the target system (not run)"; fi
+    APACHE_RESTART=1
+}
+
+# apache_test OUTPUT: Apache's own configuration test.
+apache_test() {
+    if have "$APACHE_CTL"; then "$APACHE_CTL" -t > "$1" 2>&1
+    else echo "$APACHE_CTL not found" > "$1"; return 1; fi
+}
+
+# keep_installed PATH: a file an earlier run installed, left as it is by this one, stays ours.
+keep_installed() {
+    [ "${OLD_TYPE[$1]:-}" = file ] && [ -f "$(R "$1")" ] && record file "$1" "${OLD_SHA[$1]}"
+    return 0
 }
 
 # Effective settings (the .conf, its .local, defaults), read with modsec-tools itself.
@@ -743,9 +892,11 @@ read_settings() {
     local name value
     mt config show --config "$(R "$CONFIG")" > "$TMP/settings" 2> "$TMP/settings.err" || {
         cat "$TMP/settings.err" >&2; die "the configuration $CONFIG is invalid (see above)"; }
+    # "name = value" lines (an unset value: "name =" or "name = "), a [section] and comments
     while IFS= read -r line; do
-        case $line in '#'*) continue ;; esac
-        name=${line%% = *}; value=${line#* = }
+        case $line in '#'*|'['*|'') continue ;; esac
+        name=${line%%=*} value=${line#*=}
+        name=${name%"${name##*[![:space:]]}"} value=${value#"${value%%[![:space:]]*}"}
         SET[$name]=$value
     done < "$TMP/settings"
     MANIFEST=${SET[state_dir]}/$MANIFEST_NAME
@@ -958,19 +1109,29 @@ UNIT_CHANGED=0
 F2B_CHANGED=0
 step_check() {
     step "check: configuration"
+    # Read again: our jails and the drop-in are in place now.
+    [ "$APACHE" = none ] || detect_apache "${SET[storage_dir]}"
     if [ -n "$ROOT" ]; then
         # config show already validated every value; config check would open the database
         # and test paths of the live system.
         say ok "config show: every setting of $CONFIG is valid (--root: config check is for the live system)"
-        return 0
-    fi
-    if mt config check > "$TMP/check" 2>&1; then
+    elif mt config check > "$TMP/check" 2>&1; then
         sed 's/^/  | /' "$TMP/check"
         say ok "modsec-tools config check passed"
     else
         sed 's/^/  | /' "$TMP/check" >&2
-        fail "modsec-tools config check found errors (above): fix them in $CONFIG_DIR/modsec-tools.local"
+        # Errors in Apache's configuration are the administrator's to fix (listed at the
+        # end); only the others are ours.
+        local finding
+        for finding in "${FINDINGS[@]}"; do printf '%s: %s\n' "${finding%%$'\t'*}" "${finding##*$'\t'}"; done > "$TMP/theirs"
+        if grep '^error: ' "$TMP/check" | grep -qvxF -f "$TMP/theirs"; then
+            fail "modsec-tools config check found errors (above): fix them in $CONFIG_DIR/modsec-tools.local"
+        else
+            say ok "modsec-tools config check: our settings are right; its errors are in Apache's configuration (see the end)"
+        fi
     fi
+    report_findings
+    [ -z "$ROOT" ] || return 0
     if have fail2ban-client; then
         if fail2ban-client -t > "$TMP/f2b" 2>&1; then
             say ok "fail2ban-client -t: configuration OK"
@@ -991,6 +1152,19 @@ step_check() {
     fi
 }
 F2B_BROKEN=0
+
+# What in Apache's configuration keeps our jails from banning: reported, and left to do.
+report_findings() {
+    local i level text
+    for i in "${!FINDINGS[@]}"; do
+        level=${FINDINGS[$i]%%$'\t'*} text=${FINDINGS[$i]##*$'\t'}
+        if [ "$level" = error ]; then printf '  %-10s %s\n' "NOT READY" "$text" >&2
+        else warn "$text"; fi
+        local fix=() line
+        while IFS= read -r line; do [ -n "$line" ] && fix+=("$line"); done <<< "${FINDING_FIX[$i]}"
+        todo TODO_APACHE "$text" "${fix[@]}"
+    done
+}
 
 f2b_running() { have fail2ban-client && fail2ban-client ping >/dev/null 2>&1; }
 f2b_jails_active() {
@@ -1015,11 +1189,11 @@ step_start() {
         fi
     fi
     if ! systemd_running; then
-        say skipped "systemd is not running here: nothing was started"
-        note "to start by hand, run:"
-        f2b_running || echo "      fail2ban-client -x start"
-        echo "      modsec-tools watch --log-target $(dirname "${SET[event_log]}")/watch.log"
-        note "watch without --foreground detaches; stop it with: kill \$(cat ${SET[state_dir]}/modsec-tools.lock)"
+        say skipped "systemd is not running here: nothing was started (the commands are listed at the end)"
+        local start=()
+        f2b_running || start+=("fail2ban-client -x start")
+        start+=("modsec-tools watch --log-target $(dirname "${SET[event_log]}")/watch.log")
+        todo TODO_START "Start $(f2b_running || echo 'fail2ban and ')the watcher (without --foreground it detaches; stop it with: kill \$(cat ${SET[state_dir]}/modsec-tools.lock)):" "${start[@]}"
         return 0
     fi
     if [ "$UNIT_CHANGED" = 1 ]; then
@@ -1119,6 +1293,12 @@ uninstall() {
             acl) say kept "POSIX ACL of group ${OLD_SHA[$name]} on $name (Apache may rely on it; remove with: setfacl -R -x g:${OLD_SHA[$name]} -x d:g:${OLD_SHA[$name]} $name)" ;;
         esac
     done
+    for name in "${!OLD_TYPE[@]}"; do
+        case $name in
+            */zz-modsec-tools.conf) [ -e "$(R "$name")" ] \
+                || note "restart Apache: until then it writes the audit log as $name said" ;;
+        esac
+    done
     [ -e "$(R "$manifest")" ] && { rm -f "$(R "$manifest")"; say removed "$manifest"; }
     # Directories, deepest first, only if empty.
     for name in $(for n in "${!OLD_TYPE[@]}"; do [ "${OLD_TYPE[$n]}" = dir ] && echo "$n"; done \
@@ -1165,10 +1345,11 @@ main() {
     step_fail2ban
     step_config
     read_settings
-    check_detected_paths
     if [ "$MANIFEST" != "$DEFAULT_STATE_DIR/$MANIFEST_NAME" ]; then
         load_manifest "$(R "$MANIFEST")"
     fi
+    step_modsecurity
+    check_detected_paths
     step_dirs
     step_acl
     step_jails
@@ -1182,6 +1363,7 @@ main() {
     echo
     if [ "$FAILED" = 1 ]; then
         echo "install.sh: finished WITH ERRORS (see above)."
+        print_todo
         exit 1
     fi
     if [ "$CHANGED" = 0 ]; then
@@ -1189,8 +1371,9 @@ main() {
     else
         echo "install.sh: done: $CHANGED change(s)."
     fi
+    print_todo
     if live; then
-        echo "Next: modsec-tools config show; fail2ban-client status modsec; tail -f ${SET[event_log]}"
+        echo "Then: modsec-tools config check; fail2ban-client status modsec; tail -f ${SET[event_log]}"
     fi
 }
 

@@ -7,7 +7,7 @@ import pwd
 import re
 import stat
 
-from . import speedups
+from . import serverconf, speedups
 from .config import Settings
 from .database import Database, DatabaseError, Target, parse_target
 
@@ -157,6 +157,9 @@ def check(settings: Settings) -> list[tuple[str, str]]:
         problems.append(("warning", f"{speedups.describe()}: parsing takes about twice the "
                                     "CPU; install gcc and the Python headers (python3-dev), "
                                     "then reinstall (install.sh does it)"))
+    # Our paths can all be right while Apache's ModSecurity makes banning impossible.
+    problems += [(finding.level, finding.text) for finding in serverconf.findings(
+        serverconf.read_apache(), serverconf.read_jails(), settings.storage_dir)]
     try:
         target = parse_target(settings.db, settings.db_option_file)
     except ValueError as exc:

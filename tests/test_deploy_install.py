@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,9 +124,12 @@ def sections(output: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def debian_layout(staged: Staged, modsec: str) -> None:
-    staged.write("etc/apache2/apache2.conf", "IncludeOptional mods-enabled/*.conf\n")
+    staged.write("etc/apache2/apache2.conf", "IncludeOptional mods-enabled/*.load\n"
+                 "IncludeOptional mods-enabled/*.conf\n")
     staged.write("etc/apache2/envvars", "export APACHE_RUN_USER=www-data\n"
                  "export APACHE_RUN_GROUP=www-data\n")
+    staged.write("etc/apache2/mods-enabled/security2.load",
+                 "LoadModule security2_module /usr/lib/apache2/modules/mod_security2.so\n")
     staged.write("etc/apache2/mods-enabled/security2.conf",
                  "<IfModule security2_module>\n  SecDataDir /var/cache/modsecurity\n"
                  "  IncludeOptional /etc/modsecurity/*.conf\n</IfModule>\n")
@@ -478,7 +482,11 @@ def test_fail2ban_accepts_the_staged_configuration(debian, tmp_path):
 def rhel(tmp_path_factory):
     """A RHEL httpd layout whose ModSecurity writes Serial logs (the package default)."""
     staged = Staged(str(tmp_path_factory.mktemp("rhel")))
-    staged.write("etc/httpd/conf/httpd.conf", "ServerRoot /etc/httpd\n")
+    staged.write("etc/httpd/conf/httpd.conf", "ServerRoot /etc/httpd\n"
+                 "Include conf.modules.d/*.conf\nUser apache\nGroup apache\n"
+                 "IncludeOptional conf.d/*.conf\n")
+    staged.write("etc/httpd/conf.modules.d/10-mod_security.conf",
+                 "LoadModule security2_module modules/mod_security2.so\n")
     staged.write("etc/httpd/conf.d/mod_security.conf",
                  "<IfModule mod_security2.c>\n    SecRuleEngine On\n"
                  "    SecAuditEngine RelevantOnly\n    SecAuditLogType Serial\n"
@@ -602,3 +610,98 @@ def test_default_config_documents_every_key():
     # every value in the file is valid for modsec-tools
     values, _ = config.read_files(os.path.join(REPO, "packaging", "modsec-tools.conf"))
     config.build(values, {})
+
+
+# ------------------------------------------------------------------------------ ModSecurity --
+def todo_items(output: str) -> list[tuple[str, list[str]]]:
+    """The "Still to do" list: (text, its $ commands) per item, in order."""
+    if "Still to do" not in output:
+        return []
+    items: list[tuple[str, list[str]]] = []
+    for line in output.split("Still to do", 1)[1].splitlines()[1:]:
+        if m := re.match(r"^  \d+\. (.*)$", line):
+            items.append((m.group(1), []))
+        elif m := re.match(r"^ +\$ (.*)$", line):
+            items[-1][1].append(m.group(1))
+        else:
+            break
+    return items
+
+
+def test_stock_debian_modsecurity_is_recognised_and_the_drop_in_offered(tmp_path):
+    """Debian 12 as apt leaves it: mod_security2 enabled, only modsecurity.conf-recommended
+    (which Apache never reads). Not "is mod_security2 installed and enabled?" (it is): the
+    run says what is missing, and the summary offers --configure-modsecurity."""
+    from tests.test_first_hour_config import stock_debian
+    staged = Staged(str(tmp_path))
+    stock_debian(Path(staged.root), copied=False)
+    proc = staged.run("--no-deps")
+    assert "is mod_security2 installed and enabled?" not in proc.stderr
+    assert ("mod_security2 is enabled but has no audit log settings (Debian ships only "
+            "/etc/modsecurity/modsecurity.conf-recommended") in proc.stderr
+    items = todo_items(proc.stdout)
+    texts = [text for text, _ in items]
+    assert any(text.startswith("ModSecurity inspects nothing: SecRuleEngine Off") for text in texts)
+    assert [cmd for _, cmds in items for cmd in cmds if cmd.endswith("--configure-modsecurity")] \
+        == [f"{REPO}/install.sh --configure-modsecurity"], proc.stdout
+    assert not os.path.exists(staged.path("etc/modsecurity/zz-modsec-tools.conf"))
+
+
+def test_configure_modsecurity_installs_the_drop_in_and_leaves_the_engine(tmp_path):
+    """--configure-modsecurity on Debian with the recommended file copied (DetectionOnly,
+    Serial): the drop-in switches the audit log to what modsec-tools reads, the engine stays
+    DetectionOnly, and the summary names both fixes (SecRuleEngine On, or mode = detected)
+    with the command for the first, then the Apache restart. Idempotent; a run without the
+    option keeps it; --uninstall removes it."""
+    from tests.test_first_hour_config import stock_debian
+    staged = Staged(str(tmp_path))
+    stock_debian(Path(staged.root), copied=True)
+    conf_before = staged.read("etc/modsecurity/modsecurity.conf")
+    proc = staged.run("--no-deps", "--configure-modsecurity")
+    dropin = staged.read("etc/modsecurity/zz-modsec-tools.conf")
+    directives = [line for line in dropin.splitlines() if line and not line.startswith("#")]
+    assert directives == ["SecAuditEngine RelevantOnly", "SecAuditLogParts ABIJFHZ",
+                          "SecAuditLogType Concurrent",
+                          "SecAuditLogStorageDir /var/log/modsec_audit",
+                          "SecAuditLogDirMode 0750", "SecAuditLogFileMode 0640",
+                          "SecAuditLog /var/log/apache2/modsec_index.log"]
+    assert staged.read("etc/modsecurity/modsecurity.conf") == conf_before
+    config = staged.read("etc/modsec-tools/modsec-tools.conf")
+    assert re.search(r"^storage_dir = /var/log/modsec_audit$", config, re.M)
+    assert re.search(r"^index_log = /var/log/apache2/modsec_index.log$", config, re.M)
+    assert "SecAuditLogType Concurrent" not in proc.stderr     # nothing left to set by hand
+    (engine, engine_fix), (restart, restart_fix) = todo_items(proc.stdout)
+    assert "SecRuleEngine DetectionOnly" in engine and "set SecRuleEngine On in" in engine
+    assert "mode = detected under [modsec]" in engine
+    assert engine_fix and engine_fix[0].startswith("sed -i ")
+    assert restart.startswith("Restart Apache") and restart_fix == ["systemctl restart apache2"]
+    assert "NOT READY" in proc.stderr and proc.returncode == 0
+
+    # the printed fix, applied: nothing left to do; the drop-in is unchanged
+    subprocess.run(engine_fix[0].replace("/etc/", f"{staged.root}/etc/"), shell=True, check=True)
+    again = staged.run("--no-deps", "--configure-modsecurity")
+    assert re.search(r"^  unchanged\s+/etc/modsecurity/zz-modsec-tools.conf$", again.stdout, re.M)
+    assert todo_items(again.stdout) == [] and "NOT READY" not in again.stderr
+    # without the option it is kept, and still ours
+    plain = staged.run("--no-deps")
+    assert staged.read("etc/modsecurity/zz-modsec-tools.conf") == dropin
+    assert "zz-modsec-tools.conf" in staged.read("var/lib/modsec-tools/install-manifest")
+    assert todo_items(plain.stdout) == []
+    gone = staged.run("--uninstall")
+    assert not os.path.exists(staged.path("etc/modsecurity/zz-modsec-tools.conf"))
+    assert "restart Apache" in gone.stdout
+
+
+def test_a_drop_in_apache_would_override_is_taken_back(tmp_path):
+    """Apache reads conf-enabled after ModSecurity's own directory: a Serial setting there
+    wins over the drop-in, which is then taken back, and the run fails saying where."""
+    from tests.test_first_hour_config import stock_debian
+    staged = Staged(str(tmp_path))
+    stock_debian(Path(staged.root), copied=True)
+    staged.write("etc/apache2/conf-enabled/audit.conf", "SecAuditLogType Serial\n")
+    proc = staged.run("--no-deps", "--configure-modsecurity", check=False)
+    assert proc.returncode == 1
+    assert ("/etc/modsecurity/zz-modsec-tools.conf taken back (Apache reads ModSecurity's "
+            "audit log settings after it, in /etc/apache2/conf-enabled/audit.conf") in proc.stderr
+    assert not os.path.exists(staged.path("etc/modsecurity/zz-modsec-tools.conf"))
+    assert "zz-modsec-tools" not in staged.read("var/lib/modsec-tools/install-manifest")

@@ -1,0 +1,107 @@
+"""The first hour on a server, live (issue 17): install.sh and ``config check`` run for real
+(no --root) on this machine's own Debian packages (apache2, libapache2-mod-security2,
+modsecurity-crs, fail2ban), inside a private host: a network namespace, and a mount
+namespace where /etc, /opt, /usr and /var are overlays (tests/realparts/host.py). The
+host's own /etc/apache2, /etc/modsecurity and /etc/fail2ban are compared before and after,
+and nothing started here outlives a test.
+
+The starting point is Debian 12 as apt leaves it, plus the one step Debian's README asks
+for: modsecurity.conf-recommended copied as modsecurity.conf (SecRuleEngine DetectionOnly,
+a Serial audit log); fail2ban's own sshd jail is enabled and, as on Debian 12, there is no
+/var/log/auth.log (the journal only).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.realparts import NetNS
+from tests.realparts.fixtures import require
+from tests.realparts.host import PrivateHost
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "install.sh"
+WATCHED = ("/etc/apache2", "/etc/modsecurity", "/etc/fail2ban")
+STOCK = ("cp /etc/modsecurity/modsecurity.conf-recommended /etc/modsecurity/modsecurity.conf"
+         " && rm -f /var/log/auth.log")
+
+
+def snapshot(tops: tuple[str, ...] = WATCHED) -> dict[str, str]:
+    """Every file under ``tops``: its sha256 (links: their target)."""
+    out: dict[str, str] = {}
+    for top in tops:
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path):
+                    out[path] = "-> " + os.readlink(path)
+                else:
+                    with open(path, "rb") as stream:
+                        out[path] = hashlib.sha256(stream.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[PrivateHost]:
+    """A private copy of this machine in stock Debian 12 state (see the module's doc)."""
+    before = snapshot()
+    with require(NetNS) as netns, require(lambda: PrivateHost(tmp_path / "host", netns)) as box:
+        box.netns = netns
+        box.run(STOCK)
+        yield box
+    assert snapshot() == before, "the host's own configuration changed"
+
+
+def todo_items(output: str) -> list[tuple[str, list[str]]]:
+    from tests.test_deploy_install import todo_items as parse
+    return parse(output)
+
+
+def install(host: PrivateHost, *args: str) -> "subprocess.CompletedProcess[str]":
+    return host.run([str(INSTALL), "--no-deps", *args], check=False, timeout=600)
+
+
+def test_config_check_says_detection_only_never_bans(host: PrivateHost) -> None:
+    """Our jails enabled, the engine in DetectionOnly: ``config check`` fails and names
+    both fixes. (It said "0 error(s)" and nothing was ever banned.)"""
+    for sub in ("filter.d", "jail.d", "action.d"):
+        host.run(f"find {REPO}/fail2ban/{sub} -maxdepth 1 -type f -name 'modsec*' "
+                 f"-exec cp {{}} /etc/fail2ban/{sub}/ ';'")
+    host.run("printf '[modsec]\\nenabled = true\\n' > /etc/fail2ban/jail.d/modsec.local")
+    host.run("mkdir -p /var/log/modsec_audit")
+    check = host.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                      "from modsec_tools.cli import main; sys.exit(main(sys.argv[2:]))",
+                      str(REPO), "config", "check", "--db", "none"], check=False)
+    errors = [line for line in check.stdout.splitlines() if line.startswith("error: ")]
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert any("SecRuleEngine DetectionOnly, /etc/modsecurity/modsecurity.conf:" in line
+               and "set SecRuleEngine On in /etc/modsecurity/modsecurity.conf" in line
+               and "set mode = detected under [modsec]" in line for line in errors), check.stdout
+
+
+def test_configure_modsecurity_is_checked_with_apache2ctl_and_taken_back(host: PrivateHost) -> None:
+    """A drop-in Apache refuses (its index in a directory that does not exist: ModSecurity
+    cannot open it) is taken back: Apache's configuration is as before, and the run fails."""
+    host.run("mkdir -p /etc/modsec-tools && printf '[modsec-tools]\\nindex_log = "
+             "/var/log/nowhere/modsec_index.log\\n' > /etc/modsec-tools/modsec-tools.local")
+    done = install(host, "--configure-modsecurity")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Failed to open the audit log file: /var/log/nowhere/modsec_index.log" in done.stderr
+    assert ("/etc/modsecurity/zz-modsec-tools.conf taken back (apache2ctl -t fails with it "
+            "(above)): Apache's configuration is as it was") in done.stderr
+    assert not host.path("/etc/modsecurity/zz-modsec-tools.conf").exists()
+    assert host.run("apache2ctl -t", check=False).returncode == 0
+    # with a path Apache can open, the same run installs it and Apache accepts it
+    host.run("rm /etc/modsec-tools/modsec-tools.local")
+    done = install(host, "--configure-modsecurity")
+    assert re.search(r"^  ok\s+apache2ctl -t: Apache accepts /etc/modsecurity/zz-modsec-tools.conf$",
+                     done.stdout, re.M), done.stdout + done.stderr
+    assert "SecAuditLogType Concurrent" in host.path("/etc/modsecurity/zz-modsec-tools.conf").read_text()
