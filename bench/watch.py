@@ -48,6 +48,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# the full corpus (../shared/corpus), as the recorded runs used, not the tests' slices;
+# the writer processes inherit it
+os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 
 from tests import watch_helpers as wh  # noqa: E402
 

@@ -1,11 +1,19 @@
-"""The shared ModSecurity corpus (../shared/corpus): where it is, its runs, their truth.
+"""The ModSecurity corpus the tests read: its runs, their audit logs, their truth.
 
-Tests that need it skip cleanly when it is absent (a developer without shared/), and fail
-under CI (CI=true), where it is always laid beside the clone.
+Every run r1..r7 is in the repository as a slice (tests/data/corpus/<run>: a few dozen to
+240 entries exactly as ModSecurity wrote them, their index lines and their truth rows; see
+tests/data/corpus/README.md). A plain run name ("r1_relevant_concurrent") is its slice.
+
+The lab's full corpus (../shared/corpus, or $MODSEC_CORPUS) is never needed. Where it is
+present, ``runs()`` adds each run a second time as "<run>@shared", so the tests that check
+every entry against the truth check the full runs too. MODSEC_CORPUS_FULL=1 makes the plain
+names mean the full runs (for bench/watch.py, and to run any test over them).
 """
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import tarfile
 from functools import lru_cache
@@ -14,33 +22,65 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path(os.environ.get("MODSEC_CORPUS", REPO.parent / "shared" / "corpus"))
-RUNS = ("r1_relevant_concurrent", "r2_auditengine_on_concurrent", "r3_json_concurrent",
-        "r4_json_serial", "r5_serial", "r6_detectiononly_concurrent",
-        "r7_pl2_concurrent_noremoteip")
+SLICES = REPO / "tests" / "data" / "corpus"
+SHARED = Path(os.environ.get("MODSEC_CORPUS", REPO.parent / "shared" / "corpus"))
+FULL = "@shared"
+NAMES = ("r1_relevant_concurrent", "r2_auditengine_on_concurrent", "r3_json_concurrent",
+         "r4_json_serial", "r5_serial", "r6_detectiononly_concurrent",
+         "r7_pl2_concurrent_noremoteip")
+
+
+def shared_present() -> bool:
+    return (SHARED / "README.md").exists()
+
+
+def _plain_is_full() -> bool:
+    return os.environ.get("MODSEC_CORPUS_FULL") == "1"
+
+
+def runs(*names: str) -> tuple[str, ...]:
+    """``names`` (default: all seven), then the same runs of the full corpus when it is
+    present (and the plain names do not mean it already)."""
+    names = names or NAMES
+    if shared_present() and not _plain_is_full():
+        return names + tuple(name + FULL for name in names)
+    return names
+
+
+RUNS = runs()
 
 
 def require_corpus() -> Path:
-    if not (CORPUS / "README.md").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared corpus not found at {CORPUS}")
-        pytest.skip(f"shared corpus not found at {CORPUS}")
-    return CORPUS
+    """The slices are part of the repository: missing, the checkout is broken."""
+    if not (SLICES / "README.md").exists():
+        pytest.fail(f"corpus slices not found at {SLICES}")
+    return SLICES
 
 
 def run_dir(run: str) -> Path:
-    return require_corpus() / run
+    name = run.removesuffix(FULL)
+    if run.endswith(FULL) or _plain_is_full():
+        if not shared_present():
+            pytest.fail(f"{run}: the full corpus is not at {SHARED}")
+        return SHARED / name
+    return require_corpus() / name
 
 
 def run_info(run: str) -> dict:
     return json.loads((run_dir(run) / "run.json").read_text())
 
 
+def copies_for(run: str, entries: int) -> int:
+    """How many copies of ``run`` make at least ``entries`` entries."""
+    return math.ceil(entries / run_info(run)["audit_entries"])
+
+
 @lru_cache(maxsize=None)
 def truth(run: str) -> dict[str, dict]:
     """truth.jsonl rows that have an audit entry's id, by unique_id."""
+    path = run_dir(run) / "truth.jsonl"
     rows = {}
-    with open(run_dir(run) / "truth.jsonl", encoding="utf-8") as stream:
+    with (open(path, "rb") if path.exists() else gzip.open(f"{path}.gz")) as stream:
         for line in stream:
             row = json.loads(line)
             if row["unique_id"]:

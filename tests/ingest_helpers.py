@@ -3,7 +3,7 @@ config file) driven through the real command line, and readers that check every 
 independently of the pipeline (archive by ``modsec_tools.sources``, event log by
 ``modsec_tools.eventline.parse_line``, database by plain SQL).
 
-Entries come from the shared corpus (``tests.corpus``); ``replicate`` makes many valid
+Entries come from the corpus (``tests.corpus``); ``replicate`` makes many valid
 copies of a run's tree with fresh unique ids (file name, section A, ``[unique_id "..."]``
 in section H, index line), which is how the crash test gets 20,000 distinct entries.
 """

@@ -71,8 +71,9 @@ def parse_inputs(run: str, scratch: Path) -> list[str]:
     return [str(corpus.run_dir(run) / "audit" / "audit_serial.log")]
 
 
-@pytest.mark.parametrize("run", ["r1_relevant_concurrent", "r3_json_concurrent",
-                                 "r4_json_serial", "r5_serial", "r6_detectiononly_concurrent"])
+@pytest.mark.parametrize("run", corpus.runs("r1_relevant_concurrent", "r3_json_concurrent",
+                                             "r4_json_serial", "r5_serial",
+                                             "r6_detectiononly_concurrent"))
 def test_json_output_carries_the_contract(run: str, config: Path, tmp_path_factory) -> None:
     scratch = Path(tmp_path_factory.getbasetemp()) / "corpus"
     result = cli("parse", "--format", "json", *parse_inputs(run, scratch), config=config)

@@ -1,5 +1,5 @@
-"""The parser against the shared corpus: every audit entry agrees with truth.jsonl, which
-was derived from Apache's access and error logs, not from the audit log."""
+"""The parser against the corpus (tests/corpus.py): every audit entry agrees with its truth
+row, which was derived from Apache's access and error logs, not from the audit log."""
 from __future__ import annotations
 
 import base64
@@ -68,7 +68,7 @@ def test_every_entry_matches_truth(run: str, tmp_path_factory) -> None:
     _check_run(run, events)
 
 
-@pytest.mark.parametrize("run", ["r1_relevant_concurrent", "r3_json_concurrent"])
+@pytest.mark.parametrize("run", corpus.runs("r1_relevant_concurrent", "r3_json_concurrent"))
 def test_storage_tree_without_index_finds_the_same_entries(run: str, tmp_path_factory) -> None:
     scratch = Path(tmp_path_factory.getbasetemp()) / "corpus"
     tree = _events([str(corpus.audit_input(run, scratch))])

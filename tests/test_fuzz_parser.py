@@ -5,8 +5,8 @@ else, quickly (a hypothesis deadline guards against catastrophic backtracking); 
 of any Event it returns is one printable ASCII line that ``parse_line`` reads back, and its
 JSON form loads.
 
-Seeds are real corpus entries: those in tests/data/ always, plus a sample of the shared
-corpus's Serial logs when it is present. Under CI (CI=true) generation is derandomized so a
+Seeds are real corpus entries: those in tests/data/, plus a sample of the Serial logs of the
+corpus slices (tests/data/corpus). Under CI (CI=true) generation is derandomized so a
 run is reproducible; set MODSEC_FUZZ_EXAMPLES=5000 (say) for a longer local hunt. A crashing
 input found that way goes to tests/regressions/ (see ``save_regression``), where
 ``test_regression_inputs`` replays it forever.
@@ -51,11 +51,9 @@ POLICY = VerdictPolicy()
 
 
 def _corpus_seeds(limit: int = 40, max_size: int = 12_000) -> list[bytes]:
-    if not (corpus.CORPUS / "README.md").exists():
-        return []
     seeds: list[bytes] = []
     for run in ("r5_serial", "r4_json_serial"):
-        path = corpus.CORPUS / run / "audit" / "audit_serial.log"
+        path = corpus.run_dir(run) / "audit" / "audit_serial.log"
         with open(path, "rb") as stream:
             pieces = [p.data for p in split_serial(stream) if len(p.data) <= max_size]
         step = max(1, len(pieces) // (limit // 2))

@@ -221,7 +221,7 @@ def crash_scenario(tmp_path: Path, db: str, db_ids, connect, copies: int, kills_
     expected = ih.replicate(RUN, sb.storage, copies, tag="K",
                             index_path=sb.index_log)
     made = time.monotonic()
-    assert len(expected) >= copies * 1224
+    assert len(expected) >= copies * corpus.run_info(RUN)["audit_entries"]
     top_ups = itertools.count(1)
 
     def top_up() -> None:  # a fresh copy of r1 arrives
@@ -278,10 +278,11 @@ SMALL_JOURNAL = ("-c", "import sys; import modsec_tools.journal as j; j.COMPACT_
 
 
 def test_kill9_during_journal_compaction(fast_tmp):
-    """2 copies of r1 (2,448 entries), batches of 50, the journal compacted every few
+    """Copies of r1 (at least 2,448 entries), batches of 50, the journal compacted every few
     batches (write the checkpoint, fsync, rename): >= 20 kills, SQLite, index mode."""
     db, db_ids, connect = _sqlite(fast_tmp)
-    sb = crash_scenario(fast_tmp, db, db_ids, connect, copies=2, kills_wanted=20, index=True,
+    sb = crash_scenario(fast_tmp, db, db_ids, connect, copies=corpus.copies_for(RUN, 2448),
+                        kills_wanted=20, index=True,
                         settings={"batch_size": "50"}, launcher=SMALL_JOURNAL)
     journal = (sb.state / "journal").read_bytes()
     assert b'"type":"checkpoint"' in journal, "the journal was never compacted"
@@ -289,19 +290,21 @@ def test_kill9_during_journal_compaction(fast_tmp):
 
 
 def test_kill9_sqlite_tree_mode(fast_tmp):
-    """17 copies of r1 (20,808 entries), batch size 200, >= 50 kills, SQLite, tree mode."""
+    """Copies of r1 (at least 20,000 entries), batch size 200, >= 50 kills, SQLite, tree mode."""
     db, db_ids, connect = _sqlite(fast_tmp)
-    crash_scenario(fast_tmp, db, db_ids, connect, copies=17, kills_wanted=50, index=False,
+    crash_scenario(fast_tmp, db, db_ids, connect, copies=corpus.copies_for(RUN, 20_000),
+                   kills_wanted=50, index=False,
                    settings={"batch_size": "200"})
 
 
 def test_kill9_mariadb_index_mode(fast_tmp, mariadb, mariadb_db):
-    """4 copies of r1 (4,896 entries) announced by an index log (size + md5 checked, the
+    """Copies of r1 (at least 4,896 entries) announced by an index log (size + md5 checked, the
     cursor journaled), batch size 200, >= 15 kills, MariaDB."""
 
     def db_ids():
         return ih.mariadb_unique_ids(lambda: mariadb.connect(mariadb_db))
 
     crash_scenario(fast_tmp, mariadb.url_for(mariadb_db), db_ids,
-                   lambda: mariadb.connect(mariadb_db), copies=4, kills_wanted=15, index=True,
+                   lambda: mariadb.connect(mariadb_db), copies=corpus.copies_for(RUN, 4896),
+                   kills_wanted=15, index=True,
                    settings={"batch_size": "200"})

@@ -21,7 +21,10 @@ from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
 
-RUN = "r7_pl2_concurrent_noremoteip"   # 184 native entries, one batch
+RUN = "r7_pl2_concurrent_noremoteip"
+#: Enough copies of it for as many entries as the full run has (184): one default batch,
+#: and more than two of the threaded ones.
+COPIES = corpus.copies_for(RUN, 184)
 
 #: Runs the pipeline in-process and dies (like kill -9: no cleanup, no done record) at the
 #: first write to the named sink.
@@ -71,11 +74,11 @@ def check_nothing_lost(sb: ih.Sandbox, made: dict[str, ih.Copy],
 def test_crash_inside_a_batch_is_completed_exactly_once(fast_tmp, sink):
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
-    made = ih.replicate(RUN, sb.storage, 1)
+    made = ih.replicate(RUN, sb.storage, COPIES)
     crash_before(sb, sink)
     assert len(sb.left()) == len(made)  # nothing deleted before the batch was done
     done = sb.run()
-    assert "completing batch 1 interrupted by a crash (184 files)" in done.stderr
+    assert f"completing batch 1 interrupted by a crash ({len(made)} files)" in done.stderr
     assert sb.left() == []
     check_nothing_lost(sb, made)
     pieces = sb.archived()
@@ -131,7 +134,7 @@ def test_recovery_never_deletes_an_entry_it_skipped(fast_tmp, sink, change):
     of the batch was appended again, every other entry archived twice.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
-    made = ih.replicate(RUN, sb.storage, 1)
+    made = ih.replicate(RUN, sb.storage, COPIES)
     crash_before(sb, sink)
     assert len(sb.left()) == len(made)
     args, changed = change(sb, made)
@@ -159,7 +162,7 @@ def test_second_crash_during_recovery_deletions_keeps_skipped_entries(fast_tmp):
     kept only in memory, and the next start-up's deletions took them.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
-    made = ih.replicate(RUN, sb.storage, 1)
+    made = ih.replicate(RUN, sb.storage, COPIES)
     crash_before(sb, "archive")
     victim = sb.storage / sb.left()[0]
     _flip(victim)
@@ -193,7 +196,8 @@ def test_kill9_of_main_process_lets_the_next_run_start(fast_tmp):
     ... holds"."""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp, settings={"workers": "2", "batch_size": "100"})
-    made = ih.replicate("r1_relevant_concurrent", sb.storage, 2)
+    made = ih.replicate("r1_relevant_concurrent", sb.storage,
+                        corpus.copies_for("r1_relevant_concurrent", 2448))
     proc = sb.popen(log_name="killed.log")
     try:
         deadline = time.monotonic() + 60
@@ -222,7 +226,7 @@ def test_crash_then_logrotate_then_restart_loses_nothing(fast_tmp, sink):
     batch was done, and the whole batch was deleted with no archive entry or event line.)"""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)
-    made = ih.replicate(RUN, sb.storage, 1)
+    made = ih.replicate(RUN, sb.storage, COPIES)
     crash_before(sb, sink)
     for path in (sb.archive, sb.events):  # logrotate: rename, then create an empty file
         os.rename(path, f"{path}.1")
@@ -282,7 +286,7 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
     one, after completing the last one: every entry once in every sink, none left."""
     corpus.require_corpus()
     sb = threaded_sandbox(fast_tmp)
-    made = ih.replicate(RUN, sb.storage, 1)
+    made = ih.replicate(RUN, sb.storage, COPIES)
     done = subprocess.run([sys.executable, "-c", CRASH_WHILE_LEAVING, str(sb.config)],
                           cwd=ih.REPO, env=ih.cli_env(), capture_output=True, text=True,
                           timeout=120)
@@ -302,7 +306,7 @@ def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, m
     any deletion; the next run completes the batch, everything once."""
     corpus.require_corpus()
     sb = threaded_sandbox(fast_tmp)
-    made = ih.replicate(RUN, sb.storage, 1)
+    made = ih.replicate(RUN, sb.storage, COPIES)
     settings = config.load(str(sb.config))
     real_sync = AppendFile.sync
 

@@ -321,7 +321,8 @@ def test_apache_behind_a_trusted_proxy_bans_clients_never_the_proxy(tmp_path: Pa
 
 @pytest.mark.parametrize("header,sent_key", [("X-Forwarded-For", "xff_sent"),
                                               ("X-Real-IP", "x_real_ip_sent")])
-@pytest.mark.parametrize("run", ["r6_detectiononly_concurrent", "r7_pl2_concurrent_noremoteip"])
+@pytest.mark.parametrize("run", corpus.runs("r6_detectiononly_concurrent",
+                                             "r7_pl2_concurrent_noremoteip"))
 def test_corpus_proxied_clients_are_found(run: str, header: str, sent_key: str,
                                           tmp_path_factory) -> None:
     """Runs without mod_remoteip: section A is the proxy and section B keeps what it sent.

@@ -214,7 +214,9 @@ def test_iter_log_stream_names_entries_by_offset() -> None:
     assert [i.source for i in items] == ["audit.log", f"audit.log:{len(entry(1))}"]
 
 
-@pytest.mark.parametrize("run,expected_kind", [("r5_serial", b"--"), ("r4_json_serial", b"{")])
+@pytest.mark.parametrize("run,expected_kind", [
+    (run, b"{" if "json" in run else b"--")
+    for run in corpus.runs("r5_serial", "r4_json_serial")])
 def test_corpus_serial_logs_split_into_every_entry(run: str, expected_kind: bytes) -> None:
     path = corpus.run_dir(run) / "audit" / "audit_serial.log"
     log = path.read_bytes()

@@ -96,7 +96,8 @@ def test_real_warning_entry_with_a_lower_threshold() -> None:
     assert VerdictPolicy(detect_min_score=3).verdict(event_) == DETECTED
 
 
-@pytest.mark.parametrize("run", ["r1_relevant_concurrent", "r6_detectiononly_concurrent"])
+@pytest.mark.parametrize("run", corpus.runs("r1_relevant_concurrent",
+                                             "r6_detectiononly_concurrent"))
 def test_corpus_blocked_exactly_when_intercepted(run: str, tmp_path_factory) -> None:
     scratch = Path(tmp_path_factory.getbasetemp()) / "corpus"
     storage = corpus.extract_storage(run, scratch)
@@ -111,7 +112,9 @@ def test_corpus_blocked_exactly_when_intercepted(run: str, tmp_path_factory) -> 
         if verdict == PASSED:
             assert (row["anomaly_score_inbound"] or 0) < 5
         counts[verdict] += 1
+    total = sum(counts.values())
+    assert total == corpus.run_info(run)["audit_entries"]
     if run.startswith("r6"):
-        assert counts[BLOCKED] == 0 and counts[DETECTED] > 50
+        assert counts[BLOCKED] == 0 and counts[DETECTED] > total // 4
     else:
-        assert counts[BLOCKED] > 500
+        assert counts[BLOCKED] > total * 2 // 5

@@ -13,6 +13,13 @@ from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401
 
+R1 = "r1_relevant_concurrent"
+
+
+def _backlog(sb: ih.Sandbox) -> None:
+    """Old entries, as many as the full r1 has (the tests take hundreds at a time)."""
+    ih.replicate(R1, sb.storage, corpus.copies_for(R1, 1224))
+
 
 def _pipeline(sb: ih.Sandbox, batch_size: int = 100) -> Pipeline:
     values = {**sb.values(), "settle_seconds": "0", "workers": "2",
@@ -23,8 +30,7 @@ def _pipeline(sb: ih.Sandbox, batch_size: int = 100) -> Pipeline:
 def test_more_work_is_examined_and_committed_exactly_once(fast_tmp):
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp, db="none")
-    ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
-    ih.age_tree(sb.storage)
+    _backlog(sb)
     pipeline = _pipeline(sb)
     try:
         found = sorted(pipeline.scan(), key=lambda item: item[0].name)
@@ -51,8 +57,7 @@ def test_an_entry_given_again_while_in_flight_is_handed_back(fast_tmp):
     and then only the close event would ever bring it back)."""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp, db="none")
-    ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
-    ih.age_tree(sb.storage)
+    _backlog(sb)
     pipeline = _pipeline(sb, batch_size=500)  # all 300 in flight when more() is first asked
     try:
         found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:300]
@@ -72,8 +77,7 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
     must not be examined and committed a second time."""
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp, db="none")
-    ih.extract("r1_relevant_concurrent", fast_tmp, sb.storage)
-    ih.age_tree(sb.storage)
+    _backlog(sb)
     real_remove = Removal._remove_all
 
     def slow_remove(tree, entries):

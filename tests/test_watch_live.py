@@ -65,14 +65,20 @@ def age(storage: Path, entries: list[wh.Entry], seconds: float) -> None:
 
 # -- the corpus, live --------------------------------------------------------------------------
 def test_corpus_entries_written_live_land_exactly_once_and_whole(tmp_path, daemons):
-    """All 2,186 Concurrent corpus entries (native and JSON, 5 runs), written by 3 concurrent
-    mimic writers with a pause after each of their ~40 writes, so the watcher sees many
-    half-written files: each lands once in the event log (the exact line `parse` gives),
-    the archive (byte-identical) and the DB; nothing quarantined, nothing left behind."""
-    entries = wh.original_entries()
+    """All Concurrent corpus entries (native and JSON, 5 runs), and copies of them up to
+    the full corpus's 2,186, written by 3 + 3 concurrent mimic writers with a pause after
+    each of their ~40 writes, so the watcher sees many half-written files: each lands once
+    in the event log (the exact line `parse` gives), the archive (byte-identical) and the
+    DB; nothing quarantined, nothing left behind."""
+    originals = wh.original_entries()
+    copies = wh.make_entries(max(0, 2186 - len(originals)), "Y")
+    third = -(-len(copies) // 3)
+    entries = originals + copies
     daemon = daemons(tmp_path).start()
-    run_writers([wh.writer_command(daemon.storage, len(entries), "X", originals=True,
-                                   shard=f"{k}/3", pause_ms=0.1) for k in range(3)])
+    run_writers([wh.writer_command(daemon.storage, len(originals), "X", originals=True,
+                                   shard=f"{k}/3", pause_ms=0.1) for k in range(3)]
+                + [wh.writer_command(daemon.storage, len(copies[k * third:(k + 1) * third]),
+                                     "Y", start=k * third, pause_ms=0.1) for k in range(3)])
     daemon.wait_events(len(entries), timeout=60)
     daemon.stop()
     wh.check_exactly_once(daemon, wh.digests(entries))

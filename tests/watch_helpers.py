@@ -11,9 +11,9 @@ README, "How ModSecurity 2.9.7 writes a Concurrent entry"):
 4. ``close()``;
 5. then the whole index line in one ``write()`` to the index log (``O_APPEND``).
 
-Entries come from the shared corpus: either the originals (their real names and index lines)
-or synthetic copies with a fresh unique id (``make_entries``), which is how the burst tests
-get 20,000 distinct entries out of ~2,200.
+Entries come from the corpus (``tests.corpus``): either the originals (their real names and
+index lines) or synthetic copies with a fresh unique id (``make_entries``), which is how the
+burst tests get 20,000 distinct entries out of a few hundred.
 
 Command line (for concurrent writer processes; the repository root must be importable)::
 
