@@ -295,7 +295,7 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
                                           "ingest: %s", stats.summary())
     if not args.verbose and sys.stderr.isatty():
         print(f"modsec-tools ingest: {stats.summary()}", file=sys.stderr)
-    unusable = pipeline.db is not None and pipeline.db.unusable
+    unusable = pipeline.unusable
     return EXIT_SOME_FAILED if stats.errors or stats.quarantined or unusable else EXIT_OK
 
 
@@ -472,7 +472,7 @@ def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _replay_rejected(db, settings: config.Settings) -> int:
-    from .dbsink import REJECTED, replay_rejected
+    from .sinks.database import REJECTED, replay_rejected
     from .lock import AlreadyRunning, InstanceLock
     path = os.path.join(settings.state_dir, REJECTED)
     if not os.path.exists(path):

@@ -109,6 +109,9 @@ KEYS: tuple[Key, ...] = (
         "consolidated Serial-format log every processed entry is appended to", metavar="FILE"),
     Key("event_log", "/var/log/modsec-tools/events.log",
         "one-line-per-event log that fail2ban reads (docs/event-log.md)", metavar="FILE"),
+    Key("json_log", "",
+        "JSON-lines file of events (one object per line, for log shippers); unset: none",
+        metavar="FILE"),
     Key("db", "sqlite:////var/lib/modsec-tools/events.db",
         "database: a path or sqlite:///rel, sqlite:////abs, mysql://user@host:port/db; "
         "'none' disables it", metavar="URL"),
@@ -118,7 +121,8 @@ KEYS: tuple[Key, ...] = (
     Key("state_dir", "/var/lib/modsec-tools",
         "journal, spool and lock directory", metavar="DIR"),
     Key("quarantine_dir", "/var/lib/modsec-tools/quarantine",
-        "where unreadable entries go, each with a .reason file", metavar="DIR"),
+        "where unreadable entries go, each in a directory of its own with its reason",
+        metavar="DIR"),
     Key("node", "", "name of this server in the event log and database "
         "(default: short host name)", parse_node, "NAME"),
     Key("trusted_proxies", "",
@@ -159,6 +163,7 @@ class Settings:
     index_log: str
     archive: str
     event_log: str
+    json_log: str
     db: str
     db_option_file: str
     state_dir: str

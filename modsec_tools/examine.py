@@ -17,14 +17,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 from .clientip import Proxies
-from .database import MysqlText, Row, event_row, without_values
 from .entry import parse_entry
 from .errors import ParseError
 from .event import Event
-from .eventline import format_event
 from .indexlog import IndexLine, verify
 from .messages import keep_messages
 from .safefs import UnsafeFile
+from .sinks import Renderer, Rendering
 from .storage import EntryRef, StorageTree
 from .verdict import VerdictPolicy
 
@@ -52,7 +51,7 @@ class Rules:
     settle_seconds: float
     quarantine_after: float
     index_mode: bool
-    sql_dialect: str = ""      # "mysql": rows carry their SQL literals, made here in parallel
+    renderers: tuple[Renderer, ...] = ()   # one per sink, in the pipeline's order
 
 
 @dataclass(slots=True)
@@ -65,39 +64,32 @@ class Outcome:
     device: int = 0
     mtime_ns: int = 0          # as read: the entry is deleted only while they are unchanged
     ctime_ns: int = 0
-    line: bytes = b""          # the event-log line, newline included
-    row: Row | None = None     # the database rows
+    pieces: tuple = ()         # what each sink writes for it, in Rules.renderers' order
     status: int | None = None  # kept in the journal (an HTTP/0.9 entry may have no other)
     crc: int = 0               # CRC-32 of data, for the journal (computed here, in parallel)
 
-    # Between processes an outcome travels as plain tuples: pickling the dataclasses
-    # (slots, a frozen Row) cost twice as much, ~45 µs an entry for both ends together.
-    # Its ref stays behind: the sender of the work still holds it. A row with its MySQL
-    # literals goes without its values (database.without_values): ~11 µs an entry less.
-    def to_wire(self) -> tuple:
-        row = self.row and without_values(self.row)
-        row = row and (row.unique_id, row.event, row.matches,
-                       row.mysql and (row.mysql.event, row.mysql.messages))
+    # Between processes an outcome travels as plain tuples (pickling the dataclasses cost
+    # twice as much); each piece as its renderer sends it. Its ref stays behind: the
+    # sender of the work still holds it.
+    def to_wire(self, renderers: Sequence[Renderer]) -> tuple:
+        pieces = tuple(r.to_wire(p) for r, p in zip(renderers, self.pieces))
         return (self.kind, self.reason, self.data, self.inode, self.device, self.mtime_ns,
-                self.ctime_ns, self.line, row, self.status, self.crc)
+                self.ctime_ns, pieces, self.status, self.crc)
 
     @classmethod
-    def from_wire(cls, ref: EntryRef, wire: tuple) -> Outcome:
-        kind, reason, data, inode, device, mtime_ns, ctime_ns, line, row, status, crc = wire
-        if row is not None:
-            unique_id, event, matches, mysql = row
-            row = Row(unique_id, event, matches, mysql and MysqlText(*mysql))
-        return cls(ref, kind, reason, data, inode, device, mtime_ns, ctime_ns, line, row,
+    def from_wire(cls, ref: EntryRef, wire: tuple, renderers: Sequence[Renderer]) -> Outcome:
+        kind, reason, data, inode, device, mtime_ns, ctime_ns, pieces, status, crc = wire
+        pieces = tuple(r.from_wire(p) for r, p in zip(renderers, pieces))
+        return cls(ref, kind, reason, data, inode, device, mtime_ns, ctime_ns, pieces,
                    status, crc)
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
            rules: Rules) -> Outcome:
-    verdict = rules.policy.verdict(event)
-    line = format_event(event, rules.node, verdict).encode("ascii") + b"\n"
+    entry = Rendering(event, data, rules.policy.verdict(event), rules.node)
     return Outcome(ref, READY, data=data, inode=info.st_ino, device=info.st_dev,
-                   mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns, line=line,
-                   row=event_row(event, rules.node, verdict, rules.sql_dialect),
+                   mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns,
+                   pieces=tuple(r.render(entry) for r in rules.renderers),
                    status=event.status, crc=zlib.crc32(data))
 
 
@@ -184,7 +176,7 @@ def _examine_chunk(items: list[ChunkItem], cutoff: float | None,
                 return outcomes, items[position:]
             outcome = examine(tree, EntryRef(dirs, name), proof, index, rules, cutoff)
             held += len(outcome.data)
-            outcomes.append(outcome.to_wire())
+            outcomes.append(outcome.to_wire(rules.renderers))
         return outcomes, []
     finally:
         tree.release()
@@ -209,6 +201,7 @@ class ExaminerPool:
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
             "spawn"), initializer=_init_worker, initargs=(root, rules))
         self.workers = workers
+        self.renderers = rules.renderers
         self.in_flight = max(2 * workers, -(-ahead // self.CHUNK) + workers)
 
     def warm_up(self) -> None:
@@ -259,7 +252,8 @@ class ExaminerPool:
         outcomes, rest = future.result()
         if rest:
             pending.appendleft((self._submit(rest, cutoff), refs[len(outcomes):]))
-        return [Outcome.from_wire(ref, wire) for ref, wire in zip(refs, outcomes)]
+        return [Outcome.from_wire(ref, wire, self.renderers)
+                for ref, wire in zip(refs, outcomes)]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,12 +1,14 @@
-"""The ingest pipeline: storage tree → parser → archive, event log, database → delete.
+"""The ingest pipeline: storage tree → parser → every sink (sinks/) → delete.
 
 One code path serves ``modsec-tools ingest`` (everything complete now, then exit) and
 ``modsec-tools watch`` (the same batches, fed by inotify). docs/ingest.md explains the
 exactly-once protocol; in short, per batch:
 
-1. journal ``batch`` record (files, sink sizes before) — fsync
-2. event-log append, then archive append — fdatasync each, in a second thread while
-3. the database insert (idempotent) commits, or the rows are spooled durably if it is down
+1. journal ``batch`` record (each file as read, each sink's mark and each entry's length
+   in it) — fsync
+2. the local sinks (event log first, then archive, JSON lines) append and fdatasync, in a
+   second thread while
+3. the database inserts (idempotent) and commits, or spools the rows durably if it is down
 4. journal ``done`` record — fsync;  5. delete the files (removal.py, in the background)
 
 A crash anywhere leaves at most the last batch unfinished, with all its files still present;
@@ -22,17 +24,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .appendfile import AppendFile, Position
 from .config import Settings
-from .database import Database, parse_target
-from .dbsink import DatabaseSink
 from .entry import parse_entry
 from .errors import ParseError
 from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SCAN,
                       ExaminerPool, Outcome, Rules, examine, render)
 from .indexlog import IndexLine, parse_index_line
-from .journal import COMPACT_AT, Journal
+from .journal import COMPACT_AT, Journal, JournaledEntry, batch_entries, batch_marks
 from .removal import Leaving, Removal, empty_old_trash
+from .sinks import Sink, open_sinks
 from .storage import EntryRef, Oddity, StorageTree
 from .verdict import VerdictPolicy
 
@@ -116,25 +116,20 @@ class IndexFollower:
 
 # -- the pipeline -----------------------------------------------------------------------------
 class Pipeline:
-    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         state = settings.state_dir
         empty_old_trash(os.path.join(state, "trash"))
         self.tree = StorageTree(settings.storage_dir)
         self.removal = Removal(settings.storage_dir)
         self.file_sinks = ThreadPoolExecutor(1, thread_name_prefix="file-sinks")
-        if db is None:
-            target = parse_target(settings.db, settings.db_option_file)
-            db = Database(target) if target.kind != "none" else None
+        self.journal = Journal(os.path.join(state, "journal"))
+        self.sinks = open_sinks(settings)
         self.rules = Rules(settings.node,
                            VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
                            settings.proxies, settings.max_entry_size,
                            settings.settle_seconds, settings.quarantine_after,
-                           bool(settings.index_log), db.kind if db else "")
-        self.journal = Journal(os.path.join(state, "journal"))
-        self.archive = AppendFile(settings.archive)
-        self.event_log = AppendFile(settings.event_log)
-        self.db = DatabaseSink(db, settings.node, os.path.join(state, "db-spool")) if db else None
+                           bool(settings.index_log), tuple(s.renderer for s in self.sinks))
         self.index = (IndexFollower(settings.index_log, self.journal.last("index"))
                       if settings.index_log else None)
         self.proven: dict[str, IndexLine] = {}      # relpath → its index line
@@ -171,22 +166,22 @@ class Pipeline:
         (the file's first ``size`` bytes, checked by CRC, whatever max_entry_size is now).
         An entry that no longer holds them is left in the tree, never deleted."""
         batch = []
-        for relpath, inode, device, size, crc, indexed_status, *_lengths in record["files"]:
-            ref = EntryRef.from_relpath(relpath)
+        for entry in batch_entries(record):
+            ref = EntryRef.from_relpath(entry.path)
             try:
-                file = self.tree.read(ref, max(size, self.settings.max_entry_size))
-                data = file.data[:size]
-                if (file.stat.st_ino, file.stat.st_dev) != (inode, device) or \
-                        zlib.crc32(data) != crc:
+                file = self.tree.read(ref, max(entry.size, self.settings.max_entry_size))
+                data = file.data[:entry.size]
+                if (file.stat.st_ino, file.stat.st_dev) != (entry.inode, entry.dev) or \
+                        zlib.crc32(data) != entry.crc:
                     raise ParseError("changed since it was journaled")
-                event = parse_entry(data, relpath, self.rules.proxies)
+                event = parse_entry(data, entry.path, self.rules.proxies)
             except (OSError, ParseError) as exc:
-                skipped.add(relpath)
+                skipped.add(entry.path)
                 log.error("%s: journaled, but cannot be read as it was on recovery (%s); "
-                          "left in place", relpath, exc)
+                          "left in place", entry.path, exc)
                 continue
             if event.status is None:
-                event.status = indexed_status
+                event.status = entry.status
             batch.append(render(ref, data, file.stat, event, self.rules))
         return batch
 
@@ -248,13 +243,8 @@ class Pipeline:
             "type": "batch", "seq": self.journal.next_seq(),
             # the previous batch's entries, if their deletion is still under way
             "leaving": self.removal.outstanding(),
-            "archive": _pos(self.archive.position()), "events": _pos(self.event_log.position()),
-            # Each entry's length in the archive and the event log: recovery can then tell
-            # entry by entry what is already there.
-            "files": [[p.ref.relpath, p.inode, p.device, len(p.data), p.crc,
-                       p.status, len(_archived(p.data)), len(p.line)] for p in batch],
-            # as each was read: deleted only while unchanged (absent in older journals)
-            "times": [[p.mtime_ns, p.ctime_ns] for p in batch],
+            "marks": {sink.name: sink.mark() for sink in self.sinks},
+            "files": [self._journaled(p).to_json() for p in batch],
         }
         self.journal.append(record)
         self._apply(record, batch, fresh=True)
@@ -273,49 +263,57 @@ class Pipeline:
             self._await_removal()
             self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
 
+    def _journaled(self, p: Outcome) -> JournaledEntry:
+        return JournaledEntry(p.ref.relpath, p.inode, p.device, len(p.data), p.crc, p.status,
+                              p.mtime_ns, p.ctime_ns,
+                              {sink.name: length for sink, piece in zip(self.sinks, p.pieces)
+                               if (length := sink.length(piece)) is not None})
+
     def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
-        if not fresh:  # recovery: append only what each file lacks
-            reloaded = {p.ref.relpath: p for p in batch}
-            archive_regions, line_regions = [], []
-            for relpath, *_, archived_len, line_len in record["files"]:
-                entry = reloaded.get(relpath)
-                archive_regions.append((archived_len, _archived(entry.data) if entry else None))
-                line_regions.append((line_len, entry.line if entry else None))
-            self.archive.complete_regions(Position(*record["archive"]), archive_regions)
-            self.event_log.complete_regions(Position(*record["events"]), line_regions)
-            self._write_database(batch)
-        elif len(batch) < PARALLEL_SINKS_FROM:
-            self._append_files(batch)
-            self._write_database(batch)
-        else:
-            # The two files are written and fdatasync'd by another thread while this one
-            # inserts into the database (both mostly wait on the disk, without the GIL);
-            # each sink is completed on its own after a crash, so their order is free.
-            files = self.file_sinks.submit(self._append_files, batch)
-            try:
-                self._write_database(batch)
-            finally:
-                files.result()
+        if not fresh:
+            self._recover_sinks(record, batch)
+            return
+        local = [(n, s) for n, s in enumerate(self.sinks) if s.local]
+        remote = [(n, s) for n, s in enumerate(self.sinks) if not s.local]
+        if len(batch) < PARALLEL_SINKS_FROM:
+            self._write(local + remote, batch)
+            return
+        # The local files are written and fdatasync'd by another thread while this one
+        # writes the others (both mostly wait on the disk or the network, without the
+        # GIL); each sink is completed on its own after a crash, so their order is free.
+        files = self.file_sinks.submit(self._write, local, batch)
+        try:
+            self._write(remote, batch)
+        finally:
+            files.result()
 
-    def _append_files(self, batch: list[Outcome]) -> None:
-        self.event_log.append(b"".join(p.line for p in batch))  # first: fail2ban reads it
-        self.event_log.sync()
-        self.archive.append([_archived(p.data) for p in batch])
-        self.archive.sync()
+    def _write(self, sinks: list[tuple[int, Sink]], batch: list[Outcome]) -> None:
+        for n, sink in sinks:
+            refused = sink.refused
+            self.stats.spooled += sink.write([p.pieces[n] for p in batch])
+            sink.sync()
+            self.stats.errors += sink.refused - refused
 
-    def _write_database(self, batch: list[Outcome]) -> None:
-        if self.db is not None:
-            refused = self.db.refused
-            self.stats.spooled += self.db.write([p.row for p in batch])
-            self.stats.errors += self.db.refused - refused
+    def _recover_sinks(self, record: dict, batch: list[Outcome]) -> None:
+        """Each sink gets what it lacks of the interrupted batch, entry by entry."""
+        reloaded = {p.ref.relpath: p for p in batch}
+        entries = batch_entries(record)
+        marks = batch_marks(record)
+        for n, sink in enumerate(self.sinks):
+            regions = []
+            for entry in entries:
+                again = reloaded.get(entry.path)
+                regions.append((entry.lengths.get(sink.name),
+                                again.pieces[n] if again is not None else None))
+            refused = sink.refused
+            sink.recover(marks.get(sink.name), regions)
+            self.stats.errors += sink.refused - refused
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         """A journaled batch's entries, now (on start-up)."""
-        times = record.get("times") or [[-1, -1]] * len(record["files"])
         self._remove_later(record["seq"], [
-            (EntryRef.from_relpath(relpath), inode, device, size, *when)
-            for (relpath, inode, device, size, *_), when in zip(record["files"], times)
-            if relpath not in keep])
+            (EntryRef.from_relpath(e.path), e.inode, e.dev, e.size, e.mtime, e.ctime)
+            for e in batch_entries(record) if e.path not in keep])
         self._await_removal()
 
     def _remove_later(self, seq: int, entries: list[Leaving]) -> None:
@@ -421,35 +419,39 @@ class Pipeline:
         if progress is not None:
             work = progress(work)
         self.process(work)
-        if self.db is not None:
-            self.db.flush()
+        self.flush()
         self.tree.remove_empty_dirs()
         return self.stats
 
+    def flush(self) -> None:
+        """Let sinks deliver what they kept for later (a database back from an outage)."""
+        for sink in self.sinks:
+            sink.flush()
+
     def reopen_logs(self) -> None:
-        self.archive.reopen()
-        self.event_log.reopen()
+        for sink in self.sinks:
+            sink.reopen()
+
+    @property
+    def unusable(self) -> str:
+        """Why a sink cannot be used until the admin acts ("" while all can)."""
+        return "; ".join(sink.unusable for sink in self.sinks if sink.unusable)
+
+    def sink_status(self) -> dict:
+        status: dict = {}
+        for sink in self.sinks:
+            status.update(sink.status())
+        return status
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
         self.file_sinks.shutdown()
-        self.archive.close()
-        self.event_log.close()
+        for sink in self.sinks:
+            sink.close()
         self.journal.close()
         self.removal.close()
-        if self.db is not None:
-            self.db.close()
 
 
 def _leaving(p: Outcome) -> Leaving:
     return (p.ref, p.inode, p.device, len(p.data), p.mtime_ns, p.ctime_ns)
-
-
-def _pos(position: Position) -> list[int]:
-    return [position.inode, position.size]
-
-
-def _archived(data: bytes) -> bytes:
-    """Entries go into the archive whole, each ending with a newline (Serial format)."""
-    return data if data.endswith(b"\n") else data + b"\n"

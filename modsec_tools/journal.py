@@ -17,6 +17,7 @@ import json
 import os
 import struct
 import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from .owned import OwnedDir
@@ -145,3 +146,47 @@ class Journal(RecordLog):
         """When large and nothing is unfinished, start over with one checkpoint record."""
         if self.size() >= COMPACT_AT and self.unfinished() is None:
             self.reset([{"type": "checkpoint", **keep}])
+
+
+@dataclass(slots=True)
+class JournaledEntry:
+    """One entry of a ``batch`` record: the file as it was read, and its length in each
+    sink (by sink name) so recovery can tell entry by entry what a sink already holds."""
+
+    path: str               # relative to the storage dir, as the index log writes it
+    inode: int
+    dev: int
+    size: int               # bytes read (a later read takes exactly these)
+    crc: int                # CRC-32 of them
+    status: int | None      # the index line's status (an HTTP/0.9 entry may have no other)
+    mtime: int = -1         # st_mtime_ns and st_ctime_ns as read: deleted only while the
+    ctime: int = -1         # same (-1: a journal written before they were kept)
+    lengths: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "inode": self.inode, "dev": self.dev, "size": self.size,
+                "crc": self.crc, "status": self.status, "mtime": self.mtime,
+                "ctime": self.ctime, "lengths": self.lengths}
+
+    @classmethod
+    def from_json(cls, raw: Any, times: Any = None) -> "JournaledEntry":
+        if isinstance(raw, dict):
+            return cls(**raw)
+        # the positional rows of earlier versions, whose sinks were the archive and the
+        # event log, and whose times (when kept) stood in a list beside the rows
+        path, inode, dev, size, crc, status, archived, line = raw
+        mtime, ctime = times or (-1, -1)
+        return cls(path, inode, dev, size, crc, status, mtime, ctime,
+                   {"archive": archived, "events": line})
+
+
+def batch_entries(record: dict[str, Any]) -> list[JournaledEntry]:
+    times = record.get("times") or [None] * len(record["files"])
+    return [JournaledEntry.from_json(raw, when) for raw, when in zip(record["files"], times)]
+
+
+def batch_marks(record: dict[str, Any]) -> dict[str, Any]:
+    """Each sink's mark before the batch (earlier versions kept two, under their names)."""
+    if "marks" in record:
+        return record["marks"]
+    return {"archive": record["archive"], "events": record["events"]}

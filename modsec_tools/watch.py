@@ -341,8 +341,7 @@ class Watcher:
             if self.rescan_due or now >= next_rescan:
                 self._rescan()
                 self.pipeline.tree.remove_empty_dirs()
-                if self.pipeline.db is not None:
-                    self.pipeline.db.flush()
+                self.pipeline.flush()
                 next_rescan = now + self.options.rescan_seconds
             self._flush()
             if signals.reopen:
@@ -377,7 +376,7 @@ class Watcher:
                 "queue_depth": len(self.pending), "overflows": self.overflows,
                 "lag_seconds": round(time.monotonic() - self.first_pending, 3)
                 if self.pending else 0.0,
-                "database_down": bool(self.pipeline.db and self.pipeline.db.down)}
+                "database_down": False, **self.pipeline.sink_status()}
 
     def _write_status(self) -> None:
         try:

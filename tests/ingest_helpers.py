@@ -35,6 +35,7 @@ from modsec_tools.entry import parse_entry
 from modsec_tools.event import Event, raw
 from modsec_tools.eventline import CAPS
 from modsec_tools.indexlog import IndexLine, parse_index_line
+from modsec_tools.jsonout import event_to_dict
 from modsec_tools.verdict import VerdictPolicy
 
 from tests import corpus
@@ -107,6 +108,7 @@ class Sandbox:
         self.out = self.root / "out"
         self.archive = self.out / "archive.log"
         self.events = self.out / "events.log"
+        self.json = self.out / "events.jsonl"   # the fourth sink: on in every sandbox
         self.db_path = self.out / "events.db"
         self.state = self.root / "state"
         self.quarantine = self.root / "quarantine"
@@ -120,7 +122,8 @@ class Sandbox:
     def values(self) -> dict[str, str]:
         values = {
             "storage_dir": str(self.storage), "archive": str(self.archive),
-            "event_log": str(self.events), "state_dir": str(self.state),
+            "event_log": str(self.events), "json_log": str(self.json),
+            "state_dir": str(self.state),
             "quarantine_dir": str(self.quarantine), "node": NODE, "db": self.db,
             "index_log": str(self.index_log) if self.index_log else "",
         }
@@ -166,6 +169,14 @@ class Sandbox:
 
     def lines(self):
         return event_lines(self.events)
+
+    def json_records(self) -> list[dict]:
+        """The JSON-lines sink's records; every line must be one whole JSON object."""
+        if not self.json.exists():
+            return []
+        data = self.json.read_bytes()
+        assert not data or data.endswith(b"\n"), "a JSON line is cut"
+        return [json.loads(line) for line in data.splitlines()]
 
     def left(self) -> list[str]:
         return entry_files(self.storage)
@@ -676,6 +687,19 @@ def check_event_log(sb: Sandbox, want: dict[str, Original]) -> None:
             assert getattr(line, name) == expected, (line.id, name)
 
 
+def check_json_lines(sb: Sandbox, want: dict[str, Original]) -> None:
+    """One object per entry, each the event as ``parse --format json`` gives it, with its
+    node: the entries parsed again here, from the originals."""
+    records = sb.json_records()
+    ids = [record["unique_id"] for record in records]
+    assert not duplicates(ids) and set(ids) == set(want), \
+        f"JSON lines: {len(ids)} records for {len(want)} entries"
+    for record in records:
+        event = want[record["unique_id"]].event
+        expected = {"node": NODE, **event_to_dict(event, POLICY.verdict(event))}
+        assert record == json.loads(json.dumps(expected)), record["unique_id"]
+
+
 def check_tree_empty(sb: Sandbox) -> None:
     assert sb.left() == [], f"entry files left: {sb.left()[:5]}"
     assert not sb.quarantined(), sb.quarantined()
@@ -685,6 +709,7 @@ def check_all(sb: Sandbox, db: DB, want: dict[str, Original], runs: tuple[str, .
     check_tree_empty(sb)
     check_archive(sb, want)
     check_event_log(sb, want)
+    check_json_lines(sb, want)
     check_database(db, want, runs)
 
 

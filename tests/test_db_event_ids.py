@@ -12,7 +12,7 @@ import pytest
 from modsec_tools import database as dbm
 from modsec_tools.database import Database, event_row, parse_target
 from modsec_tools.entry import parse_entry
-from modsec_tools.dbsink import DatabaseSink
+from modsec_tools.sinks.database import DatabaseSink
 from tests import corpus
 from tests.ingest_helpers import mysql_db, tree_files_from_tar  # noqa: F401  (fixture)
 from tests.realparts.fixtures import require

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from modsec_tools import database as dbm
 from modsec_tools.database import Database, Row, event_row, parse_target, with_mysql_text
 from modsec_tools.entry import parse_entry
-from modsec_tools.dbsink import DatabaseSink, _encode
+from modsec_tools.sinks.database import DatabaseSink, _encode
 from tests import corpus
 from tests.ingest_helpers import fast_tmp, tree_files_from_tar  # noqa: F401  (fixture)
 

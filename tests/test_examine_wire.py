@@ -10,7 +10,10 @@ import pytest
 from modsec_tools.clientip import Proxies
 from modsec_tools.database import full_row
 from modsec_tools.examine import READY, Outcome, Rules, examine
-from modsec_tools.dbsink import _encode_rows
+from modsec_tools.sinks.archive import ArchiveEntry
+from modsec_tools.sinks.database import EventRow, _encode_rows
+from modsec_tools.sinks.eventlog import EventLine
+from modsec_tools.sinks.jsonlines import JsonLine
 from modsec_tools.storage import EntryRef, StorageTree
 from modsec_tools.verdict import VerdictPolicy
 
@@ -18,23 +21,27 @@ from tests import corpus
 from tests.ingest_helpers import tree_files_from_tar
 
 
-@pytest.mark.parametrize("dialect", ["", "mysql"])
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql"])
 def test_outcomes_survive_the_wire(tmp_path, dialect):
     corpus.require_corpus()
-    rules = Rules("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, dialect)
+    renderers = (EventLine(), ArchiveEntry(), JsonLine(), EventRow(dialect))
+    rules = Rules("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, renderers)
     tree = StorageTree(str(tmp_path))
     for relpath, data in list(tree_files_from_tar("r1_relevant_concurrent").items())[:50]:
         ref = EntryRef.from_relpath(relpath)
         os.makedirs(tmp_path.joinpath(*ref.dirs), exist_ok=True)
         tmp_path.joinpath(*ref.dirs, ref.name).write_bytes(data)
         outcome = examine(tree, ref, "closed", None, rules)
-        assert outcome.kind == READY and outcome.row is not None
-        assert (outcome.row.mysql is not None) == (dialect == "mysql")
-        back = Outcome.from_wire(ref, pickle.loads(pickle.dumps(outcome.to_wire())))
+        assert outcome.kind == READY and len(outcome.pieces) == len(renderers)
+        row = outcome.pieces[-1]
+        assert (row.mysql is not None) == (dialect == "mysql")
+        wire = pickle.loads(pickle.dumps(outcome.to_wire(renderers)))
+        back = Outcome.from_wire(ref, wire, renderers)
         if dialect == "mysql":  # the literals only: the values are read back from them
-            assert back.row.event is None and back.row.mysql == outcome.row.mysql
-            assert _encode_rows([back.row]) == _encode_rows([outcome.row])  # the spool's
-            back = dataclasses.replace(back, row=full_row(back.row))
+            back_row = back.pieces[-1]
+            assert back_row.event is None and back_row.mysql == row.mysql
+            assert _encode_rows([back_row]) == _encode_rows([row])  # the spool's
+            back = dataclasses.replace(back, pieces=(*back.pieces[:-1], full_row(back_row)))
         assert back == outcome
         assert back.ref.relpath == relpath
     tree.release()
@@ -43,8 +50,9 @@ def test_outcomes_survive_the_wire(tmp_path, dialect):
 def test_a_quarantine_outcome_survives_the_wire():
     outcome = Outcome(EntryRef(("20261128", "20261128-1626"), "20261128-162642-x"),
                       "quarantine", "no Z boundary")
-    assert Outcome.from_wire(outcome.ref,
-                             pickle.loads(pickle.dumps(outcome.to_wire()))) == outcome
+    renderers = (EventLine(), EventRow("sqlite"))
+    wire = pickle.loads(pickle.dumps(outcome.to_wire(renderers)))
+    assert Outcome.from_wire(outcome.ref, wire, renderers) == outcome
 
 
 def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypatch):

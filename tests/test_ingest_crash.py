@@ -10,6 +10,7 @@ points (before a given sink write, during recovery) are in test_ingest_recovery.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import re
@@ -34,9 +35,9 @@ _LINE_ID = re.compile(rb" id=(\S+) ")
 
 class SinkWatcher:
     """Reads the sinks between runs (ingest is dead then) and checks the invariant that
-    makes kill -9 safe: an entry whose file is gone is in the archive, the event log and the
-    database. Also checks that the archive and the event log only ever grow (fail2ban
-    follows the event log: a line must never change or vanish)."""
+    makes kill -9 safe: an entry whose file is gone is in every sink (archive, event log,
+    JSON lines, database). Also checks that the files only ever grow (fail2ban follows the
+    event log: a line must never change or vanish)."""
 
     def __init__(self, sandbox: ih.Sandbox, expected: dict[str, ih.Copy], db_ids) -> None:
         self.sb = sandbox
@@ -46,6 +47,7 @@ class SinkWatcher:
         self.archive_scanned = 0
         self.archive_tail = b""
         self.events = b""
+        self.json = b""
         self.checks = 0
 
     def _scan_archive(self) -> set[str]:
@@ -78,6 +80,16 @@ class SinkWatcher:
         complete = data[:data.rfind(b"\n") + 1]
         return {m.group(1).decode() for m in _LINE_ID.finditer(complete)}
 
+    def _scan_json(self) -> set[str]:
+        try:
+            data = self.sb.json.read_bytes()
+        except FileNotFoundError:
+            return set()
+        assert data.startswith(self.json), "a JSON line changed or vanished"
+        self.json = data
+        return {json.loads(line)["unique_id"] for line in data[:data.rfind(b"\n") + 1]
+                .splitlines()}
+
     def check(self) -> int:
         """Returns how many entries are done (file gone)."""
         self.checks += 1
@@ -86,7 +98,9 @@ class SinkWatcher:
         assert not unknown, f"unexpected entry files: {sorted(unknown)[:5]}"
         gone = set(self.expected) - present
         archived, logged, stored = self._scan_archive(), self._scan_events(), set(self.db_ids())
-        for sink, ids in (("archive", archived), ("event log", logged), ("database", stored)):
+        shipped = self._scan_json()
+        for sink, ids in (("archive", archived), ("event log", logged),
+                          ("JSON lines", shipped), ("database", stored)):
             lost = gone - ids
             assert not lost, (f"check {self.checks}: {len(lost)} entries deleted from the "
                               f"tree but not in the {sink}, e.g. {sorted(lost)[:3]}")
@@ -127,6 +141,12 @@ def verify_final(sb: ih.Sandbox, expected: dict[str, ih.Copy], conn) -> None:
     assert not ih.duplicates(ids), f"event-log duplicates: {list(ih.duplicates(ids))[:5]}"
     assert set(ids) == want, (f"event log: {len(want - set(ids))} missing, "
                               f"{len(set(ids) - want)} unexpected")
+
+    # JSON lines: one whole object per entry
+    shipped = [record["unique_id"] for record in sb.json_records()]
+    assert not ih.duplicates(shipped), f"JSON duplicates: {list(ih.duplicates(shipped))[:5]}"
+    assert set(shipped) == want, (f"JSON lines: {len(want - set(shipped))} missing, "
+                                  f"{len(set(shipped) - want)} unexpected")
 
     # database: one events row per entry, all its matches rows, no orphans
     rows = ih.query(conn, "SELECT e.unique_id, COUNT(m.seq) FROM events e "

@@ -33,7 +33,8 @@ import os, sys
 from modsec_tools import config, ingest
 from modsec_tools.appendfile import AppendFile
 settings = config.load(sys.argv[1])
-sink = {"archive": settings.archive, "events": settings.event_log}[sys.argv[2]]
+sink = {"archive": settings.archive, "events": settings.event_log,
+        "json": settings.json_log}[sys.argv[2]]
 real_append = AppendFile.append
 def append(self, data):
     if self.path == sink:
@@ -57,12 +58,14 @@ def check_nothing_lost(sb: ih.Sandbox, made: dict[str, ih.Copy],
     present = {path.rsplit("/", 1)[-1].split("-", 2)[2] for path in sb.left()}
     archived = [ih.uid_of(piece) for piece in sb.archived()]
     logged = [line.id for line in sb.lines()]
+    shipped = [record["unique_id"] for record in sb.json_records()]
     conn = ih.sqlite_connect(sb.db_path)
     try:
         stored = [row[0] for row in conn.execute("SELECT unique_id FROM events")]
     finally:
         conn.close()
-    for sink, ids in (("archive", archived), ("event log", logged), ("database", stored)):
+    for sink, ids in (("archive", archived), ("event log", logged), ("JSON lines", shipped),
+                      ("database", stored)):
         twice = set(ih.duplicates(ids)) - changed
         assert not twice, f"{sink}: {len(twice)} duplicated, e.g. {sorted(twice)[:3]}"
         lost = set(made) - present - set(ids)
@@ -70,7 +73,7 @@ def check_nothing_lost(sb: ih.Sandbox, made: dict[str, ih.Copy],
                           f"{sorted(lost)[:3]}")
 
 
-@pytest.mark.parametrize("sink", ["archive", "events"])
+@pytest.mark.parametrize("sink", ["archive", "events", "json"])
 def test_crash_inside_a_batch_is_completed_exactly_once(fast_tmp, sink):
     corpus.require_corpus()
     sb = ih.Sandbox(fast_tmp)

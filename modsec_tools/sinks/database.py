@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
-
 import os
+import time
 from dataclasses import dataclass
+from typing import Any
 
-from .database import (Database, DatabaseError, Row, SchemaError, UnusableError, full_row,
-                       upgraded_match)
-from .journal import RecordLog
+from ..config import Settings
+from ..database import (Database, DatabaseError, MysqlText, Row, SchemaError, UnusableError,
+                        event_row, full_row, parse_target, upgraded_match, without_values)
+from ..journal import RecordLog
+from .base import Region, Rendering, Sink
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,28 @@ def _decode_rows(encoded: list) -> list[Row]:
             for uid, event, matches in encoded]
 
 
-class DatabaseSink:
+class EventRow:
+    """An event as its database rows; for MySQL with their SQL literals, made here, in the
+    workers. A row with literals crosses back without its values (``without_values``):
+    that halves what is pickled; the spool reads them back from the literals."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+
+    def render(self, entry: Rendering) -> Row:
+        return event_row(entry.event, entry.node, entry.verdict, self.dialect)
+
+    def to_wire(self, row: Row) -> tuple:
+        row = without_values(row)
+        return (row.unique_id, row.event, row.matches,
+                row.mysql and (row.mysql.event, row.mysql.messages))
+
+    def from_wire(self, wire: tuple) -> Row:
+        unique_id, event, matches, mysql = wire
+        return Row(unique_id, event, matches, mysql and MysqlText(*mysql))
+
+
+class DatabaseSink(Sink):
     """Inserts rows, or spools them durably while the database is unreachable.
 
     A failure while the database still answers (a row it refuses) is not an outage: the
@@ -46,16 +69,38 @@ class DatabaseSink:
     reason, so one bad row never blocks every later one.
     """
 
+    name = "database"
+    local = False  # it may wait on the network: written beside the files, not after them
+
     def __init__(self, db: Database, node: str, spool_path: str) -> None:
         self.db = db
         self.node = node
+        self.renderer = EventRow(db.kind)
         self.spool = RecordLog(spool_path)
-        self.rejected = RecordLog(spool_path.replace(SPOOL, REJECTED))
+        try:
+            self.rejected = RecordLog(spool_path.replace(SPOOL, REJECTED))
+        except BaseException:
+            self.spool.close()
+            raise
         self.retry_at = 0.0
         self.backoff = 1.0
         self.down = False
         self.unusable = ""  # why, while the database cannot be used until the admin acts
         self.refused = 0   # rows put in db-rejected (counted as errors: the exit status shows)
+
+    @classmethod
+    def open(cls, settings: Settings) -> "DatabaseSink | None":
+        target = parse_target(settings.db, settings.db_option_file)
+        if target.kind == "none":
+            return None
+        return cls(Database(target), settings.node, os.path.join(settings.state_dir, SPOOL))
+
+    def recover(self, mark: Any, regions: list[Region]) -> None:
+        """Inserts skip rows already stored: writing the batch again is enough."""
+        self.write([row for _, row in regions if row is not None])
+
+    def status(self) -> dict[str, Any]:
+        return {"database_down": self.down}
 
     def write(self, rows: list[Row]) -> int:
         """Returns how many rows went to the spool instead of the database (0 when stored)."""

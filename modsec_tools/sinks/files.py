@@ -1,0 +1,40 @@
+"""Sinks that are append-only files (archive, event log, JSON lines)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..appendfile import AppendFile, Position
+from .base import Region, Renderer, Sink
+
+
+class FileSink(Sink):
+    def __init__(self, path: str, renderer: Renderer) -> None:
+        self.file = AppendFile(path)
+        self.renderer = renderer
+
+    def mark(self) -> list[int]:
+        position = self.file.position()
+        return [position.inode, position.size]
+
+    def length(self, piece: bytes) -> int:
+        return len(piece)
+
+    def write(self, pieces: list[bytes]) -> int:
+        self.file.append(pieces)
+        return 0
+
+    def sync(self) -> None:
+        self.file.sync()
+
+    def recover(self, mark: Any, regions: list[Region]) -> None:
+        if mark is None:  # the sink was configured after the crash: the batch is new to it
+            self.write([piece for _, piece in regions if piece is not None])
+            self.sync()
+            return
+        self.file.complete_regions(Position(*mark), regions)
+
+    def reopen(self) -> None:
+        self.file.reopen()
+
+    def close(self) -> None:
+        self.file.close()
