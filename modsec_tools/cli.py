@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -79,14 +80,26 @@ def _settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> No
     by_name = {key.name: key for key in config.KEYS}
     for name in names:
         key = by_name[name]
-        default = key.default or "unset"
+        default = key.shown_default or key.default or "unset"
         group.add_argument("--" + name.replace("_", "-"), dest=name, metavar=key.metavar,
                            help=f"{key.help} (default: {default})")
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
     overrides = {key.name: getattr(args, key.name, None) for key in config.KEYS}
+    if args.command == "config" and args.action == "check":
+        # every problem at once: the settings' own, then those of the paths and database
+        settings, args.setting_problems = config.load_all(args.config, overrides)
+        return settings
     return config.load(args.config, overrides)
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """-v after the command too ('config check -v'), counted with any before it."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_after",
+                        help="more log output (-vv for debug)")
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    verbosity = _verbosity()
 
     parse = commands.add_parser(
         "parse", help="print parsed entries (read-only)", description=PARSE_HELP,
-        epilog=PARSE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=PARSE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbosity])
     parse.add_argument("paths", nargs="+", metavar="PATH")
     parse.add_argument("--format", choices=("json", "line"), default="json",
                        help="output format (default: json)")
@@ -112,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser(
         "ingest", help="process every complete entry now, then exit (cron)",
-        description=INGEST_HELP, epilog=INGEST_EPILOG,
+        description=INGEST_HELP, epilog=INGEST_EPILOG, parents=[verbosity],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ingest.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar on a terminal (default: auto)")
@@ -121,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser(
         "watch", help="follow the storage tree in real time (the daemon)",
-        description=WATCH_HELP, epilog=WATCH_EPILOG,
+        description=WATCH_HELP, epilog=WATCH_EPILOG, parents=[verbosity],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     watch.add_argument("--foreground", action="store_true",
                        help="stay in the foreground and log to stderr (systemd runs it so)")
@@ -138,18 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(handler=cmd_watch)
 
     db = commands.add_parser("db", help="manage the database schema; replay refused rows",
-                             description=DB_HELP, epilog=DB_EPILOG,
+                             description=DB_HELP, epilog=DB_EPILOG, parents=[verbosity],
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     db.add_argument("action", choices=("init", "migrate", "status", "replay-rejected"))
     _settings_flags(db, ("db", "db_option_file", "state_dir", "node"))
     db.set_defaults(handler=cmd_db)
 
     check = commands.add_parser(
-        "config", help="check the configuration",
+        "config", help="check the configuration", parents=[verbosity],
         description="'config check' validates every setting, the directories and their "
         "permissions (including whether Apache's user can reach the storage tree), and "
-        "connects to the database; 'config show' prints the settings. Both create and "
-        "change nothing (a database that does not exist yet is not created).")
+        "connects to the database, and reports every problem at once (exit 2 when a "
+        "setting cannot be used, 1 for any other error); 'config show' prints the "
+        "settings as a configuration file that loads back to them (a database password "
+        "shows as ***). Both create and change nothing (a database that does not exist "
+        "yet is not created).")
     check.add_argument("action", choices=("check", "show"))
     _settings_flags(check, PIPELINE_SETTINGS)
     check.set_defaults(handler=cmd_config)
@@ -302,8 +320,13 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
     from .configcheck import tree_problems
     from .daemon import Readiness, bound_malloc, detach, setup_logging
+    from .dirperms import DirPolicy
     # Checked here, where the admin sees the answer: a detached daemon's stderr is gone.
     errors = [text for level, text in tree_problems(settings) if level == "error"]
+    try:
+        DirPolicy.from_settings(settings.dir_mode, settings.dir_owner, settings.dir_group)
+    except ValueError as exc:
+        errors.append(str(exc))
     for text in errors:
         logging.error("%s", text)
     if errors:
@@ -496,19 +519,29 @@ def _replay_rejected(db, settings: config.Settings) -> int:
 
 def cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.action == "show":
-        from .database import redact
-        for name in config.setting_names():
-            value = getattr(settings, name)
-            print(f"{name} = {redact(value) if name == 'db' else value}")
-        print(f"# read from: {', '.join(settings.sources) or 'defaults only'}")
+        _show(settings)
         return EXIT_OK
     from .configcheck import check
-    problems = check(settings)
+    unusable = args.setting_problems
+    if "db" in unusable:  # (its default would be checked instead)
+        settings = dataclasses.replace(settings, db="none")
+    problems = [("error", text) for text in unusable.values()] + check(settings)
     for level, text in problems:
         print(f"{level}: {text}")
     errors = sum(1 for level, _ in problems if level == "error")
     print(f"configuration: {errors} error(s), {len(problems) - errors} warning(s)")
-    return EXIT_SOME_FAILED if errors else EXIT_OK
+    return EXIT_USAGE if unusable else EXIT_SOME_FAILED if errors else EXIT_OK
+
+
+def _show(settings: config.Settings) -> None:
+    """The settings as a configuration file that loads back to them (a database password
+    is shown as ***)."""
+    from .database import redact
+    print(f"# read from: {', '.join(settings.sources) or 'defaults only'}")
+    print(f"[{config.SECTION}]")
+    for name in config.setting_names():
+        value = config.show(name, getattr(settings, name))
+        print(f"{name} = {redact(value) if name == 'db' else value}")
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -520,11 +553,13 @@ def _setup_logging(verbosity: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose += args.verbose_after
     _setup_logging(args.verbose)
     try:
         settings = _settings(args)
     except config.ConfigError as exc:
-        logging.error("%s", exc)
+        for problem in exc.problems:
+            logging.error("%s", problem)
         return EXIT_USAGE
     try:
         return args.handler(args, settings)

@@ -39,9 +39,12 @@ def parse_mode(text: str) -> int | None:
     if not text:
         return None
     try:
-        return int(text, 8)
+        mode = int(text, 8)
     except ValueError:
-        raise ValueError(f"not an octal mode: {text!r} (use e.g. 0770)") from None
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"not an octal mode: {text!r} (use e.g. 0770, or nothing)")
+    return mode
 
 
 def parse_node(text: str) -> str:
@@ -61,26 +64,39 @@ def parse_networks_text(text: str) -> tuple:
 
 
 def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool],
-             problem: str) -> Callable[[str], Any]:
+             allowed: str) -> Callable[[str], Any]:
+    """A converter whose every failure says what is allowed."""
     def parse(text: str) -> Any:
-        value = convert(text)
-        if not ok(value):
-            raise ValueError(problem)
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise ValueError(f"{text!r} is not {allowed}")
         return value
     return parse
 
 
-parse_count = _checked(int, lambda value: value >= 1, "must be 1 or more")
+parse_count = _checked(int, lambda value: value >= 1, "a whole number, 1 or more")
+parse_score = _checked(int, lambda value: value >= 0, "a whole number, 0 or more")
 # (nan fails the comparison too)
 parse_seconds = _checked(float, lambda value: 0 <= value < math.inf,
-                         "must be a number of seconds, 0 or more")
-_parse_worker_count = _checked(int, lambda value: value >= 0, "workers must be 0 or more")
+                         "a number of seconds, 0 or more")
+_parse_worker_count = _checked(int, lambda value: value >= 0,
+                               "'auto' or a whole number, 0 or more")
 
 
 def parse_workers(text: str) -> int:
     if text == "auto":
         return os.cpu_count() or 1 if (os.cpu_count() or 1) > 1 else 0
     return _parse_worker_count(text)
+
+
+def parse_db(text: str) -> str:
+    """Checked as the database module will read it; kept as written."""
+    from .database import parse_target  # here: the examiner workers never need it
+    parse_target(text)
+    return text
 
 
 def _default_node() -> str:
@@ -95,6 +111,7 @@ class Key:
     help: str
     convert: Callable[[str], Any] = str
     metavar: str = "VALUE"
+    shown_default: str = ""   # what --help says the default is, when not ``default``
 
 
 KEYS: tuple[Key, ...] = (
@@ -114,7 +131,7 @@ KEYS: tuple[Key, ...] = (
         metavar="FILE"),
     Key("db", "sqlite:////var/lib/modsec-tools/events.db",
         "database: a path or sqlite:///rel, sqlite:////abs, mysql://user@host:port/db; "
-        "'none' disables it", metavar="URL"),
+        "'none' disables it", parse_db, "URL"),
     Key("db_option_file", "",
         "MySQL option file ([client] user/password/host) for the password, so it never "
         "appears on a command line", metavar="FILE"),
@@ -123,8 +140,8 @@ KEYS: tuple[Key, ...] = (
     Key("quarantine_dir", "/var/lib/modsec-tools/quarantine",
         "where unreadable entries go, each in a directory of its own with its reason",
         metavar="DIR"),
-    Key("node", "", "name of this server in the event log and database "
-        "(default: short host name)", parse_node, "NAME"),
+    Key("node", "", "name of this server in the event log and database", parse_node,
+        "NAME", "short host name"),
     Key("trusted_proxies", "",
         "comma-separated addresses/networks of your reverse proxies; only their "
         "proxy_header is believed, and they are never the bannable client",
@@ -137,7 +154,8 @@ KEYS: tuple[Key, ...] = (
         "a non-intercepted rule match this severe or worse is verdict=detected",
         parse_severity, "SEVERITY"),
     Key("detect_min_score", "5",
-        "a non-intercepted inbound anomaly score this high is verdict=detected", int, "N"),
+        "a non-intercepted inbound anomaly score this high is verdict=detected", parse_score,
+        "N"),
     Key("settle_seconds", "2",
         "without an index log, a file is taken once it ends with its Z boundary and has "
         "not changed for this long", parse_seconds, "SECONDS"),
@@ -189,7 +207,12 @@ class Settings:
 
 
 class ConfigError(ValueError):
-    """A setting that cannot be used; the message names the key and the file."""
+    """Settings that cannot be used: ``problems`` holds one line per problem, each naming
+    the key, where its value came from, and what is allowed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def read_files(path: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -197,43 +220,76 @@ def read_files(path: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
     for the default location, an explicitly named missing file is an error."""
     main = path or DEFAULT_CONFIG
     if path and not os.path.exists(path):
-        raise ConfigError(f"{path}: no such configuration file")
+        raise ConfigError([f"{path}: no such configuration file"])
     local = os.path.splitext(main)[0] + ".local"
     parser = configparser.ConfigParser(interpolation=None)
     try:
         read = tuple(parser.read([main, local], encoding="utf-8"))
     except configparser.Error as exc:
-        raise ConfigError(f"configuration syntax: {exc}") from None
+        raise ConfigError([f"configuration syntax: {' '.join(str(exc).split())}"]) from None
     values = dict(parser[SECTION]) if parser.has_section(SECTION) else {}
-    known = {key.name for key in KEYS}
-    for name in values:
-        if name not in known:
-            raise ConfigError(f"{'/'.join(read)}: unknown key {name!r} in [{SECTION}]")
     return values, read
 
 
 def build(values: dict[str, str], overrides: dict[str, str | None],
           sources: tuple[str, ...] = ()) -> Settings:
-    """Convert and check every key: file values, then command-line overrides."""
+    """Convert and check every key: file values, then command-line overrides. ConfigError
+    names every problem at once."""
+    settings, problems = build_all(values, overrides, sources)
+    if problems:
+        raise ConfigError(list(problems.values()))
+    return settings
+
+
+def build_all(values: dict[str, str], overrides: dict[str, str | None],
+              sources: tuple[str, ...] = ()) -> tuple[Settings, dict[str, str]]:
+    """Like ``build``, but a key that cannot be used keeps its default: returned with the
+    problems, by key, so that ``config check`` can go on and report the rest too."""
+    where = "/".join(sources) or "default"
+    problems = {name: f"{where}: unknown key {name!r} in [{SECTION}] (see "
+                      "'modsec-tools config show' for the keys)"
+                for name in values if name not in {key.name for key in KEYS}}
     converted: dict[str, Any] = {}
     for key in KEYS:
         text = overrides.get(key.name)
         origin = "command line"
         if text is None:
             text = values.get(key.name, key.default)
-            origin = "/".join(sources) or "default"
-        if key.name == "node" and not text:
-            text = _default_node()
+            origin = where
         try:
-            converted[key.name] = key.convert(text)
+            converted[key.name] = _convert(key, text)
         except ValueError as exc:
-            raise ConfigError(f"{key.name} ({origin}): {exc}") from None
-    return Settings(**converted, sources=sources)
+            problems[key.name] = f"{key.name} ({origin}): {exc}"
+            converted[key.name] = _convert(key, key.default)
+    return Settings(**converted, sources=sources), problems
+
+
+def _convert(key: Key, text: str) -> Any:
+    if key.name == "node" and not text:
+        text = _default_node()
+    return key.convert(text)
 
 
 def load(path: str | None = None, overrides: dict[str, str | None] | None = None) -> Settings:
     values, sources = read_files(path)
     return build(values, overrides or {}, sources)
+
+
+def load_all(path: str | None = None, overrides: dict[str, str | None] | None = None
+             ) -> tuple[Settings, dict[str, str]]:
+    values, sources = read_files(path)
+    return build_all(values, overrides or {}, sources)
+
+
+def show(name: str, value: Any) -> str:
+    """A setting's value as the configuration file takes it back."""
+    if value is None:
+        return ""
+    if name == "dir_mode":
+        return f"0{value:o}"
+    if isinstance(value, tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
 
 
 def setting_names() -> list[str]:

@@ -44,6 +44,17 @@ class Signals:
         self.report = True
 
 
+def describe_status(status: dict) -> str:
+    """The status file's figures as one line for the log (SIGUSR1)."""
+    entries = status["entries"]
+    return (f"{entries} {'entry' if entries == 1 else 'entries'} "
+            f"({status['bytes'] / 1e6:.1f} MB) in {status['batches']} batches; "
+            f"{status['quarantined']} quarantined, {status['spooled']} spooled, "
+            f"{status['errors']} errors; queue {status['queue_depth']}, "
+            f"lag {status['lag_seconds']:.3f} s, {status['overflows']} inotify overflows; "
+            f"database {'down' if status['database_down'] else 'up'}")
+
+
 def bound_malloc() -> None:
     """Keep a long-running daemon's heap from ratcheting up (glibc only; call it before any
     thread starts). By default glibc gives every thread its own arena, and each free of a

@@ -30,7 +30,7 @@ import pyinotify
 
 from . import dirperms
 from .config import Settings
-from .daemon import Signals, sd_notify, write_status
+from .daemon import Signals, describe_status, sd_notify, write_status
 from .examine import CLOSED, FRESH, INDEXED, SCAN
 from .ingest import Pipeline
 from .safefs import open_dir_path
@@ -351,7 +351,7 @@ class Watcher:
             if signals.report or now >= next_status:
                 if signals.report:
                     signals.report = False
-                    log.info("statistics: %s", self.status())
+                    log.info("statistics: %s", describe_status(self.status()))
                 self._write_status()
                 next_status = now + self.options.status_seconds
         self._flush(force=True)

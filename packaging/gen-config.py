@@ -43,7 +43,7 @@ def render() -> str:
     for key in config.KEYS:
         lines = textwrap.wrap(key.help, width=88, initial_indent="# ",
                               subsequent_indent="# ")
-        default = key.default if key.default else "unset"
+        default = key.shown_default or key.default or "unset"
         lines.append(f"# default: {default}")
         lines.append(f"#{key.name} = {key.default}".rstrip())
         parts.append("\n" + "\n".join(lines) + "\n")

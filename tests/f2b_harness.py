@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import textwrap
@@ -392,6 +393,26 @@ class Fail2Ban:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    # -- its database --------------------------------------------------------------------
+    @property
+    def db(self) -> Path:
+        return self.root / "fail2ban.sqlite3"          # make_confdir's dbfile
+
+    def db_current_bans(self, jail: str) -> set[str]:
+        """The current bans of ``jail`` in fail2ban's database: what a restart restores."""
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db:
+            rows = db.execute("SELECT ip FROM bips WHERE jail = ? AND (timeofban + bantime > ? OR bantime <= -1)",
+                              (jail, time.time()))
+            return {ip for (ip,) in rows}
+
+    def db_forget(self, jail: str, ips: Sequence[str]) -> None:
+        """Delete bans from the database of a stopped server, as writes lost in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("fail2ban-server still runs: its database is not ours to edit")
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db, db:
+            for table in ("bans", "bips"):
+                db.executemany(f"DELETE FROM {table} WHERE jail = ? AND ip = ?", [(jail, ip) for ip in ips])
 
 
 @contextlib.contextmanager

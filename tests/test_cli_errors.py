@@ -3,8 +3,10 @@ never in a Python traceback: a full or read-only file system (ingest exits 1, th
 waits it out and says so), and nothing is lost or written twice once the cause is gone."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -131,3 +133,106 @@ def _wait(done, timeout: float, what: str) -> None:
     while not done():
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.05)
+
+
+# -- settings: one line per problem, naming the key and what it allows; exit 2 -------------------
+#: key → (a value it refuses, what the line must say it allows)
+BAD = {
+    "db": ("postgres://x/y", "unknown database URL scheme 'postgres' (use sqlite:// or "
+                             "mysql://)"),
+    "node": ("two words", "must be 1-64 of A-Z a-z 0-9 . _ -"),
+    "trusted_proxies": ("10.0.0.300", "not an address or network: '10.0.0.300'"),
+    "proxy_header": ("X Bad", "is not one header name"),
+    "detect_min_severity": ("LOUD", "one of EMERGENCY"),
+    "detect_min_score": ("high", "'high' is not a whole number, 0 or more"),
+    "settle_seconds": ("soon", "'soon' is not a number of seconds, 0 or more"),
+    "quarantine_after": ("-1", "'-1' is not a number of seconds, 0 or more"),
+    "max_entry_size": ("big", "not a size: 'BIG' (use e.g. 65536, 64K, 64M)"),
+    "batch_size": ("abc", "'abc' is not a whole number, 1 or more"),
+    "workers": ("many", "'many' is not 'auto' or a whole number, 0 or more"),
+    "dir_mode": ("999", "not an octal mode: '999' (use e.g. 0770, or nothing)"),
+}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    done = ih.run_cli([sys.executable, "-m", "modsec_tools.cli", *args])
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+@pytest.mark.parametrize("command", [("ingest",), ("db", "status")])
+def test_a_bad_flag_is_one_line_naming_it(tmp_path, command):
+    for flag, value, says in (("--db", "postgres://x/y", BAD["db"][1]),
+                              ("--db", "sqlite://", "sqlite URL needs a path: 'sqlite://'")):
+        done = _cli(*command, "--config", str(ih.Sandbox(tmp_path).config), flag, value)
+        assert done.returncode == 2
+        assert done.stderr == f"modsec-tools: ERROR: db (command line): {says}\n", done.stderr
+    done = _cli("ingest", "--config", str(ih.Sandbox(tmp_path).config), "--batch-size", "abc")
+    assert (done.returncode, done.stderr) == (2, "modsec-tools: ERROR: batch_size (command "
+                                                 "line): " + BAD["batch_size"][1] + "\n")
+
+
+def test_every_bad_setting_of_a_file_is_named_at_once(tmp_path):
+    sb = ih.Sandbox(tmp_path, settings={key: value for key, (value, _) in BAD.items()})
+    with open(sb.config, "a") as stream:
+        stream.write("batchsize = 5\n")
+    done = _cli("ingest", "--config", str(sb.config))
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(BAD) + 1, done.stderr
+    for key, (_, says) in BAD.items():
+        assert any(line.startswith(f"modsec-tools: ERROR: {key} ({sb.config}): ") and says
+                   in line for line in lines), (key, done.stderr)
+    assert (f"modsec-tools: ERROR: {sb.config}: unknown key 'batchsize' in [modsec-tools] "
+            "(see 'modsec-tools config show' for the keys)") in lines
+
+
+def test_config_check_reports_settings_paths_and_database_together(tmp_path):
+    """Bad settings do not hide the other problems; -v may follow the command."""
+    sb = ih.Sandbox(tmp_path, settings={"batch_size": "abc", "node": "two words",
+                                        "storage_dir": str(tmp_path / "missing")})
+    done = _cli("config", "check", "-v", "--config", str(sb.config))
+    assert done.returncode == 2, done
+    assert f"error: batch_size ({sb.config}): {BAD['batch_size'][1]}" in done.stdout
+    assert f"error: node ({sb.config}): node 'two words' {BAD['node'][1]}" in done.stdout
+    assert f"error: storage_dir {tmp_path / 'missing'} does not exist" in done.stdout
+    assert "configuration: 3 error(s)" in done.stdout
+    assert _cli("-v", "config", "check", "-v", "--config", str(sb.config)).returncode == 2
+
+
+def test_config_show_loads_back_to_the_same_settings(tmp_path):
+    """Today's values as a file: set and unset (dir_mode, trusted_proxies) alike."""
+    from modsec_tools import config
+    first = tmp_path / "first.conf"
+    first.write_text("[modsec-tools]\ntrusted_proxies = 10.0.0.0/8, 2001:db8::/32 ::1\n"
+                     "dir_mode = 2770\nnode = web1\nworkers = 3\nmax_entry_size = 1M\n"
+                     "db = sqlite:///relative.db\nsettle_seconds = 0.5\n")
+    empty = tmp_path / "empty.conf"
+    empty.write_text("[modsec-tools]\n")
+    for source, shows in ((first, ("trusted_proxies = 10.0.0.0/8, 2001:db8::/32, ::1/128",
+                                   "dir_mode = 02770")),
+                          (empty, ("trusted_proxies = ", "dir_mode = "))):
+        shown = _cli("config", "show", "--config", str(source))
+        assert shown.returncode == 0, shown
+        for line in shows:
+            assert line in shown.stdout.splitlines(), shown.stdout
+        again = tmp_path / "shown.conf"
+        again.write_text(shown.stdout)
+        assert dataclasses.replace(config.load(str(again)), sources=()) == \
+            dataclasses.replace(config.load(str(source)), sources=())
+
+
+def test_help_says_each_default_once():
+    help_text = _cli("watch", "--help").stdout
+    start = help_text.rindex("--node NAME")   # its option, after the usage lines
+    node = help_text[start:help_text.index("--trusted-proxies", start)]
+    assert "(default: short host name)" in node and "unset" not in node, node
+
+
+@pytest.mark.root
+def test_an_unknown_dir_owner_is_said_before_the_daemon_starts(tmp_path):
+    sb = ih.Sandbox(tmp_path, settings={"dir_owner": "no-such-user-here"})
+    sb.storage.mkdir()
+    done = _cli("watch", "--config", str(sb.config), "--log-target", str(tmp_path / "w.log"))
+    assert (done.returncode, done.stderr) == (
+        2, "modsec-tools: ERROR: dir_owner: no such user 'no-such-user-here'\n")

@@ -28,6 +28,10 @@ DESCRIPTION
     stop() removes everything this action created.  `fail2ban-client reload` keeps the
     bans (reload() re-creates the kernel objects only if the options changed).
 
+    fail2ban writes a ban to its database a moment after making it, so after a kill -9 it
+    may not restore every entry the kernel still holds: start() removes those its database
+    does not hold, and the kernel holds exactly fail2ban's ban list again.
+
 OPTIONS
     backend     auto (default) | nftables | ipset | iptables-legacy
                 auto reads `iptables -V`:
@@ -74,10 +78,23 @@ KERNEL OBJECTS (name = mt-modsec for the jail "modsec")
                      mode only (a packet from a non-banned address on a blocked port walks
                      the chain); the set backends cost one hash lookup per packet.
 
+REFUSED ADDRESSES
+    A ticket the kernel cannot or must not hold is refused on its own, logged once per
+    address at ERROR ("modsec-block: <address> not blocked: <reason> (fail2ban lists it as
+    banned)"); every other ban is applied:
+      not an address   a subnet, a host name, text inet_pton refuses (leading zeros)
+      scoped IPv6      fe80::2%eth0: a kernel set holds no zone, and without it the ban
+                       would hit that address on every link
+      unspecified      0.0.0.0, ::              broadcast   255.255.255.255
+      multicast        224.0.0.0/4, ff00::/8 (never a connection's source)
+      loopback         127.0.0.0/8, ::1 (blocking it cuts the host off from itself)
+    An IPv4-mapped address (::ffff:192.0.2.1) is the IPv4 client: banned in the IPv4 set.
+    A batch the kernel refuses anyway is split in halves down to the one change it refuses;
+    only that change is dropped (and reported).
+
 CAVEATS
     ban() returns before the kernel is updated (a few ms later); a failed kernel update
-    is logged as an error by fail2ban's logger (fail2ban.ModsecBlock).  Addresses only:
-    a subnet or hostname ticket is refused with an error.
+    is logged as an error by fail2ban's logger (fail2ban.ModsecBlock).
 
 SEE ALSO
     docs/fail2ban.md, jail.conf(5), nft(8), ipset(8), iptables(8)
@@ -97,7 +114,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
 from fail2ban.server.actions import ActionBase
 
@@ -295,6 +312,10 @@ class Backend(ABC):
     def clear(self) -> None:
         """Remove every entry, keep the objects."""
 
+    @abstractmethod
+    def elements(self) -> Set[Key]:
+        """The entries the kernel holds (right after setup(): those a crashed process left)."""
+
 
 class NftBackend(Backend):
     kind = "nftables"
@@ -381,6 +402,9 @@ class NftBackend(Backend):
         self._nft(f"flush set {t} v4\nflush set {t} v6\n")
         self.present = set()
 
+    def elements(self) -> Set[Key]:
+        return set(self.present)
+
 
 class IptablesRules:
     """The match rules of the ipset backend, tagged with a comment so we find them again."""
@@ -462,6 +486,15 @@ class IpsetBackend(Backend):
     def clear(self) -> None:
         for set_name in self.sets.values():
             _run(["ipset", "flush", set_name], check=False)
+
+    def elements(self) -> Set[Key]:
+        found: Set[Key] = set()
+        for family, set_name in self.sets.items():
+            for line in _run(["ipset", "list", set_name, "-o", "save"]).stdout.splitlines():
+                words = line.split()
+                if words[:2] == ["add", set_name] and len(words) > 2:
+                    found.add((family, str(ipaddress.ip_address(words[2]))))
+        return found
 
 
 class _XtablesLock:
@@ -608,9 +641,10 @@ class LegacyBackend(Backend):
                     continue
                 table = self._table(family)
                 table.refresh()                     # never commit a stale snapshot
+                added: Dict[Key, Optional[str]] = {}
                 for key in mine:
                     if key in self.index:
-                        rule, mask = self._rule_bytes(family, key[1], self.index.pop(key))
+                        rule, mask = self._rule_bytes(family, key[1], self.index[key])
                         try:
                             table.delete_entry(self.s.name, rule, mask)
                         except self.iptc.IPTCError:
@@ -621,8 +655,12 @@ class LegacyBackend(Backend):
                             "%Y-%m-%dT%H:%M:%S", time.gmtime(now + timeout))
                         rule, _ = self._rule_bytes(family, key[1], datestop)
                         table.append_entry(self.s.name, rule)
-                        self.index[key] = datestop
+                        added[key] = datestop
                 table.commit()
+                # the index follows the kernel: a refused commit changed nothing
+                for key in mine:
+                    self.index.pop(key, None)
+                self.index.update(added)
 
     def clear(self) -> None:
         with _XtablesLock():
@@ -633,6 +671,9 @@ class LegacyBackend(Backend):
                     table.flush_entries(self.s.name)
                     table.commit()
             self.index.clear()
+
+    def elements(self) -> Set[Key]:
+        return set(self.index)                # setup() empties the chain a crash left
 
 
 BACKENDS: Dict[str, Type[Backend]] = {"nftables": NftBackend, "ipset": IpsetBackend,
@@ -651,8 +692,14 @@ class Batcher:
     timeout are re-written every max_timeout/2 until they end.
     """
 
-    def __init__(self, backend: Backend, delay: float, interval: float, batchmax: int, log):
+    # failed transactions in a row that make the failure the kernel's (objects gone, set full)
+    # rather than one bad element's: splitting further would only multiply the failures
+    MAX_FAILED_IN_A_ROW = 32
+
+    def __init__(self, backend: Backend, delay: float, interval: float, batchmax: int, log,
+                 refused: Callable[[Key, str], None]):
         self.backend, self.delay, self.interval, self.batchmax, self.log = backend, delay, interval, batchmax, log
+        self.refused = refused                     # called with a ban the kernel refused on its own
         self.last_apply = 0.0                      # monotonic start of the last transaction
         self.cond = threading.Condition()
         self.pending: Dict[Key, Union[float, None, str]] = {}
@@ -785,28 +832,111 @@ class Batcher:
                     self.long.pop(key, None)
                 adds[key] = timeout
         started = time.monotonic()
-        for attempt in (1, 2):
-            try:
-                self.backend.apply(adds, removes)
-                break
-            except Exception as e:                  # keep the worker alive whatever happens
-                if attempt == 2:
-                    self.log.error("modsec-block %s: %d change(s) not applied: %s",
-                                   self.backend.kind, len(batch), e)
-                    return
-                time.sleep(0.2)                     # transient (lock, busy): retry once
-        self.applied += len(batch)
+        self.applied += self._transact(adds, removes)
         self.log.debug("modsec-block %s: %d ban(s), %d unban(s) in %.1f ms", self.backend.kind,
                        len(adds), len(removes), 1000 * (time.monotonic() - started))
+
+    def _transact(self, adds: Dict[Key, Optional[int]], removes: List[Key]) -> int:
+        """Apply a batch; returns how many changes reached the kernel.
+
+        A batch the kernel refuses (twice: the first failure may be transient) is split in
+        halves, down to the one change it refuses, which alone is dropped and reported: one
+        bad element never costs another change.
+        """
+        todo = [(adds, removes)]
+        applied = failed_in_a_row = 0
+        retries = 1                                 # for the whole batch only
+        while todo:
+            part = todo.pop()
+            error = self._try(part[0], part[1], retries)
+            retries = 0
+            size = len(part[0]) + len(part[1])
+            if error is None:
+                applied += size
+                failed_in_a_row = 0
+                continue
+            failed_in_a_row += 1
+            if size == 1:
+                self._refuse_one(part[0], part[1], error)
+            elif failed_in_a_row > self.MAX_FAILED_IN_A_ROW:
+                lost = size + sum(len(a) + len(r) for a, r in todo)
+                self.log.error("modsec-block %s: %d change(s) not applied: %s", self.backend.kind, lost, error)
+                return applied
+            else:
+                todo.extend(_halves(part[0], part[1]))
+        return applied
+
+    def _try(self, adds: Dict[Key, Optional[int]], removes: List[Key], retries: int) -> Optional[Exception]:
+        """Apply; the error if the kernel refused (after `retries` more tries), else None."""
+        for attempt in range(retries + 1):
+            try:
+                self.backend.apply(adds, removes)
+                return None
+            except Exception as e:                  # keep the worker alive whatever happens
+                error = e
+                if attempt < retries:
+                    time.sleep(0.2)                 # transient (lock, busy)
+        return error
+
+    def _refuse_one(self, adds: Dict[Key, Optional[int]], removes: List[Key], error: Exception) -> None:
+        if removes:
+            self.log.error("modsec-block %s: unban of %s not applied: %s", self.backend.kind, removes[0][1], error)
+            return
+        key = next(iter(adds))
+        with self.cond:
+            self.long.pop(key, None)
+        self.refused(key, f"the kernel refused it ({error})")
+
+
+def _halves(adds: Dict[Key, Optional[int]], removes: List[Key]) -> List[Tuple[Dict[Key, Optional[int]], List[Key]]]:
+    """A batch split in two (adds and removes alike), the first half last: it is applied first."""
+    changes: List[Tuple[Key, Union[int, None, str]]] = list(adds.items()) + [(k, _REMOVE) for k in removes]
+    middle = len(changes) // 2
+    return [({k: t for k, t in half if t != _REMOVE}, [k for k, t in half if t == _REMOVE])
+            for half in (changes[middle:], changes[:middle])]
 
 
 # ---------------------------------------------------------------------------------------
 # the fail2ban action
 
-def _key(aInfo) -> Key:
-    address = ipaddress.ip_address(str(aInfo["ip"]))     # refuses subnets and host names
+class Unbannable(ValueError):
+    """An address the kernel sets cannot or must not hold; the message says why."""
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+# Sources never blocked: none is a real client, and a loopback ban cuts the host off from
+# itself (a local proxy, health checks) on the blocked ports.
+_NEVER = (
+    (lambda a: a.is_unspecified, "the unspecified address: no host sends from it"),
+    (lambda a: a == _BROADCAST, "the broadcast address: no host sends from it"),
+    (lambda a: a.is_multicast, "a multicast address: never the source of a connection"),
+    (lambda a: a.is_loopback, "a loopback address: blocking it cuts the host off from itself"),
+)
+
+
+def _parse_address(text: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
+    """What fail2ban itself takes for an address (inet_pton): no zone, no leading zeros, so
+    two tickets fail2ban keeps apart never share one kernel entry."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return ipaddress.ip_address(socket.inet_pton(family, text))
+        except (OSError, ValueError):
+            continue
+    address, _, zone = text.partition("%")
+    if zone and ":" in address:
+        # the kernel sets hold no zone; without it the ban would hit that address on every link
+        raise Unbannable(f"a scoped IPv6 address (zone {zone!r}): a kernel set cannot hold a zone")
+    raise Unbannable("not a single IP address (a subnet or a host name)")
+
+
+def kernel_key(text: str) -> Key:
+    """fail2ban's ticket id -> the kernel entry that blocks it, or Unbannable (with the reason)."""
+    address = _parse_address(text.strip())
     if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+        address = address.ipv4_mapped          # an IPv4 client seen through an IPv6 socket
+    for test, reason in _NEVER:
+        if test(address):
+            raise Unbannable(reason)
     return address.version, str(address)
 
 
@@ -829,6 +959,7 @@ class ModsecBlock(ActionBase):
         self._opts = dict(opts)
         self._settings = Settings.parse(jail.name, self._opts)
         self._bans: Dict[Key, Optional[float]] = {}            # what we asked the kernel to hold
+        self._refused: Set[str] = set()                         # addresses reported as not blocked
         self._lock = threading.Lock()
         self._backend, self._batcher = self._make(self._settings)
 
@@ -836,7 +967,7 @@ class ModsecBlock(ActionBase):
         kind = settings.backend if settings.backend != "auto" else detect_backend()
         backend = BACKENDS[kind](settings)
         return backend, Batcher(backend, settings.batchdelay, settings.batchinterval, settings.batchmax,
-                                self._logSys)
+                                self._logSys, self._kernel_refused)
 
     @property
     def backend(self) -> str:
@@ -845,11 +976,44 @@ class ModsecBlock(ActionBase):
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self._backend.setup()
+        self._drop_unlisted(self._backend.elements())
         self._batcher.start()
         self._logSys.info("modsec-block: %s backend, objects %r, %s on %s", self._backend.kind,
                           self._settings.name, self._settings.blocktype,
                           "all ports" if self._settings.ports is None else f"{self._settings.protocol} "
                           + ",".join(str(a) if a == b else f"{a}:{b}" for a, b in self._settings.ports))
+
+    def _drop_unlisted(self, inherited: Set[Key]) -> None:
+        """Remove the kernel entries left by an earlier fail2ban process that fail2ban will not
+        restore: they would block addresses fail2ban neither lists nor can unban.  fail2ban
+        writes a ban to its database a moment after banning, so a kill -9 loses the last
+        ones (and without a database it restores none); its restore re-adds all the others."""
+        if not inherited:
+            return
+        try:
+            listed = self._restorable()
+        except Exception as e:                      # an unreadable database: keep the bans
+            self._logSys.error("modsec-block: fail2ban's database unreadable (%s); the %d kernel "
+                               "entries found at start are kept", e, len(inherited))
+            return
+        with self._lock:
+            stale = inherited - listed - set(self._bans)     # _bans: banned since
+        for key in stale:
+            self._batcher.put(key, _REMOVE)
+        if stale:
+            self._logSys.warning("modsec-block: %d kernel entries found at start are not in fail2ban's "
+                                 "database (lost by a crash): removed", len(stale))
+
+    def _restorable(self) -> Set[Key]:
+        """The kernel entries of the current bans in fail2ban's database (what it restores)."""
+        database = getattr(self._jail, "database", None)
+        keys: Set[Key] = set()
+        for ticket in database.getCurrentBans(jail=self._jail) if database is not None else ():
+            try:
+                keys.add(kernel_key(str(ticket.getID())))
+            except Unbannable:
+                pass
+        return keys
 
     def stop(self) -> None:
         self._batcher.close()
@@ -887,11 +1051,26 @@ class ModsecBlock(ActionBase):
                 self._batcher.put(key, end)
 
     # -- bans -----------------------------------------------------------------------------
+    def _refuse(self, address: str, reason: str) -> None:
+        """Report, once per address, a ban fail2ban lists but the kernel does not hold."""
+        with self._lock:
+            if address in self._refused:
+                return
+            if len(self._refused) >= 65536:           # bounded: a flood of them is logged again
+                self._refused.clear()
+            self._refused.add(address)
+        self._logSys.error("modsec-block: %s not blocked: %s (fail2ban lists it as banned)", address, reason)
+
+    def _kernel_refused(self, key: Key, reason: str) -> None:
+        with self._lock:
+            self._bans.pop(key, None)
+        self._refuse(key[1], reason)
+
     def ban(self, aInfo) -> None:
         try:
-            key = _key(aInfo)
-        except ValueError:
-            self._logSys.error("modsec-block: %r is not a single address; not blocked", str(aInfo["ip"]))
+            key = kernel_key(str(aInfo["ip"]))
+        except Unbannable as e:
+            self._refuse(str(aInfo["ip"]), str(e))
             return
         end = _ban_end(aInfo)
         with self._lock:
@@ -916,8 +1095,8 @@ class ModsecBlock(ActionBase):
 
     def unban(self, aInfo) -> None:
         try:
-            key = _key(aInfo)
-        except ValueError:
+            key = kernel_key(str(aInfo["ip"]))
+        except Unbannable:                          # never queued (reported by ban())
             return
         with self._lock:
             self._bans.pop(key, None)
