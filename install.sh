@@ -75,7 +75,11 @@ DESCRIPTION
                   writable, /etc/logrotate.d/modsec-tools, the manual page, and
                   /etc/sysctl.d/60-modsec-tools.conf when fs.inotify.max_user_watches is
                   lower than 524288.
-    10. check     "modsec-tools config check" and "fail2ban-client -t". What in Apache's
+    10. check     "modsec-tools config check", and "fail2ban-client -t" for the bundle's
+                  jails, filters and action on their own (every other jail disabled in a
+                  copy of /etc/fail2ban), then for the whole configuration: another
+                  package's jail that cannot start (Debian 12's sshd, whose auth.log does
+                  not exist) is a WARNING with its fix, not a failure. What in Apache's
                   configuration keeps the jails from banning (SecRuleEngine Off, or
                   DetectionOnly with a jail in mode = blocked; Serial logs) is reported
                   (NOT READY when a jail is enabled) and listed at the end with the
@@ -131,7 +135,8 @@ FILES
     /etc/modsec-tools/modsec-tools.conf      settings; put changes in modsec-tools.local
 
 EXIT STATUS
-    0 done; 1 a step or a check failed (the message says which); 2 usage error.
+    0 done (what is left to you is listed at the end); 1 a step or a check of ours failed
+    (the message says which); 2 usage error.
 
 EXAMPLES
     sudo ./install.sh                          install, detect, start
@@ -1133,25 +1138,81 @@ step_check() {
     report_findings
     [ -z "$ROOT" ] || return 0
     if have fail2ban-client; then
-        if fail2ban-client -t > "$TMP/f2b" 2>&1; then
-            say ok "fail2ban-client -t: configuration OK"
-        else
-            sed 's/^/  | /' "$TMP/f2b" >&2
-            local other
-            other=$(sed -n 's/.*Have not found any log file for \(.*\) jail.*/\1/p' "$TMP/f2b" | head -1)
-            if [ -n "$other" ] && ! bundle_jails | grep -qx "$other"; then
-                warn "the failing jail \"$other\" is not a modsec-tools jail: its log file is missing."
-                [ "$other" = sshd ] && warn "Debian 12 enables sshd but logs to the journal only: apt-get install rsyslog, or set backend = systemd (python3-systemd) or enabled = false under [sshd] in /etc/fail2ban/jail.d/sshd.local"
-            fi
-            fail "fail2ban-client -t failed (above): fail2ban was not reloaded"
-            F2B_BROKEN=1
-        fi
+        check_fail2ban
     else
         fail "fail2ban-client not found (install fail2ban, or run without --no-deps)"
         F2B_BROKEN=1
     fi
 }
 F2B_BROKEN=0
+F2B_FOREIGN=0    # the test fails for another package's jail only: ours are fine
+
+# fail2ban's configuration test covers every enabled jail, and one that cannot start fails
+# it (and fail2ban's start) for all of them: Debian 12 enables its sshd jail, whose
+# /var/log/auth.log does not exist (the journal only). So ours are tested on their own
+# first, in a copy of the configuration where every other jail is disabled: only an error
+# there is ours. Then the whole configuration, whose failure is then another jail's.
+check_fail2ban() {
+    local copy=$TMP/fail2ban jail
+    rm -rf "$copy"
+    cp -a "$F2B" "$copy"
+    {
+        printf '# install.sh: the modsec-tools jails on their own\n'
+        for jail in $(foreign_jails); do printf '[%s]\nenabled = false\n' "$jail"; done
+    } > "$copy/jail.d/zzzz-modsec-tools-alone.local"
+    if ! fail2ban-client -c "$copy" -t > "$TMP/f2b-ours" 2>&1; then
+        sed 's/^/  | /' "$TMP/f2b-ours" >&2
+        fail "fail2ban-client -t fails for the modsec-tools jails, filters or action (above): fail2ban was not reloaded"
+        F2B_BROKEN=1
+        return 0
+    fi
+    say ok "fail2ban-client -t: the modsec-tools jails ($(bundle_jails | paste -sd, -)), their filters and action are valid"
+    if fail2ban-client -t > "$TMP/f2b" 2>&1; then
+        say ok "fail2ban-client -t: the whole configuration is valid"
+        return 0
+    fi
+    F2B_BROKEN=1 F2B_FOREIGN=1
+    sed 's/^/  | /' "$TMP/f2b" >&2
+    local failing
+    failing=$(sed -n -e 's/.*Have not found any log file for \(.*\) jail.*/\1/p' \
+                     -e "s/.*Errors in jail '\\(.*\\)'.*/\\1/p" "$TMP/f2b" | sort -u)
+    [ -n "$failing" ] || failing="(not named)"
+    for jail in $failing; do
+        warn "fail2ban's jail \"$jail\" is not a modsec-tools jail, and it cannot start (above): until it is fixed fail2ban starts no jail at all, ours included. Ours are valid on their own."
+        foreign_fix "$jail"
+    done
+}
+
+# The jails of the configuration that are not ours (section names of the jail files).
+foreign_jails() {
+    local files=("$F2B/jail.conf" "$F2B"/jail.d/*.conf "$F2B/jail.local" "$F2B"/jail.d/*.local)
+    local f
+    for f in "${files[@]}"; do [ -f "$f" ] && cat "$f"; done \
+        | sed -n 's/^[[:space:]]*\[\([^]]*\)\][[:space:]]*$/\1/p' \
+        | grep -vxE 'DEFAULT|INCLUDES|Definition|Init' | sort -u | grep -vxF -f <(bundle_jails) || true
+}
+
+# foreign_fix JAIL: what to tell the administrator to do about a jail that is not ours.
+foreign_fix() {
+    local jail=$1 local_file=$F2B/jail.d/$1.local python
+    if [ "$jail" = sshd ] && grep -q "Have not found any log file for sshd jail" "$TMP/f2b"; then
+        # Debian 12 logs sshd to the journal: fail2ban reads it with python3-systemd.
+        python=$(sed -n '1s/^#! *\([^ ]*\).*/\1/p' "$(command -v fail2ban-server)" 2>/dev/null)
+        local commands=()
+        "${python:-python3}" -c 'import systemd.journal' 2>/dev/null \
+            || commands+=("apt-get install python3-systemd")
+        if [ -e "$local_file" ]; then
+            todo TODO_FAIL2BAN "fail2ban's sshd jail (not ours) reads /var/log/auth.log, which this system does not write (sshd logs to the journal): add \"backend = systemd\" under [sshd] in $local_file (or enabled = false)." "${commands[@]}"
+        else
+            commands+=("printf '[sshd]\\nbackend = systemd\\n' > $local_file")
+            todo TODO_FAIL2BAN "fail2ban's sshd jail (not ours) reads /var/log/auth.log, which this system does not write (sshd logs to the journal): let it read the journal, or set enabled = false under [sshd] in $local_file." "${commands[@]}"
+        fi
+    elif [ "$jail" = "(not named)" ]; then
+        todo TODO_FAIL2BAN "fail2ban's configuration test fails outside the modsec-tools jails (see \"fail2ban-client -t\"): fix it."
+    else
+        todo TODO_FAIL2BAN "fail2ban's jail $jail (not ours) cannot start (see \"fail2ban-client -t\"): fix its logpath or filter, or set enabled = false under [$jail] in $local_file."
+    fi
+}
 
 # What in Apache's configuration keeps our jails from banning: reported, and left to do.
 report_findings() {
@@ -1181,6 +1242,7 @@ step_start() {
     if f2b_running; then
         if [ "$F2B_BROKEN" = 1 ]; then
             warn "fail2ban keeps its old configuration until the error above is fixed"
+            [ "$F2B_FOREIGN" = 1 ] && todo TODO_START "Then load the modsec-tools jails:" "fail2ban-client reload"
         elif [ "$F2B_CHANGED" = 1 ] || ! f2b_jails_active; then
             fail2ban-client reload >/dev/null && say reloaded "fail2ban ($(bundle_jails | paste -sd, -))" \
                 || fail "fail2ban-client reload failed"
@@ -1225,6 +1287,7 @@ step_start() {
     if ! f2b_running; then
         if [ "$F2B_BROKEN" = 1 ]; then
             warn "not starting fail2ban: its configuration test failed"
+            [ "$F2B_FOREIGN" = 1 ] && todo TODO_START "Then start fail2ban:" "systemctl restart fail2ban"
         elif systemctl start fail2ban.service; then
             say started "fail2ban.service"
         else

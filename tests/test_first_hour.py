@@ -105,3 +105,84 @@ def test_configure_modsecurity_is_checked_with_apache2ctl_and_taken_back(host: P
     assert re.search(r"^  ok\s+apache2ctl -t: Apache accepts /etc/modsecurity/zz-modsec-tools.conf$",
                      done.stdout, re.M), done.stdout + done.stderr
     assert "SecAuditLogType Concurrent" in host.path("/etc/modsecurity/zz-modsec-tools.conf").read_text()
+
+
+# -- fail2ban's own jails ----------------------------------------------------------------------
+def test_a_foreign_jail_that_cannot_start_is_a_warning_with_its_fix(host: PrivateHost) -> None:
+    """Debian 12's sshd jail has no log file: fail2ban's configuration test fails, but not
+    for our jails. install.sh validates ours on their own, exits 0, names the jail and
+    prints its fix; the fix makes fail2ban's test pass. (It exited 1.)"""
+    done = install(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"WARNING +fail2ban's jail \"sshd\" is not a modsec-tools jail, and it "
+                     r"cannot start", done.stderr), done.stderr
+    assert re.search(r"^  ok +fail2ban-client -t: the modsec-tools jails \(modsec,modsec-recidive\)",
+                     done.stdout, re.M), done.stdout
+    (fix,) = [cmds for text, cmds in todo_items(done.stdout) if text.startswith("fail2ban's sshd")]
+    assert fix == ["printf '[sshd]\\nbackend = systemd\\n' > /etc/fail2ban/jail.d/sshd.local"]
+    assert host.run("fail2ban-client -t", check=False).returncode != 0
+    host.run(fix[0])
+    assert host.run("fail2ban-client -t", check=False).returncode == 0
+
+
+def test_an_error_in_our_own_jail_still_fails(host: PrivateHost) -> None:
+    """Our jail's log file missing (a typo in the .local): that is ours, exit 1."""
+    host.run("printf '[modsec]\\nenabled = true\\nlogpath = /var/log/nowhere/events.log\\n'"
+             " > /etc/fail2ban/jail.d/modsec.local")
+    done = install(host)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("ERROR      fail2ban-client -t fails for the modsec-tools jails, filters or action "
+            "(above)") in done.stderr
+    assert "is not a modsec-tools jail" not in done.stderr
+
+
+# -- the whole first hour ------------------------------------------------------------------------
+SERVER, ATTACKER, BYSTANDER = "192.0.2.1", "192.0.2.66", "192.0.2.77"   # none of them ignored
+
+
+def _request(host: PrivateHost, source: str, path: str = "/", timeout: float = 3) -> int | None:
+    from tests.realparts.apache import http_status
+    return http_status((SERVER, 80), path, host="www.example.test", source_ip=source,
+                       timeout=timeout, socket_factory=host.netns.socket)
+
+
+def _wait(ready, timeout: float) -> bool:
+    from tests.realparts._util import wait_until
+    return wait_until(ready, timeout, interval=0.2)
+
+
+def test_stock_debian_12_to_the_first_ban(host: PrivateHost) -> None:
+    """Issue 17, "done when": ``install.sh --configure-modsecurity`` on stock Debian 12, then
+    exactly the commands it printed (SecRuleEngine On, the Apache restart, the sshd jail's
+    fix, starting fail2ban and the watcher: no other step), then an attack from an address
+    no jail ignores is banned, and a bystander is still served."""
+    for address in (SERVER, ATTACKER, BYSTANDER):
+        host.netns.add_addr(f"{address}/32")
+    done = install(host, "--configure-modsecurity")
+    assert done.returncode == 0, done.stdout + done.stderr
+    items = todo_items(done.stdout)
+    texts = [text for text, _ in items]
+    assert "SecRuleEngine DetectionOnly" in texts[0] and "mode = detected" in texts[0], texts
+    assert texts[1].startswith("Restart Apache") and texts[2].startswith("fail2ban's sshd jail")
+    commands = [command for _, cmds in items for command in cmds]
+    assert [c.split()[0] for c in commands] == ["sed", "apache2ctl", "printf", "fail2ban-client",
+                                               "modsec-tools"], commands
+    for command in commands:
+        host.run(command, timeout=120)
+
+    assert _wait(lambda: _request(host, BYSTANDER) == 200, 30), "Apache does not answer"
+    assert _wait(lambda: host.path("/var/lib/modsec-tools/status.json").exists(), 30), \
+        host.path("/var/log/modsec-tools/watch.log").read_text(errors="replace")
+    status = host.run("fail2ban-client status modsec").stdout
+    assert "Currently banned:\t0" in status, status
+    # jail modsec: 10 blocked requests within 60 s
+    assert [_request(host, ATTACKER, "/?id=1' or '1'='1") for _ in range(10)] == [403] * 10
+    banned = lambda: ATTACKER in host.run("fail2ban-client status modsec").stdout  # noqa: E731
+    assert _wait(banned, 30), (host.run("fail2ban-client status modsec").stdout,
+                               host.path("/var/log/modsec-tools/events.log").read_text())
+    assert _wait(lambda: _request(host, ATTACKER, timeout=1) is None, 10), "the ban is not enforced"
+    assert _request(host, BYSTANDER) == 200
+    events = host.path("/var/log/modsec-tools/events.log").read_text()
+    assert events.count(f"client={ATTACKER} verdict=blocked") == 10, events
+    check = host.run("modsec-tools config check", check=False)
+    assert "0 error(s)" in check.stdout, check.stdout
