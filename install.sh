@@ -26,7 +26,7 @@ DESCRIPTION
                   fail2ban, python3 (>= 3.11), python3-venv, python3-pip,
                   python3-pyinotify, python3-pymysql, python3-setuptools,
                   python3-wheel, gcc and python3-dev (python3.11-devel on RHEL) for
-                  the C speedups, and the firewall
+                  the C speedups, logrotate (for the rotation step 9 installs), and the firewall
                   tools for the modsec-block action: ipset + nftables when "iptables -V"
                   says nf_tables (or iptables is absent), python3-iptables when it says
                   legacy; acl with --enable-acl.
@@ -509,8 +509,9 @@ step_deps() {
     case $OS_FAMILY in
         debian)
             # gcc + python3-dev: the optional C speedups (modsec_tools._speedups)
+            # logrotate: step "system" installs a rotation that nothing would run without it
             pkgs=(fail2ban python3 python3-venv python3-pip python3-pyinotify python3-pymysql
-                  python3-setuptools python3-wheel gcc python3-dev)
+                  python3-setuptools python3-wheel gcc python3-dev logrotate)
             if [ "$FIREWALL" = legacy ]; then pkgs+=(iptables python3-iptables)
             else pkgs+=(ipset nftables); fi
             [ "$ENABLE_ACL" = 1 ] && pkgs+=(acl)
@@ -533,7 +534,7 @@ step_deps() {
             # fail2ban comes from EPEL; pyinotify has no python3.11 package: pip fetches it.
             # gcc + python3.11-devel: the optional C speedups (modsec_tools._speedups)
             pkgs=(fail2ban-server python3.11 python3.11-pip python3.11-setuptools
-                  python3.11-wheel gcc python3.11-devel ipset nftables)
+                  python3.11-wheel gcc python3.11-devel logrotate ipset nftables)
             [ "$ENABLE_ACL" = 1 ] && pkgs+=(acl)
             for p in "${pkgs[@]}"; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
             if [ ${#missing[@]} -eq 0 ]; then

@@ -186,3 +186,23 @@ def test_stock_debian_12_to_the_first_ban(host: PrivateHost) -> None:
     assert events.count(f"client={ATTACKER} verdict=blocked") == 10, events
     check = host.run("modsec-tools config check", check=False)
     assert "0 error(s)" in check.stdout, check.stdout
+
+
+def test_deps_install_logrotate_where_it_is_missing(host: PrivateHost, tmp_path: Path) -> None:
+    """install.sh installs /etc/logrotate.d/modsec-tools: without logrotate (minimal images,
+    containers) nothing would ever rotate the event log. dpkg-query says logrotate is
+    missing; apt-get records its call (and refuses the install, which ends the run)."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "apt-calls"
+    (stubs / "dpkg-query").write_text(
+        '#!/bin/sh\nfor a; do case $a in logrotate|modsec-tools) exit 1;; esac; done\n'
+        'printf "install ok installed"\n')
+    (stubs / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                                   '[ "$1" = update ] || [ "$1" = -qq ] && exit 0\nexit 1\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    done = host.run([str(INSTALL)], check=False, env={"PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert "apt-get install failed" in done.stderr, done.stdout + done.stderr
+    installs = [line.split() for line in calls.read_text().splitlines() if "install" in line.split()]
+    assert installs and installs[0][-1:] == ["logrotate"], calls.read_text()
