@@ -755,3 +755,25 @@ def plant_data_entries(storage: Path, tags: list[str], age: float = OLD) -> dict
         os.utime(path, (time.time() - age, time.time() - age))
         planted[uid] = data
     return planted
+
+
+def refuse_rows(db: DB, on: bool, prefix: str = "Refuse") -> None:
+    """A trigger (``on``) makes the database itself refuse the events whose unique_id
+    starts with ``prefix``, with the message "refused by a trigger"; ``on=False`` drops it."""
+    # (sqlite_connect's connections are read-only)
+    conn = sqlite3.connect(db.url[len("sqlite:///"):]) if db.kind == "sqlite" else db.connect()
+    try:
+        cursor = conn.cursor()
+        if not on:
+            cursor.execute("DROP TRIGGER refuse")
+        elif db.kind == "sqlite":
+            cursor.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.unique_id "
+                           f"LIKE '{prefix}%' BEGIN SELECT RAISE(ABORT, 'refused by a "
+                           "trigger'); END")
+        else:
+            cursor.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW IF "
+                           f"NEW.unique_id LIKE '{prefix}%' THEN SIGNAL SQLSTATE '45000' "
+                           "SET MESSAGE_TEXT = 'refused by a trigger'; END IF")
+        conn.commit()
+    finally:
+        conn.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sqlite3
 
 import pytest
 
@@ -27,27 +26,6 @@ def any_database(request, fast_tmp) -> ih.DB:
     return ih.database_param(request, fast_tmp)
 
 
-def _refusing(db: ih.DB, on: bool) -> None:
-    """A trigger makes the database itself refuse the rows whose id starts with Refuse."""
-    # (ih's SQLite connections are read-only)
-    conn = sqlite3.connect(db.url[len("sqlite:///"):]) if db.kind == "sqlite" else db.connect()
-    try:
-        cursor = conn.cursor()
-        if not on:
-            cursor.execute("DROP TRIGGER refuse")
-        elif db.kind == "sqlite":
-            cursor.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.unique_id "
-                           "LIKE 'Refuse%' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); "
-                           "END")
-        else:
-            cursor.execute("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW "
-                           "IF NEW.unique_id LIKE 'Refuse%' THEN SIGNAL SQLSTATE '45000' "
-                           "SET MESSAGE_TEXT = 'refused by a trigger'; END IF")
-        conn.commit()
-    finally:
-        conn.close()
-
-
 def _stored(db: ih.DB) -> list[str]:
     conn = db.connect()
     try:
@@ -65,7 +43,7 @@ def test_rejected_rows_are_replayed_exactly_once(fast_tmp, any_database):
     sb = ih.Sandbox(fast_tmp, db=db.url)
     rejected = sb.state / "db-rejected"
     sb.run(action="db init")
-    _refusing(db, True)
+    ih.refuse_rows(db, True)
     ih.plant_data_entries(sb.storage, [*REFUSE, KEEP])
     sb.run(expect=1)
     assert sorted(ih.spool_ids(rejected)) == [_uid(t) for t in REFUSE]
@@ -76,7 +54,7 @@ def test_rejected_rows_are_replayed_exactly_once(fast_tmp, any_database):
     assert sorted(ih.spool_ids(rejected)) == [_uid(t) for t in REFUSE]
     assert rejected.read_bytes().count(b"refused by a trigger") == 2
 
-    _refusing(db, False)
+    ih.refuse_rows(db, False)
     interrupted = fast_tmp / "db-rejected.before"
     shutil.copy(rejected, interrupted)
     assert f"{rejected}: 2 stored, 0 already stored, 0 refused again" in _replay(sb, 0)

@@ -390,15 +390,7 @@ def test_a_row_the_database_refuses_shows_in_the_exit_status(fast_tmp, mariadb, 
     ingest exits 1, so cron or a monitor sees it."""
     sb = ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db))
     sb.run(action="db init")
-    conn = mariadb.connect(mariadb_db)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW "
-                           "IF NEW.unique_id LIKE 'Refuse%' THEN SIGNAL SQLSTATE '45000' "
-                           "SET MESSAGE_TEXT = 'refused by a trigger'; END IF")
-        conn.commit()
-    finally:
-        conn.close()
+    ih.refuse_rows(ih.DB("mariadb", sb.db, lambda: mariadb.connect(mariadb_db)), True)
     done = _ingest_valid_entries(sb, ("RefuseMe", "KeepMe"))
     assert done.returncode == 1, done.stderr
     assert "database refused event 'RefuseMeAAAAAAAAAAAAAAAAAAA'" in done.stderr
