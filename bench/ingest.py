@@ -131,9 +131,8 @@ def ours_run(tree: Path, work: Path, db_url: str, batch_size: int,
         "state_dir": str(work / "state"), "quarantine_dir": str(work / "quarantine"),
         "settle_seconds": "0", "batch_size": str(batch_size), "node": "bench",
         "workers": workers})
-    pipeline = Pipeline(settings)
-    stats = pipeline.run_once()
-    pipeline.close()
+    with Pipeline(settings) as pipeline:
+        stats = pipeline.run_once()
     return stats.entries, {"quarantined": stats.quarantined, "spooled": stats.spooled}
 
 

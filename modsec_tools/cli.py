@@ -301,12 +301,9 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
         logging.error("%s", exc)
         return EXIT_SOME_FAILED
     try:
-        pipeline = Pipeline(settings)
-        try:
+        with Pipeline(settings) as pipeline:
             show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
             stats = pipeline.run_once(progress=_progress if show else None)
-        finally:
-            pipeline.close()
     finally:
         lock.release()
     logging.getLogger("modsec_tools").log(logging.WARNING if stats.errors else logging.INFO,

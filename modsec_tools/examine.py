@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from enum import Enum, IntEnum
 
 from .clientip import Proxies
 from .entry import parse_entry
@@ -27,12 +28,26 @@ from .sinks import Renderer, Rendering
 from .storage import EntryRef, StorageTree
 from .verdict import VerdictPolicy
 
-READY, WAIT, GONE, QUARANTINE, ERROR = "ready", "wait", "gone", "quarantine", "error"
+class Decision(Enum):
+    """What is to be done with an entry file."""
 
-#: How we know an entry is complete: found by a scan (it must end with its Z boundary or
-#: parse as JSON, and have settled), its index line, its IN_CLOSE_WRITE, or found in a
-#: directory that just appeared (complete ones are taken at once; the others will close).
-SCAN, INDEXED, CLOSED, FRESH = "scan", "index", "closed", "fresh"
+    TAKE = "take"              # complete: rendered for every sink
+    WAIT = "wait"              # not complete yet: left for later
+    VANISHED = "vanished"      # no longer there
+    QUARANTINE = "quarantine"  # never will be an entry
+    ERROR = "error"            # cannot be read now
+
+
+class Proof(IntEnum):
+    """How we know an entry is complete, weakest first: found by a scan (it must end with
+    its Z boundary or parse as JSON, and have settled), found in a directory that just
+    appeared (complete ones are taken at once; the others will close), its index line, or
+    its IN_CLOSE_WRITE."""
+
+    SCAN = 0
+    FRESH = 1
+    INDEXED = 2
+    CLOSED = 3
 
 #: Without an index line, an entry that looks complete is still given this long when an
 #: index log is configured, so a rotated index log (whose lines we never saw) does not
@@ -41,7 +56,7 @@ UNINDEXED_GRACE = 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class Rules:
+class ExamineSettings:
     """The settings an examination depends on (picklable, for worker processes)."""
 
     node: str
@@ -57,14 +72,14 @@ class Rules:
 @dataclass(slots=True)
 class Outcome:
     ref: EntryRef
-    kind: str
+    decision: Decision
     reason: str = ""
     data: bytes = b""
     inode: int = 0
     device: int = 0
     mtime_ns: int = 0          # as read: the entry is deleted only while they are unchanged
     ctime_ns: int = 0
-    pieces: tuple = ()         # what each sink writes for it, in Rules.renderers' order
+    pieces: tuple = ()         # what each sink writes for it, in the renderers' order
     status: int | None = None  # kept in the journal (an HTTP/0.9 entry may have no other)
     crc: int = 0               # CRC-32 of data, for the journal (computed here, in parallel)
 
@@ -73,41 +88,41 @@ class Outcome:
     # sender of the work still holds it.
     def to_wire(self, renderers: Sequence[Renderer]) -> tuple:
         pieces = tuple(r.to_wire(p) for r, p in zip(renderers, self.pieces))
-        return (self.kind, self.reason, self.data, self.inode, self.device, self.mtime_ns,
+        return (self.decision, self.reason, self.data, self.inode, self.device, self.mtime_ns,
                 self.ctime_ns, pieces, self.status, self.crc)
 
     @classmethod
     def from_wire(cls, ref: EntryRef, wire: tuple, renderers: Sequence[Renderer]) -> Outcome:
-        kind, reason, data, inode, device, mtime_ns, ctime_ns, pieces, status, crc = wire
+        decision, reason, data, inode, device, mtime_ns, ctime_ns, pieces, status, crc = wire
         pieces = tuple(r.from_wire(p) for r, p in zip(renderers, pieces))
-        return cls(ref, kind, reason, data, inode, device, mtime_ns, ctime_ns, pieces,
+        return cls(ref, decision, reason, data, inode, device, mtime_ns, ctime_ns, pieces,
                    status, crc)
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
-           rules: Rules) -> Outcome:
+           rules: ExamineSettings) -> Outcome:
     entry = Rendering(event, data, rules.policy.verdict(event), rules.node)
-    return Outcome(ref, READY, data=data, inode=info.st_ino, device=info.st_dev,
+    return Outcome(ref, Decision.TAKE, data=data, inode=info.st_ino, device=info.st_dev,
                    mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns,
                    pieces=tuple(r.render(entry) for r in rules.renderers),
                    status=event.status, crc=zlib.crc32(data))
 
 
-def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | None,
-            rules: Rules, cutoff: float | None = None) -> Outcome:
+def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | None,
+            rules: ExamineSettings, cutoff: float | None = None) -> Outcome:
     """``cutoff``: a scanned file changed at or after this time is left for its own
     IN_CLOSE_WRITE (the watcher's start-up scan must not take live entries before the
     backlog just because examining the backlog took a while)."""
     try:
         file = tree.read(ref, rules.max_entry_size)
     except UnsafeFile as exc:
-        return Outcome(ref, QUARANTINE, str(exc))
+        return Outcome(ref, Decision.QUARANTINE, str(exc))
     except FileNotFoundError:
-        return Outcome(ref, GONE)
+        return Outcome(ref, Decision.VANISHED)
     except OSError as exc:
-        return Outcome(ref, ERROR, f"cannot read: {exc.strerror or exc}")
+        return Outcome(ref, Decision.ERROR, f"cannot read: {exc.strerror or exc}")
     if file.truncated:
-        return Outcome(ref, QUARANTINE, f"larger than max_entry_size ({rules.max_entry_size} "
+        return Outcome(ref, Decision.QUARANTINE, f"larger than max_entry_size ({rules.max_entry_size} "
                                         "bytes)")
     # Ages are taken as of the scan, not of this examination, which may come later.
     age = (cutoff or time.time()) - file.stat.st_mtime
@@ -119,19 +134,19 @@ def examine(tree: StorageTree, ref: EntryRef, proof: str, index: IndexLine | Non
     except ParseError as exc:
         problem = str(exc)
     if problem is not None:
-        final = index is not None or proof == CLOSED or age >= rules.quarantine_after
-        return Outcome(ref, QUARANTINE if final else WAIT, problem)
-    if proof == SCAN and cutoff is not None and file.stat.st_mtime >= cutoff:
-        return Outcome(ref, WAIT, "written after the scan began")
-    if proof == SCAN and index is None:
+        final = index is not None or proof == Proof.CLOSED or age >= rules.quarantine_after
+        return Outcome(ref, Decision.QUARANTINE if final else Decision.WAIT, problem)
+    if proof == Proof.SCAN and cutoff is not None and file.stat.st_mtime >= cutoff:
+        return Outcome(ref, Decision.WAIT, "written after the scan began")
+    if proof == Proof.SCAN and index is None:
         settle = max(rules.settle_seconds, UNINDEXED_GRACE if rules.index_mode else 0.0)
         if age < settle:
-            return Outcome(ref, WAIT, "settling")
+            return Outcome(ref, Decision.WAIT, "settling")
     return render(ref, file.data, file.stat, event, rules)
 
 
 # -- worker processes --------------------------------------------------------------------------
-_worker: tuple[StorageTree, Rules] | None = None
+_worker: tuple[StorageTree, ExamineSettings] | None = None
 
 
 #: Parsed messages a worker keeps (messages.keep_messages): a worker's memory is not
@@ -139,7 +154,7 @@ _worker: tuple[StorageTree, Rules] | None = None
 WORKER_MESSAGES = 4096
 
 
-def _init_worker(root: str, rules: Rules) -> None:
+def _init_worker(root: str, rules: ExamineSettings) -> None:
     global _worker
     _die_with_parent()
     keep_messages(WORKER_MESSAGES)
@@ -158,7 +173,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-ChunkItem = tuple[tuple[str, ...], str, str, IndexLine | None]
+ChunkItem = tuple[tuple[str, ...], str, Proof, IndexLine | None]
 
 
 def _examine_chunk(items: list[ChunkItem], cutoff: float | None,
@@ -191,7 +206,7 @@ class ExaminerPool:
     # memory (120 entries with 8 MB bodies took the daemon to 2 GB).
     CHUNK_BYTES = 4 << 20
 
-    def __init__(self, root: str, rules: Rules, workers: int, ahead: int = 0) -> None:
+    def __init__(self, root: str, rules: ExamineSettings, workers: int, ahead: int = 0) -> None:
         """``ahead``: entries to have examined beyond what the caller has taken, so the
         workers keep busy while it commits a batch (the pipeline passes its batch size);
         with a window smaller than a batch they would stand idle during every commit."""
@@ -210,7 +225,7 @@ class ExaminerPool:
         for _ in range(self.workers):
             self.executor.submit(int)
 
-    def examine(self, work: Sequence[tuple[EntryRef, str, IndexLine | None]],
+    def examine(self, work: Sequence[tuple[EntryRef, Proof, IndexLine | None]],
                 cutoff: float | None = None, more=None) -> Iterator[Outcome]:
         """Outcomes in submission order. Only about a batch ahead is in flight: a
         finished chunk holds its entries' bytes until the caller commits them, so

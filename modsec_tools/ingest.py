@@ -20,15 +20,14 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .config import Settings
 from .entry import parse_entry
 from .errors import ParseError
-from .examine import (CLOSED, ERROR, FRESH, GONE, INDEXED, QUARANTINE, READY, SCAN,
-                      ExaminerPool, Outcome, Rules, examine, render)
+from .examine import Decision, ExamineSettings, ExaminerPool, Outcome, Proof, examine, render
 from .indexlog import IndexLine, parse_index_line
 from .journal import COMPACT_AT, Journal, JournaledEntry, batch_entries, batch_marks
 from .removal import Leaving, Removal, empty_old_trash
@@ -36,7 +35,7 @@ from .sinks import Sink, open_sinks
 from .storage import EntryRef, Oddity, StorageTree
 from .verdict import VerdictPolicy
 
-__all__ = ["Pipeline", "Stats", "SCAN", "INDEXED", "CLOSED", "FRESH"]
+__all__ = ["Pipeline", "Proof", "Stats"]
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +115,49 @@ class IndexFollower:
 
 # -- the pipeline -----------------------------------------------------------------------------
 class Pipeline:
+    """``with Pipeline(settings) as pipeline:`` (``open`` completes what a crash interrupted),
+    then ``run_once()`` (ingest), or ``offer`` entries and ``drain`` them (watch)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        state = settings.state_dir
-        empty_old_trash(os.path.join(state, "trash"))
         self.tree = StorageTree(settings.storage_dir)
         self.removal = Removal(settings.storage_dir)
         self.file_sinks = ThreadPoolExecutor(1, thread_name_prefix="file-sinks")
-        self.journal = Journal(os.path.join(state, "journal"))
-        self.sinks = open_sinks(settings)
-        self.rules = Rules(settings.node,
-                           VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
-                           settings.proxies, settings.max_entry_size,
-                           settings.settle_seconds, settings.quarantine_after,
-                           bool(settings.index_log), tuple(s.renderer for s in self.sinks))
-        self.index = (IndexFollower(settings.index_log, self.journal.last("index"))
-                      if settings.index_log else None)
+        self.journal: Journal | None = None
+        self.sinks: list[Sink] = []
+        self.examining: ExamineSettings | None = None
+        self.index: IndexFollower | None = None
         self.proven: dict[str, IndexLine] = {}      # relpath → its index line
+        self.queue: dict[str, tuple[EntryRef, Proof]] = {}
+        self.queued_since = 0.0                     # when the queue last became non-empty
         self.reported: set[str] = set()             # oddities already logged
         self.stats = Stats()
         self.pool: ExaminerPool | None = None
+
+    def open(self) -> "Pipeline":
+        settings = self.settings
+        empty_old_trash(os.path.join(settings.state_dir, "trash"))
+        self.journal = Journal(os.path.join(settings.state_dir, "journal"))
+        self.sinks = open_sinks(settings)
+        self.examining = ExamineSettings(
+            settings.node, VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
+            settings.proxies, settings.max_entry_size, settings.settle_seconds,
+            settings.quarantine_after, bool(settings.index_log),
+            tuple(sink.renderer for sink in self.sinks))
+        if settings.index_log:
+            self.index = IndexFollower(settings.index_log, self.journal.last("index"))
         self.recover()
+        return self
+
+    def __enter__(self) -> "Pipeline":
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -174,7 +195,7 @@ class Pipeline:
                 if (file.stat.st_ino, file.stat.st_dev) != (entry.inode, entry.dev) or \
                         zlib.crc32(data) != entry.crc:
                     raise ParseError("changed since it was journaled")
-                event = parse_entry(data, entry.path, self.rules.proxies)
+                event = parse_entry(data, entry.path, self.examining.proxies)
             except (OSError, ParseError) as exc:
                 skipped.add(entry.path)
                 log.error("%s: journaled, but cannot be read as it was on recovery (%s); "
@@ -182,7 +203,7 @@ class Pipeline:
                 continue
             if event.status is None:
                 event.status = entry.status
-            batch.append(render(ref, data, file.stat, event, self.rules))
+            batch.append(render(ref, data, file.stat, event, self.examining))
         return batch
 
     # -- finding work --------------------------------------------------------------------------
@@ -192,14 +213,57 @@ class Pipeline:
         for line in self.index.read():
             self.proven[line.relpath] = line
 
-    def scan(self) -> Iterator[tuple[EntryRef, str]]:
+    def scan(self) -> Iterator[tuple[EntryRef, Proof]]:
         """Entries the tree holds now, with the proof of completeness each has."""
         for found in self.tree.scan():
             if isinstance(found, Oddity):
                 self._oddity(found)
                 continue
             relpath = found.ref.relpath
-            yield found.ref, INDEXED if relpath in self.proven else SCAN
+            yield found.ref, Proof.INDEXED if relpath in self.proven else Proof.SCAN
+
+    # -- the queue (watch) ---------------------------------------------------------------------
+    def offer(self, ref: EntryRef, proof: Proof) -> None:
+        """Queue an entry for the next ``drain``. A weaker proof never replaces a stronger
+        one: a rescan must not turn a closed file back into a merely scanned one."""
+        queued = self.queue.get(ref.relpath)
+        if queued is not None and queued[1] >= proof:
+            return
+        if not self.queue:
+            self.queued_since = time.monotonic()
+        self.queue[ref.relpath] = (ref, proof)
+
+    def lag(self) -> float:
+        """How long the oldest queued entry has waited (0 for none)."""
+        return time.monotonic() - self.queued_since if self.queue else 0.0
+
+    def rescan(self) -> None:
+        """Queue everything the tree holds now (after reading new index lines)."""
+        self.read_index()
+        for ref, proof in self.scan():
+            self.offer(ref, proof)
+
+    def take_index(self) -> None:
+        """Read new index lines and queue every entry they prove complete."""
+        self.read_index()
+        for relpath in list(self.proven):
+            self.offer(EntryRef.from_relpath(relpath), Proof.INDEXED)
+
+    def drain(self, stop=None, cutoff: float | None = None,
+              refill: Callable[[], bool] | None = None) -> None:
+        """Examine and commit what is queued (see ``process``). ``refill()`` is asked
+        whenever the examiner processes have room: it may ``offer`` what came meanwhile,
+        and returns False when the caller wants control back."""
+        def stream() -> list | None:
+            return self._take_queue() if refill is not None and refill() else None
+        for ref, proof in self.process(self._take_queue(), stop, cutoff,
+                                       stream if refill is not None else None):
+            self.offer(ref, proof)
+
+    def _take_queue(self) -> list[tuple[EntryRef, Proof]]:
+        work = list(self.queue.values())
+        self.queue.clear()
+        return work
 
     def _oddity(self, oddity: Oddity) -> None:
         if oddity.movable:
@@ -212,13 +276,13 @@ class Pipeline:
     def settle(self, outcome: Outcome) -> Outcome | None:
         """Carry out an examination's decision; the outcome when the entry is ready."""
         ref = outcome.ref
-        if outcome.kind == READY:
+        if outcome.decision is Decision.TAKE:
             return outcome
-        if outcome.kind == QUARANTINE:
+        if outcome.decision is Decision.QUARANTINE:
             self._quarantine(ref, outcome.reason)
-        elif outcome.kind == GONE:
+        elif outcome.decision is Decision.VANISHED:
             self.proven.pop(ref.relpath, None)
-        elif outcome.kind == ERROR:
+        elif outcome.decision is Decision.ERROR:
             self.stats.errors += 1
             log.error("%s: %s", ref.relpath, outcome.reason)
         return None
@@ -326,8 +390,8 @@ class Pipeline:
         self.stats.errors += self.removal.wait()
 
     # -- driving -------------------------------------------------------------------------------
-    def process(self, work: Iterable[tuple[EntryRef, str]], stop=None,
-                cutoff: float | None = None, more=None) -> list[tuple[EntryRef, str]]:
+    def process(self, work: Iterable[tuple[EntryRef, Proof]], stop=None,
+                cutoff: float | None = None, more=None) -> list[tuple[EntryRef, Proof]]:
         """Examine ``work`` (in worker processes when it is large) and commit it in batches
         of ``batch_size`` entries or BATCH_BYTES, in order. ``stop()`` true ends it after the
         current batch (the rest stays in the tree for next time); ``cutoff``: see ``examine``.
@@ -338,7 +402,7 @@ class Pipeline:
         Returned: what ``more()`` gave that was then still in flight (e.g. its close event
         came while a scan's examination was under way), for the caller to queue again."""
         seen: set[str] = set()   # in flight or examined but not committed: never twice
-        again: list[tuple[EntryRef, str]] = []
+        again: list[tuple[EntryRef, Proof]] = []
 
         def fresh(pairs, from_stream: bool = False) -> list:
             items = []
@@ -384,18 +448,18 @@ class Pipeline:
         workers = self.settings.workers
         if workers <= 0 or len(items) < PARALLEL_FROM:
             for ref, proof, index in items:
-                yield examine(self.tree, ref, proof, index, self.rules, cutoff)
+                yield examine(self.tree, ref, proof, index, self.examining, cutoff)
             self.tree.release()
             return
         yield from self._pool().examine(items, cutoff, more)
 
     def _pool(self) -> ExaminerPool:
         if self.pool is None:
-            self.pool = ExaminerPool(self.settings.storage_dir, self.rules,
+            self.pool = ExaminerPool(self.settings.storage_dir, self.examining,
                                      self.settings.workers, ahead=self.settings.batch_size)
         return self.pool
 
-    def _scan_all(self) -> list[tuple[EntryRef, str]]:
+    def _scan_all(self) -> list[tuple[EntryRef, Proof]]:
         """The whole scan; as soon as it is clearly a backlog the workers are started, so
         their start-up (~0.3 s of imports) overlaps the rest of the scan."""
         work = []
@@ -432,12 +496,25 @@ class Pipeline:
         for sink in self.sinks:
             sink.reopen()
 
+    def tidy(self) -> None:
+        """Between batches, now and then: empty directories pruned, sinks flushed."""
+        self.tree.remove_empty_dirs()
+        self.flush()
+
+    def status(self) -> dict:
+        stats = self.stats
+        return {"entries": stats.entries, "bytes": stats.bytes,
+                "quarantined": stats.quarantined, "spooled": stats.spooled,
+                "errors": stats.errors, "batches": stats.batches,
+                "queue_depth": len(self.queue), "lag_seconds": round(self.lag(), 3),
+                "database_down": False, **self._sink_status()}
+
     @property
     def unusable(self) -> str:
         """Why a sink cannot be used until the admin acts ("" while all can)."""
         return "; ".join(sink.unusable for sink in self.sinks if sink.unusable)
 
-    def sink_status(self) -> dict:
+    def _sink_status(self) -> dict:
         status: dict = {}
         for sink in self.sinks:
             status.update(sink.status())
@@ -449,7 +526,8 @@ class Pipeline:
         self.file_sinks.shutdown()
         for sink in self.sinks:
             sink.close()
-        self.journal.close()
+        if self.journal is not None:
+            self.journal.close()
         self.removal.close()
 
 

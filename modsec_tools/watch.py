@@ -31,10 +31,10 @@ import pyinotify
 from . import dirperms
 from .config import Settings
 from .daemon import Signals, describe_status, sd_notify, write_status
-from .examine import CLOSED, FRESH, INDEXED, SCAN
+from .examine import Proof
 from .ingest import Pipeline
-from .safefs import open_dir_path
 from .layout import EntryRef, is_entry, is_layout_dir, is_minute_dir, walk
+from .safefs import open_dir_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ MAX_POLL_MS = 200
 #: How long one call of the pipeline may keep taking newly closed entries before the main
 #: loop gets control back (status file, periodic rescan).
 STREAM_SECONDS = 1.0
-PROOF_STRENGTH = {SCAN: 0, FRESH: 1, INDEXED: 2, CLOSED: 3}
 
 
 class WatchLimit(RuntimeError):
@@ -106,15 +105,13 @@ class Watcher:
         self.options = options or WatchOptions()
         self.policy = dirperms.DirPolicy.from_settings(settings.dir_mode, settings.dir_owner,
                                                        settings.dir_group)
-        self.pipeline = pipeline or Pipeline(settings)
+        self.pipeline = pipeline or Pipeline(settings).open()
         self.wm = pyinotify.WatchManager()
         self.poller = select.poll()
         self.poller.register(self.wm.get_fd(), select.POLLIN)
-        self.pending: dict[str, tuple[EntryRef, str]] = {}
         self.wd_dirs: dict[int, tuple[str, ...]] = {}   # watch descriptor → directory
         self.index_wd = -1
         self.reported: set[str] = set()                 # problems already logged once
-        self.first_pending = 0.0
         self.new_dirs: list[tuple[str, ...]] = []
         self.index_touched = False
         self.rescan_due = True
@@ -159,16 +156,8 @@ class Watcher:
             return
         if event.mask & (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO) \
                 and is_entry(dirs, event.name):
-            proof = CLOSED if event.mask & pyinotify.IN_CLOSE_WRITE else SCAN
-            self._queue(EntryRef(dirs, event.name), proof)
-
-    def _queue(self, ref: EntryRef, proof: str) -> None:
-        queued = self.pending.get(ref.relpath)
-        if queued is not None and PROOF_STRENGTH[queued[1]] >= PROOF_STRENGTH[proof]:
-            return  # a rescan must not turn a closed file back into a merely scanned one
-        if not self.pending:
-            self.first_pending = time.monotonic()
-        self.pending[ref.relpath] = (ref, proof)
+            proof = Proof.CLOSED if event.mask & pyinotify.IN_CLOSE_WRITE else Proof.SCAN
+            self.pipeline.offer(EntryRef(dirs, event.name), proof)
 
     def _warn_once(self, dirs: tuple[str, ...], problem: str) -> None:
         """Web users can plant names at will: each problem is logged once, not per rescan."""
@@ -246,17 +235,15 @@ class Watcher:
             if is_dir:
                 self._adopt_dir((*dirs, name))
             elif is_file and is_entry(dirs, name):
-                self._queue(EntryRef(dirs, name), FRESH)
+                self.pipeline.offer(EntryRef(dirs, name), Proof.FRESH)
 
     def _rescan(self) -> None:
         """Full pass: watches and permissions for every directory, every entry queued."""
         self.rescan_due = False
         for dirs in self._walk_dirs():
             self._adopt_dir(dirs, fresh=False)
-        self.pipeline.read_index()
         try:
-            for ref, proof in self.pipeline.scan():
-                self._queue(ref, proof)
+            self.pipeline.rescan()
         except OSError as exc:
             self._warn_once((), f"cannot scan: {exc.strerror or exc}")
 
@@ -286,39 +273,31 @@ class Watcher:
                     cutoff=began)
 
     def _flush(self, force: bool = False, stop=None, cutoff: float | None = None) -> None:
+        pipeline = self.pipeline
         if self.index_touched:
             self.index_touched = False
-            self.pipeline.read_index()
-            for relpath in list(self.pipeline.proven):
-                self._queue(EntryRef.from_relpath(relpath), SCAN)
-        if not self.pending:
+            pipeline.take_index()
+        if not pipeline.queue:
             return
-        waited = (time.monotonic() - self.first_pending) * 1000
-        if not force and len(self.pending) < self.settings.batch_size \
-                and waited < self.options.flush_ms:
+        if not force and len(pipeline.queue) < self.settings.batch_size \
+                and pipeline.lag() * 1000 < self.options.flush_ms:
             return
-        live = None if force else self._more_until(time.monotonic() + STREAM_SECONDS)
-        for ref, proof in self.pipeline.process(self._take_pending(), stop, cutoff, more=live):
-            self._queue(ref, proof)
+        live = None if force else self._refill_until(time.monotonic() + STREAM_SECONDS)
+        pipeline.drain(stop, cutoff, refill=live)
 
-    def _take_pending(self) -> list[tuple[EntryRef, str]]:
-        work = list(self.pending.values())
-        self.pending.clear()
-        return work
-
-    def _more_until(self, deadline: float):
-        """What closed since, for the pipeline to examine while it commits (a flood keeps
-        the workers busy during commits); None, ending the stream, when the main loop has
-        something to do: a signal, the index log, a rescan, or the time is up."""
-        def more():
+    def _refill_until(self, deadline: float) -> Callable[[], bool]:
+        """Offer what closed since, for the pipeline to examine while it commits (a flood
+        keeps the workers busy during commits); False, ending the stream, when the main
+        loop has something to do: a signal, the index log, a rescan, or the time is up."""
+        def refill() -> bool:
             signals = self.signals
             if (signals is not None and (signals.stop or signals.reopen or signals.report)) \
                     or self.index_touched or self.rescan_due or time.monotonic() >= deadline:
-                return None
+                return False
             self.take_events(0)
             self._adopt_new_dirs()
-            return self._take_pending()
-        return more
+            return True
+        return refill
 
     def _adopt_new_dirs(self) -> None:
         while self.new_dirs:
@@ -340,8 +319,7 @@ class Watcher:
             now = time.monotonic()
             if self.rescan_due or now >= next_rescan:
                 self._rescan()
-                self.pipeline.tree.remove_empty_dirs()
-                self.pipeline.flush()
+                self.pipeline.tidy()
                 next_rescan = now + self.options.rescan_seconds
             self._flush()
             if signals.reopen:
@@ -363,20 +341,13 @@ class Watcher:
         """Milliseconds to block in poll: until the pending batch is due, or the rescan."""
         now = time.monotonic()
         deadline = next_rescan
-        if self.pending:
-            deadline = min(deadline, self.first_pending + self.options.flush_ms / 1000)
+        if self.pipeline.queue:
+            deadline = min(deadline, self.pipeline.queued_since + self.options.flush_ms / 1000)
         # Capped, so a signal (which poll() does not return for) is seen promptly.
         return max(0, min(MAX_POLL_MS, int((deadline - now) * 1000)))
 
     def status(self) -> dict:
-        stats = self.pipeline.stats
-        return {"entries": stats.entries, "bytes": stats.bytes,
-                "quarantined": stats.quarantined, "spooled": stats.spooled,
-                "errors": stats.errors, "batches": stats.batches,
-                "queue_depth": len(self.pending), "overflows": self.overflows,
-                "lag_seconds": round(time.monotonic() - self.first_pending, 3)
-                if self.pending else 0.0,
-                "database_down": False, **self.pipeline.sink_status()}
+        return {**self.pipeline.status(), "overflows": self.overflows}
 
     def _write_status(self) -> None:
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from modsec_tools.clientip import Proxies
 from modsec_tools.database import full_row
-from modsec_tools.examine import READY, Outcome, Rules, examine
+from modsec_tools.examine import Decision, ExamineSettings, Outcome, Proof, examine
 from modsec_tools.sinks.archive import ArchiveEntry
 from modsec_tools.sinks.database import EventRow, _encode_rows
 from modsec_tools.sinks.eventlog import EventLine
@@ -25,14 +25,14 @@ from tests.ingest_helpers import tree_files_from_tar
 def test_outcomes_survive_the_wire(tmp_path, dialect):
     corpus.require_corpus()
     renderers = (EventLine(), ArchiveEntry(), JsonLine(), EventRow(dialect))
-    rules = Rules("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, renderers)
+    rules = ExamineSettings("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, renderers)
     tree = StorageTree(str(tmp_path))
     for relpath, data in list(tree_files_from_tar("r1_relevant_concurrent").items())[:50]:
         ref = EntryRef.from_relpath(relpath)
         os.makedirs(tmp_path.joinpath(*ref.dirs), exist_ok=True)
         tmp_path.joinpath(*ref.dirs, ref.name).write_bytes(data)
-        outcome = examine(tree, ref, "closed", None, rules)
-        assert outcome.kind == READY and len(outcome.pieces) == len(renderers)
+        outcome = examine(tree, ref, Proof.CLOSED, None, rules)
+        assert outcome.decision is Decision.TAKE and len(outcome.pieces) == len(renderers)
         row = outcome.pieces[-1]
         assert (row.mysql is not None) == (dialect == "mysql")
         wire = pickle.loads(pickle.dumps(outcome.to_wire(renderers)))
@@ -49,7 +49,7 @@ def test_outcomes_survive_the_wire(tmp_path, dialect):
 
 def test_a_quarantine_outcome_survives_the_wire():
     outcome = Outcome(EntryRef(("20261128", "20261128-1626"), "20261128-162642-x"),
-                      "quarantine", "no Z boundary")
+                      Decision.QUARANTINE, "no Z boundary")
     renderers = (EventLine(), EventRow("sqlite"))
     wire = pickle.loads(pickle.dumps(outcome.to_wire(renderers)))
     assert Outcome.from_wire(outcome.ref, wire, renderers) == outcome
@@ -67,7 +67,7 @@ def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypat
         for text in texts * 2:
             messages.parse_message(text)
         assert messages._cached_message.cache_info().hits == 0  # the default: cycles miss
-        examine_module._init_worker(str(tmp_path), Rules("n", VerdictPolicy(), Proxies(), 1, 0.0,
+        examine_module._init_worker(str(tmp_path), ExamineSettings("n", VerdictPolicy(), Proxies(), 1, 0.0,
                                                          1.0, False))
         for text in texts * 2:
             messages.parse_message(text)

@@ -422,9 +422,8 @@ def swap_first(self, first, *args):
             os.symlink(os.path.join(victim, ref.name), path)
     return original(self, first, *args)
 setattr(storage.StorageTree, hook, swap_first)
-pipeline = ingest.Pipeline(settings)
-stats = pipeline.run_once()
-pipeline.close()
+with ingest.Pipeline(settings) as pipeline:
+    stats = pipeline.run_once()
 print(stats.entries, stats.errors)
 """
 

@@ -41,7 +41,7 @@ def append(self, data):
         os._exit(9)
     return real_append(self, data)
 AppendFile.append = append
-ingest.Pipeline(settings).run_once()
+ingest.Pipeline(settings).open().run_once()
 """
 
 
@@ -154,7 +154,7 @@ settings = config.load(sys.argv[1])
 def remove(self, entries):
     os._exit(9)
 storage.StorageTree.remove = remove
-ingest.Pipeline(settings)
+ingest.Pipeline(settings).open()
 """
 
 
@@ -280,7 +280,7 @@ def append(self, data):
             os._exit(9)
     return real_append(self, data)
 AppendFile.append = append
-ingest.Pipeline(settings).run_once()
+ingest.Pipeline(settings).open().run_once()
 """
 
 
@@ -318,12 +318,8 @@ def test_a_failing_archive_write_stops_the_batch_before_any_deletion(fast_tmp, m
             raise OSError(errno.ENOSPC, "No space left on device")
         real_sync(self)
     monkeypatch.setattr(AppendFile, "sync", sync)
-    pipeline = Pipeline(settings)
-    try:
-        with pytest.raises(OSError, match="No space left"):
-            pipeline.run_once()
-    finally:
-        pipeline.close()
+    with Pipeline(settings) as pipeline, pytest.raises(OSError, match="No space left"):
+        pipeline.run_once()
     assert len(sb.left()) == len(made)
     monkeypatch.undo()
     rerun_completes(sb, made, batch=1)

@@ -1,11 +1,11 @@
-"""``Pipeline.process(more=...)``: watch feeds newly closed entries to the examiner pool while
+"""``Pipeline.drain(refill=...)``: watch offers newly closed entries to the examiner pool while
 it commits; nothing may be taken twice or dropped on the way."""
 from __future__ import annotations
 
 import time
 
 from modsec_tools import config
-from modsec_tools.examine import CLOSED
+from modsec_tools.examine import Proof
 from modsec_tools.ingest import Pipeline
 from modsec_tools.removal import Removal
 
@@ -24,7 +24,7 @@ def _backlog(sb: ih.Sandbox) -> None:
 def _pipeline(sb: ih.Sandbox, batch_size: int = 100) -> Pipeline:
     values = {**sb.values(), "settle_seconds": "0", "workers": "2",
               "batch_size": str(batch_size)}
-    return Pipeline(config.build({}, values))
+    return Pipeline(config.build({}, values)).open()
 
 
 def test_more_work_is_examined_and_committed_exactly_once(fast_tmp):
@@ -38,13 +38,19 @@ def test_more_work_is_examined_and_committed_exactly_once(fast_tmp):
         feeds = [rest[n:n + 150] for n in range(0, len(rest), 150)]
         calls = []
 
-        def more():
+        def refill():
             calls.append(len(feeds))
-            return feeds.pop(0) if feeds else None
-        again = pipeline.process(first, more=more)
+            if not feeds:
+                return False
+            for ref, proof in feeds.pop(0):
+                pipeline.offer(ref, proof)
+            return True
+        for ref, proof in first:
+            pipeline.offer(ref, proof)
+        pipeline.drain(refill=refill)
     finally:
         pipeline.close()
-    assert again == []
+    assert pipeline.queue == {}
     assert len(calls) > 1
     assert sb.left() == []
     ids = ih.archive_ids_fast(sb.archive)
@@ -61,11 +67,19 @@ def test_an_entry_given_again_while_in_flight_is_handed_back(fast_tmp):
     pipeline = _pipeline(sb, batch_size=500)  # all 300 in flight when more() is first asked
     try:
         found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:300]
-        replay = [(found[0][0], CLOSED)]
-        again = pipeline.process(found, more=lambda: [replay.pop()] if replay else None)
+        replay = [(found[0][0], Proof.CLOSED)]
+
+        def refill():
+            if not replay:
+                return False
+            pipeline.offer(*replay.pop())
+            return True
+        for ref, proof in found:
+            pipeline.offer(ref, proof)
+        pipeline.drain(refill=refill)
     finally:
         pipeline.close()
-    assert again == [(found[0][0], CLOSED)]
+    assert list(pipeline.queue.values()) == [(found[0][0], Proof.CLOSED)]  # queued again
     ids = ih.archive_ids_fast(sb.archive)
     assert len(ids) == 300 and len(set(ids)) == 300
 
@@ -91,14 +105,19 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
 
         def rescan():
             if pipeline.stats.batches == 0:
-                return []
+                return True
             if held:
-                return None
+                return False
             again = sorted(pipeline.scan(), key=lambda item: item[0].name)
             held.extend(ref.relpath for ref, _ in again if pipeline.removal.holds(ref.relpath))
-            return again
-        pipeline.process(found[:300], more=rescan)
-        pipeline.process(pipeline.scan())  # what the rescan's examination left
+            for ref, proof in again:
+                pipeline.offer(ref, proof)
+            return True
+        for ref, proof in found[:300]:
+            pipeline.offer(ref, proof)
+        pipeline.drain(refill=rescan)
+        pipeline.rescan()  # what the rescan's examination left
+        pipeline.drain()
     finally:
         pipeline.close()
     assert held, "the rescan came after the deletions: nothing was tested"
