@@ -63,8 +63,9 @@ class Stats:
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.entries / elapsed
         return (f"{_counted(self.entries, 'entry', 'entries')} ({self.bytes / 1e6:.1f} MB) in "
-                f"{elapsed:.1f} s, {self.entries / elapsed:.0f} entries/s; "
+                f"{elapsed:.1f} s, {_counted(round(rate), 'entry', 'entries')}/s; "
                 f"{self.quarantined} quarantined; {self.spooled} spooled for the database; "
                 f"{_counted(self.errors, 'error', 'errors')}")
 
@@ -133,6 +134,7 @@ class Pipeline:
         self.reported: set[str] = set()             # oddities already logged
         self.stats = Stats()
         self.pool: ExaminerPool | None = None
+        self.pool_used_at = 0.0
 
     def open(self) -> "Pipeline":
         settings = self.settings
@@ -451,13 +453,25 @@ class Pipeline:
                 yield examine(self.tree, ref, proof, index, self.examining, cutoff)
             self.tree.release()
             return
-        yield from self._pool().examine(items, cutoff, more)
+        pool = self._pool()
+        try:
+            yield from pool.examine(items, cutoff, more)
+        finally:
+            self.pool_used_at = time.monotonic()
 
     def _pool(self) -> ExaminerPool:
         if self.pool is None:
             self.pool = ExaminerPool(self.settings.storage_dir, self.examining,
                                      self.settings.workers, ahead=self.settings.batch_size)
         return self.pool
+
+    def stop_idle_workers(self, idle_seconds: float) -> None:
+        """Worker processes are for backlogs: once none has come for ``idle_seconds`` they
+        are stopped (they hold most of the daemon's memory), and started again for the
+        next backlog."""
+        if self.pool is not None and time.monotonic() - self.pool_used_at >= idle_seconds:
+            self.pool.close()
+            self.pool = None
 
     def _scan_all(self) -> list[tuple[EntryRef, Proof]]:
         """The whole scan; as soon as it is clearly a backlog the workers are started, so

@@ -51,6 +51,8 @@ MAX_POLL_MS = 200
 #: How long one call of the pipeline may keep taking newly closed entries before the main
 #: loop gets control back (status file, periodic rescan).
 STREAM_SECONDS = 1.0
+#: Worker processes left idle this long are stopped (see Pipeline.stop_idle_workers).
+WORKERS_IDLE_SECONDS = 30.0
 
 
 class WatchLimit(RuntimeError):
@@ -322,6 +324,7 @@ class Watcher:
                 self.pipeline.tidy()
                 next_rescan = now + self.options.rescan_seconds
             self._flush()
+            self.pipeline.stop_idle_workers(WORKERS_IDLE_SECONDS)
             if signals.reopen:
                 signals.reopen = False
                 self.pipeline.reopen_logs()

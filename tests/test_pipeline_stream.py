@@ -125,3 +125,28 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
     ids = ih.archive_ids_fast(sb.archive)
     assert len(set(ids)) == len(ids), f"{len(ids) - len(set(ids))} entries archived twice"
     assert len(ids) == len(found)
+
+
+def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
+    """They hold most of a daemon's memory: a backlog starts them, idleness stops them."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, db="none")
+    _backlog(sb)
+    pipeline = _pipeline(sb)
+    try:
+        pipeline.rescan()
+        pipeline.drain()
+        workers = list(pipeline.pool.executor._processes.values())
+        assert workers and all(worker.is_alive() for worker in workers)
+        pipeline.stop_idle_workers(3600.0)
+        assert pipeline.pool is not None            # not idle for that long yet
+        pipeline.stop_idle_workers(0.0)
+        assert pipeline.pool is None
+        assert not any(worker.is_alive() for worker in workers)
+        _backlog(sb)                                # the next backlog starts them again
+        pipeline.rescan()
+        pipeline.drain()
+        assert pipeline.pool is not None
+    finally:
+        pipeline.close()
+    assert sb.left() == []
