@@ -32,17 +32,38 @@ def _semaphores() -> set[str]:
         return set()
 
 
-def _mapped_semaphores() -> set[str]:
-    """The named semaphores some process has open (sem_open maps the file until sem_close)."""
+def _mapped_inodes() -> set[int]:
+    """Inodes of the /dev/shm files some process has mapped (sem_open maps a semaphore until
+    sem_close). By inode, not by name: the process that creates one maps it under glibc's
+    temporary name (sem.XXXXXX, linked to sem.mp-... and then deleted); only those that open
+    it later, like a pool's new workers, map it under its name."""
     mapped = set()
     for pid in os.listdir("/proc"):
         try:
             with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
-                mapped.update(line.split(f"{SHM}/", 1)[1].split()[0]
-                              for line in maps if f"{SHM}/sem.mp-" in line)
+                for line in maps:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6 and fields[5].startswith(f"{SHM}/"):
+                        mapped.add(int(fields[4]))
         except (OSError, ValueError):
             continue
     return mapped
+
+
+def remove_leaked_semaphores(before: set[str]) -> list[str]:
+    """Remove the named semaphores made since ``before`` that no process has mapped; the
+    names removed. (Another test session's live pool keeps its own: a worker it starts
+    later opens them by name.)"""
+    mapped, removed = _mapped_inodes(), []
+    for name in _semaphores() - before:
+        path = os.path.join(SHM, name)
+        try:
+            if os.stat(path).st_ino not in mapped:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            pass
+    return removed
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,8 +73,4 @@ def _no_leaked_semaphores():
     in /dev/shm (~150 a full run). Remove those this session made that no process has open."""
     before = _semaphores()
     yield
-    for name in _semaphores() - before - _mapped_semaphores():
-        try:
-            os.unlink(os.path.join(SHM, name))
-        except OSError:
-            pass
+    remove_leaked_semaphores(before)
