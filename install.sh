@@ -72,7 +72,9 @@ DESCRIPTION
                   absent (it is yours afterwards).
      9. system    the systemd unit /etc/systemd/system/modsec-tools.service with a drop-in
                   (modsec-tools.service.d/50-install-paths.conf) making the configured paths
-                  writable, /etc/logrotate.d/modsec-tools, the manual page, and
+                  writable, /etc/logrotate.d/modsec-tools, the manual page, README and
+                  docs in /usr/share/doc/modsec-tools with examples/ (the sysctl file,
+                  and fail2ban-regex/: sample logs for the filters), and
                   /etc/sysctl.d/60-modsec-tools.conf when fs.inotify.max_user_watches is
                   lower than 524288.
     10. check     "modsec-tools config check", and "fail2ban-client -t" for the bundle's
@@ -202,6 +204,9 @@ DROPIN=/etc/systemd/system/modsec-tools.service.d/50-install-paths.conf
 LOGROTATE=/etc/logrotate.d/modsec-tools
 SYSCTL=/etc/sysctl.d/60-modsec-tools.conf
 MANPAGE=/usr/local/share/man/man1/modsec-tools.1
+# Where the manual page points, as in the packages: README, docs, and examples (the sysctl
+# file, and fail2ban-regex's sample logs for our filters).
+DOCDIR=/usr/share/doc/modsec-tools
 DEFAULT_STATE_DIR=/var/lib/modsec-tools
 # ModSecurity's storage tree when its configuration names none: outside /var/log/apache2 and
 # /var/log/httpd, which Apache's user cannot enter (see check_apache_reaches).
@@ -1065,7 +1070,7 @@ step_jails() {
 }
 
 step_system() {
-    step "system: systemd unit, logrotate, manual page, sysctl"
+    step "system: systemd unit, logrotate, manual page, documentation, sysctl"
     local before=$CHANGED
     put_file "$SRC/packaging/modsec-tools.service" "$UNIT" 0644
     # Paths the unit must be able to write, beyond its defaults (drop-in).
@@ -1097,6 +1102,7 @@ step_system() {
     printf '%s\n' "$rotate" > "$TMP/logrotate"
     put_file "$TMP/logrotate" "$LOGROTATE" 0644
     put_file "$SRC/packaging/modsec-tools.1" "$MANPAGE" 0644
+    install_docs
     local current
     current=$(cat /proc/sys/fs/inotify/max_user_watches 2>/dev/null || echo 0)
     if [ -n "${OLD_TYPE[$SYSCTL]:-}" ] || [ "$current" -lt "$INOTIFY_WATCHES" ]; then
@@ -1109,6 +1115,20 @@ step_system() {
     else
         say unchanged "fs.inotify.max_user_watches is $current already (>= $INOTIFY_WATCHES): no sysctl file needed"
     fi
+}
+
+# The documentation the manual page names, and the sample logs an administrator can run
+# fail2ban-regex on (docs/install.md, "See it working").
+install_docs() {
+    local f
+    for f in "$SRC/README.md" "$SRC"/docs/*.md; do
+        put_file "$f" "$DOCDIR/$(basename "$f")" 0644
+    done
+    put_file "$SRC/packaging/60-modsec-tools.conf" "$DOCDIR/examples/60-modsec-tools.conf" 0644
+    for f in "$SRC"/fail2ban/tests/files/logs/*; do
+        [ -f "$f" ] && put_file "$f" "$DOCDIR/examples/fail2ban-regex/$(basename "$f")" 0644
+    done
+    return 0
 }
 
 UNIT_CHANGED=0

@@ -132,6 +132,10 @@ def test_deb_file_list(built):
         "/usr/share/man/man1/modsec-tools.1.gz",
         "/usr/share/doc/modsec-tools/copyright",
         "/usr/share/doc/modsec-tools/examples/60-modsec-tools.conf",
+        # fail2ban-regex's sample logs, uncompressed (it cannot read gzip), where the
+        # manual page says
+        "/usr/share/doc/modsec-tools/examples/fail2ban-regex/modsec",
+        "/usr/share/doc/modsec-tools/examples/fail2ban-regex/modsec-recidive",
     }
     for sub in ("filter.d", "jail.d", "action.d"):
         for name in os.listdir(os.path.join(REPO, "fail2ban", sub)):
@@ -145,7 +149,8 @@ def test_deb_file_list(built):
     speedups = [f for f, kind in files.items() if kind == "-" and SPEEDUPS.match(f)]
     assert len(speedups) == 1, sorted(f for f in files if "_speedups" in f)
     assert not [f for f in files if f.endswith(".c")], "the C source is not shipped"
-    # nothing of the tests, the fail2ban test data, nor .local files (the administrator's)
+    # nothing of the tests (the sample logs only as examples), nor .local files (the
+    # administrator's)
     assert not [f for f in files if "/tests" in f or f.endswith(".local")]
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     # every file under /etc is a conffile
@@ -272,6 +277,13 @@ def test_deb_installs_and_fail2ban_accepts_it(built, overlay_root):
     test = inside("fail2ban-client", "-t", check=False)
     assert test.returncode == 0, test.stdout + test.stderr
     assert "OK: configuration test is successful" in test.stdout + test.stderr
+    # the manual's fail2ban-regex example runs on the installed samples and filter
+    with open(os.path.join(REPO, "packaging", "modsec-tools.1")) as stream:
+        (example,) = [line.replace("\\-", "-") for line in stream.read().splitlines()
+                      if line.startswith("fail2ban-regex ")]
+    regex = inside(*example.split())
+    assert re.search(r"^Lines: \d+ lines, 0 ignored, [1-9]\d* matched", regex.stdout, re.M), \
+        regex.stdout
     # fail2ban's interpreter loads the action as fail2ban does
     inside("python3", "-c", "from importlib.machinery import SourceFileLoader; "
            "SourceFileLoader('modsec_block', '/etc/fail2ban/action.d/modsec-block.py').load_module()")

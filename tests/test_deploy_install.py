@@ -705,3 +705,31 @@ def test_a_drop_in_apache_would_override_is_taken_back(tmp_path):
             "audit log settings after it, in /etc/apache2/conf-enabled/audit.conf") in proc.stderr
     assert not os.path.exists(staged.path("etc/modsecurity/zz-modsec-tools.conf"))
     assert "zz-modsec-tools" not in staged.read("var/lib/modsec-tools/install-manifest")
+
+
+def test_the_documentation_the_manual_names_is_installed(debian):
+    """The manual page points to /usr/share/doc/modsec-tools/ and to fail2ban-regex's sample
+    logs there: install.sh installs them (README, docs, examples), and the manual's
+    fail2ban-regex example runs on what was installed. (Neither was installed.)"""
+    with open(os.path.join(REPO, "packaging", "modsec-tools.1")) as stream:
+        manual = stream.read().replace("\\-", "-")
+    named = set(re.findall(r"(/usr/share/doc/modsec-tools/[^\s,;)]*)", manual))
+    assert "/usr/share/doc/modsec-tools/" in named
+    for path in named:
+        assert os.path.exists(debian.path(path)), path
+    for rel in ("README.md", "install.md", "fail2ban.md", "examples/60-modsec-tools.conf"):
+        assert os.path.isfile(debian.path(f"usr/share/doc/modsec-tools/{rel}")), rel
+    samples = os.path.join(REPO, "fail2ban", "tests", "files", "logs")
+    for name in os.listdir(samples):
+        with open(os.path.join(samples, name), "rb") as a, \
+                open(debian.path(f"usr/share/doc/modsec-tools/examples/fail2ban-regex/{name}"),
+                     "rb") as b:
+            assert a.read() == b.read(), name
+    if not shutil.which("fail2ban-regex"):
+        pytest.skip("fail2ban is not installed (apt-get install fail2ban)")
+    (example,) = [line for line in manual.splitlines() if line.startswith("fail2ban-regex ")]
+    argv = [debian.path(arg) if arg.startswith("/") else arg for arg in example.split()]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = re.search(r"^Lines: (\d+) lines, 0 ignored, (\d+) matched", proc.stdout, re.M)
+    assert lines and int(lines.group(2)) > 0, proc.stdout

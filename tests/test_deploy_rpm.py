@@ -79,8 +79,11 @@ def test_rpm_contents(rpm):
                  "/etc/fail2ban/filter.d/modsec.conf", "/etc/fail2ban/jail.d/modsec.conf",
                  "/etc/fail2ban/action.d/modsec-block.py", "/etc/modsec-tools/modsec-tools.conf",
                  "/usr/lib/systemd/system/modsec-tools.service", "/etc/logrotate.d/modsec-tools",
-                 "/var/lib/modsec-tools/quarantine", "/var/log/modsec-tools"):
-        assert path in files, path
+                 "/var/lib/modsec-tools/quarantine", "/var/log/modsec-tools",
+                 # where the manual page sends the administrator for fail2ban-regex
+                 "/usr/share/doc/modsec-tools/examples/fail2ban-regex/modsec",
+                 "/usr/share/doc/modsec-tools/examples/fail2ban-regex/modsec-recidive"):
+        assert path in files, (path, sorted(f for f in files if "/doc/" in f))
     # the C extension, and nothing of modsec_tools left in the noarch site-packages
     speedups = [f for f in files if re.fullmatch(
         rf"{re.escape(sitearch)}/modsec_tools/_speedups\.cpython-311-[a-z0-9_]+-linux-gnu\.so", f)]
