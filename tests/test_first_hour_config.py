@@ -198,3 +198,40 @@ def test_config_check_reports_it(tmp_path, monkeypatch):
                            "quarantine_dir": str(tmp_path / "state/quarantine")})
     errors = [text for level, text in configcheck.check(settings) if level == "error"]
     assert any("SecRuleEngine On" in text and "mode = detected" in text for text in errors), errors
+
+
+# -- README's loopback tip -----------------------------------------------------------------------
+def test_readmes_loopback_tip_unignores_the_address_in_every_jail(tmp_path):
+    """README tells how to try a ban from 127.0.0.2: its jail.d/modsec.local, on the bundle
+    and fail2ban's own files, as fail2ban reads it (fail2ban-client -d), leaves 127.0.0.2
+    ignored by none of our jails and 127.0.0.1 by all. (It changed [modsec] only: the
+    recidive jail went on ignoring the address.)"""
+    import ipaddress
+    import subprocess
+    if not shutil.which("fail2ban-client") or not Path("/etc/fail2ban/jail.conf").is_file():
+        pytest.skip("fail2ban is not installed (apt-get install fail2ban)")
+    readme = (REPO / "README.md").read_text()
+    tip = readme[readme.index("To try a ban from another loopback address"):]
+    block = re.search(r"```ini\n(.*?)```", tip, re.S).group(1)
+    etc = tmp_path / "fail2ban"
+    shutil.copytree("/etc/fail2ban", etc, ignore=shutil.ignore_patterns("jail.d", "*.local"))
+    shutil.copytree(REPO / "fail2ban", etc, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("tests", "__pycache__", "*.local"))
+    (etc / "jail.d/modsec.local").write_text(block)
+    for name in ("events.log", "fail2ban.log"):
+        (tmp_path / name).touch()
+    (etc / "jail.d/zz-test.local").write_text(
+        f"[modsec]\nlogpath = {tmp_path}/events.log\n[modsec-recidive]\n"
+        f"logpath = {tmp_path}/fail2ban.log\n")
+    dump = subprocess.run(["fail2ban-client", "-c", str(etc), "-d"], capture_output=True,
+                          text=True, timeout=120)
+    assert dump.returncode == 0, dump.stdout + dump.stderr
+    ignored: dict[str, list] = {}
+    for jail, *addresses in re.findall(r"^\['set', '([^']+)', 'addignoreip', (.*)\]$",
+                                       dump.stdout, re.M):
+        ignored[jail] = [ipaddress.ip_network(a.strip(" '"), strict=False)
+                         for a in addresses[0].split(",")]
+    assert set(ignored) == {"modsec", "modsec-recidive"}, dump.stdout
+    for jail, networks in ignored.items():
+        assert not any(ipaddress.ip_address("127.0.0.2") in n for n in networks), jail
+        assert any(ipaddress.ip_address("127.0.0.1") in n for n in networks), jail
