@@ -15,7 +15,7 @@ from .entry import parse_entry
 from .errors import ParseError
 from .eventline import format_event
 from .jsonout import dumps
-from .sources import RawEntry, iter_path
+from .sources import RawEntry, ReadFailure, iter_path
 from .verdict import VerdictPolicy
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -48,8 +48,10 @@ Parse audit logs and print one record per entry, without changing anything.
 
 PATH is an entry file, a Concurrent storage tree (with or without the <user> level), a
 Serial log (native or JSON), or a Concurrent index log (entries are then read from
---storage-dir, default: the index log's directory, and checked against the size and md5 the
-index recorded). '-' reads a Serial log or entry from standard input.
+--storage-dir, default: the configured storage_dir if it exists, else the index log's
+directory, and checked against the size and md5 the index recorded; entries no longer
+there, as the watcher removes those it processed, are counted in one warning, not
+errors). '-' reads a Serial log or entry from standard input.
 """
 
 PARSE_EPILOG = """\
@@ -263,9 +265,16 @@ def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
     policy = VerdictPolicy(settings.detect_min_severity, settings.detect_min_score)
     failed = 0
     out = sys.stdout
-    storage_dir = args.storage_dir  # only an explicit flag: the default is for ingest
+    # an index log's entries: in the configured tree, where this server's ModSecurity writes
+    # them, else (a copy) beside it
+    storage_dir = settings.storage_dir \
+        if args.storage_dir or os.path.isdir(settings.storage_dir) else None
     for path in args.paths:
+        gone = 0
         for item in iter_path(path, storage_dir, settings.max_entry_size):
+            if isinstance(item, ReadFailure) and item.gone:
+                gone += 1       # processed and removed by the watcher: history, not an error
+                continue
             if not isinstance(item, RawEntry):
                 failed += 1
                 logging.error("%s: %s", item.source, item.reason)
@@ -289,6 +298,10 @@ def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
                 out.write(dumps(event, verdict) + "\n")
             else:
                 out.write(format_event(event, settings.node, verdict) + "\n")
+        if gone:
+            logging.warning("%d entries named in %s are no longer in %s (the watcher removes "
+                            "entries once processed; the archive keeps them)", gone, path,
+                            storage_dir or os.path.dirname(os.path.abspath(path)))
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

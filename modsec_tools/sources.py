@@ -5,6 +5,7 @@ from) and read failures with their reason; parsing happens elsewhere.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ class RawEntry:
 class ReadFailure:
     source: str
     reason: str
+    gone: bool = False      # no such file: removed once processed (the watcher), or never there
 
 
 Item = RawEntry | ReadFailure
@@ -126,13 +128,17 @@ def _read_entry_file(dir_fd: int | None, name: str, path: str, max_entry: int,
         yield ReadFailure(path, str(exc))
         return
     except OSError as exc:
-        yield ReadFailure(path, exc.strerror or str(exc))
+        yield ReadFailure(path, exc.strerror or str(exc), exc.errno == errno.ENOENT)
         return
     yield RawEntry(file.data, path, index, oversized=file.truncated)
 
 
 def iter_index_log(path: str, storage_dir: str, max_entry: int = MAX_ENTRY) -> Iterator[Item]:
     """Entries named by an index log, checked against its size and md5."""
+    if not os.path.isdir(storage_dir):
+        yield ReadFailure(storage_dir, f"the storage directory of {path} does not exist "
+                                       "(name it with --storage-dir)")
+        return
     with open(path, "rb") as stream:
         for number, raw_line in enumerate(stream, 1):
             where = f"{path}:{number}"
@@ -157,7 +163,8 @@ def read_indexed_entry(storage_dir: str, index: IndexLine,
     try:
         dir_fd = open_dir_path(storage_dir, list(ref.dirs))
     except OSError as exc:
-        yield ReadFailure(path, f"cannot open its directory: {exc.strerror or exc}")
+        yield ReadFailure(path, f"cannot open its directory: {exc.strerror or exc}",
+                          exc.errno == errno.ENOENT)
         return
     try:
         items = list(_read_entry_file(dir_fd, ref.name, path, max_entry, index))
