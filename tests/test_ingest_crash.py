@@ -70,25 +70,25 @@ class SinkWatcher:
         self.archive_tail = data[-4096:]
         return set(self.archive_ids.values())
 
-    def _scan_events(self) -> set[str]:
+    @staticmethod
+    def _grown(path, before: bytes, what: str) -> bytes:
+        """The file now; what it held before must still be there, unchanged."""
         try:
-            data = self.sb.events.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
-            return set()
-        assert data.startswith(self.events), "an event-log line changed or vanished"
-        self.events = data
-        complete = data[:data.rfind(b"\n") + 1]
+            return before
+        assert data.startswith(before), f"{what} changed or vanished"
+        return data
+
+    def _scan_events(self) -> set[str]:
+        self.events = self._grown(self.sb.events, self.events, "an event-log line")
+        complete = self.events[:self.events.rfind(b"\n") + 1]
         return {m.group(1).decode() for m in _LINE_ID.finditer(complete)}
 
     def _scan_json(self) -> set[str]:
-        try:
-            data = self.sb.json.read_bytes()
-        except FileNotFoundError:
-            return set()
-        assert data.startswith(self.json), "a JSON line changed or vanished"
-        self.json = data
-        return {json.loads(line)["unique_id"] for line in data[:data.rfind(b"\n") + 1]
-                .splitlines()}
+        self.json = self._grown(self.sb.json, self.json, "a JSON line")
+        complete = self.json[:self.json.rfind(b"\n") + 1]
+        return {json.loads(line)["unique_id"] for line in complete.splitlines()}
 
     def check(self) -> int:
         """Returns how many entries are done (file gone)."""

@@ -27,11 +27,16 @@ def _pipeline(sb: ih.Sandbox, batch_size: int = 100) -> Pipeline:
     return Pipeline(config.build({}, values)).open()
 
 
-def test_more_work_is_examined_and_committed_exactly_once(fast_tmp):
+def _backlogged(root, batch_size: int = 100) -> tuple[ih.Sandbox, Pipeline]:
+    """A sandbox holding the backlog, and an open pipeline over it."""
     corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, db="none")
+    sb = ih.Sandbox(root, db="none")
     _backlog(sb)
-    pipeline = _pipeline(sb)
+    return sb, _pipeline(sb, batch_size)
+
+
+def test_more_work_is_examined_and_committed_exactly_once(fast_tmp):
+    sb, pipeline = _backlogged(fast_tmp)
     try:
         found = sorted(pipeline.scan(), key=lambda item: item[0].name)
         first, rest = found[:200], found[200:]
@@ -61,10 +66,7 @@ def test_an_entry_given_again_while_in_flight_is_handed_back(fast_tmp):
     """Its close event came while its scan's examination was under way: the pipeline must
     neither examine it twice at once nor drop it (the scan may have found it incomplete,
     and then only the close event would ever bring it back)."""
-    corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, db="none")
-    _backlog(sb)
-    pipeline = _pipeline(sb, batch_size=500)  # all 300 in flight when more() is first asked
+    sb, pipeline = _backlogged(fast_tmp, batch_size=500)  # all 300 in flight at the refill
     try:
         found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:300]
         replay = [(found[0][0], Proof.CLOSED)]
@@ -89,16 +91,13 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
     """A batch's files are deleted in the background while the next batch is committed
     (removal.py): until then they are still in the tree, and a rescan finds them. They
     must not be examined and committed a second time."""
-    corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, db="none")
-    _backlog(sb)
+    sb, pipeline = _backlogged(fast_tmp)
     real_remove = Removal._remove_all
 
     def slow_remove(tree, entries):
         time.sleep(0.002 * len(entries))  # 0.2 s a batch: a rescan comes meanwhile
         return real_remove(tree, entries)
     monkeypatch.setattr(Removal, "_remove_all", staticmethod(slow_remove))
-    pipeline = _pipeline(sb)
     held = []
     try:
         found = sorted(pipeline.scan(), key=lambda item: item[0].name)
@@ -129,10 +128,7 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
 
 def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
     """They hold most of a daemon's memory: a backlog starts them, idleness stops them."""
-    corpus.require_corpus()
-    sb = ih.Sandbox(fast_tmp, db="none")
-    _backlog(sb)
-    pipeline = _pipeline(sb)
+    sb, pipeline = _backlogged(fast_tmp)
     try:
         pipeline.rescan()
         pipeline.drain()
