@@ -475,13 +475,13 @@ def _progress(work: list) -> object:
 
 
 def _database(settings: config.Settings, read_only: bool = False):
-    from .database import Database, parse_target
+    from .db import open_database, parse_target
     target = parse_target(settings.db, settings.db_option_file)
-    return None if target.kind == "none" else Database(target, read_only=read_only)
+    return None if target.kind == "none" else open_database(target, read_only=read_only)
 
 
 def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
-    from .database import SCHEMA_VERSION, DatabaseError
+    from .db import SCHEMA_VERSION, DatabaseError
     db = _database(settings, read_only=args.action == "status")
     if db is None:
         logging.error("no database configured (db = none)")
@@ -546,7 +546,7 @@ def cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:
 def _show(settings: config.Settings) -> None:
     """The settings as a configuration file that loads back to them (a database password
     is shown as ***)."""
-    from .database import redact
+    from .db import redact
     print(f"# read from: {', '.join(settings.sources) or 'defaults only'}")
     print(f"[{config.SECTION}]")
     for name in config.setting_names():

@@ -94,7 +94,7 @@ def parse_workers(text: str) -> int:
 
 def parse_db(text: str) -> str:
     """Checked as the database module will read it; kept as written."""
-    from .database import parse_target  # here: the examiner workers never need it
+    from .db import parse_target  # here: the examiner workers never need it
     parse_target(text)
     return text
 

@@ -9,7 +9,7 @@ import stat
 
 from . import serverconf, speedups
 from .config import Settings
-from .database import Database, DatabaseError, Target, parse_target
+from .db import DatabaseError, Target, open_database, parse_target
 
 
 def _directory(path: str, what: str, must_write: bool) -> list[tuple[str, str]]:
@@ -177,7 +177,7 @@ def _database_problems(target: Target) -> list[tuple[str, str]]:
         return _output_file(target.path, "db") or [
             ("warning", f"{target.describe()} does not exist yet (ingest, watch or "
                         "'modsec-tools db init' create it)")]
-    db = Database(target, read_only=True)
+    db = open_database(target, read_only=True)
     try:
         db.connect()
         if db.version() == 0:

@@ -30,7 +30,7 @@ from typing import Callable
 
 import pytest
 
-from modsec_tools.database import Database, parse_target
+from modsec_tools.db import open_database, parse_target
 from modsec_tools.entry import parse_entry
 from modsec_tools.event import Event, raw
 from modsec_tools.eventline import CAPS
@@ -84,7 +84,7 @@ def fast_tmp(tmp_path):
 def mysql_db(mariadb, mariadb_db):
     """A connected Database on a fresh database of the session's MariaDB server. Import it
     into a test module to use it."""
-    db = Database(parse_target(mariadb.url_for(mariadb_db)))
+    db = open_database(parse_target(mariadb.url_for(mariadb_db)))
     db.connect()
     yield db
     db.close()

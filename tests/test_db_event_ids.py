@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from modsec_tools import database as dbm
-from modsec_tools.database import Database, event_row, parse_target
+from modsec_tools.db import Database, SchemaError, open_database, parse_target, schema
+from modsec_tools.db import mysql as mysql_db_module
+from modsec_tools.db.rows import Row, event_row
 from modsec_tools.entry import parse_entry
 from modsec_tools.sinks.database import DatabaseSink
 from tests import corpus
@@ -20,7 +21,7 @@ from tests.realparts.mariadb import MariaDB
 from tests.test_db_messages import _matches_view
 
 
-def _rows(node: str, count: int, prefix: str = "") -> list[dbm.Row]:
+def _rows(node: str, count: int, prefix: str = "") -> list[Row]:
     corpus.require_corpus()
     rows = []
     for data in list(tree_files_from_tar("r1_relevant_concurrent").values())[:count]:
@@ -52,7 +53,7 @@ def test_ids_from_last_insert_id(mysql_db, monkeypatch):
     """MariaDB's defaults (lock mode 1, increment 1): no SELECT after the insert, even when
     the batch takes several statements; every link goes to its own event."""
     assert mysql_db.consecutive_ids
-    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 20_000)  # ~18 events a statement
+    monkeypatch.setattr(mysql_db_module, "MYSQL_STATEMENT", 20_000)  # ~18 events a statement
     selects = _counting_selects(mysql_db, monkeypatch)
     sent = []
     send = mysql_db._send
@@ -75,7 +76,7 @@ def test_stored_events_found_by_a_later_statement(mysql_db, monkeypatch):
     finds one in the third statement, the first two statements' new events are undone
     with the rest, so that they are inserted once, with their links. A unique id twice in
     one batch is stored once."""
-    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 20_000)  # ~18 events a statement
+    monkeypatch.setattr(mysql_db_module, "MYSQL_STATEMENT", 20_000)  # ~18 events a statement
     selects = _counting_selects(mysql_db, monkeypatch)
     rows = _rows("n", 150)
     assert mysql_db.insert("n", rows[40:60]) == 20
@@ -115,8 +116,8 @@ def test_an_increment_other_than_one_is_detected(mysql_db):
 def test_two_nodes_inserting_at_once(mariadb, mariadb_db, monkeypatch):
     """Two nodes start on a new database: one waits for the other's schema migration, then
     their inserts interleave (each statement still gets its block of ids)."""
-    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 40_000)
-    nodes = {name: (Database(parse_target(mariadb.url_for(mariadb_db))), _rows(name, 200))
+    monkeypatch.setattr(mysql_db_module, "MYSQL_STATEMENT", 40_000)
+    nodes = {name: (open_database(parse_target(mariadb.url_for(mariadb_db))), _rows(name, 200))
              for name in ("a", "b")}
     errors = []
 
@@ -154,7 +155,7 @@ def test_lock_mode_2_means_a_select(tmp_path):
     consecutive ids: the SELECT is used, and the links are right."""
     with require(lambda: MariaDB(tmp_path / "server", extra_args=[
             "--innodb-autoinc-lock-mode=2"])) as server:
-        db = Database(parse_target(server.url))
+        db = open_database(parse_target(server.url))
         try:
             db.connect()
             assert db.consecutive_ids is False
@@ -171,16 +172,16 @@ def test_a_migration_waits_for_another_nodes(mariadb, mariadb_db, monkeypatch, t
     """While another session holds the database's schema lock, a migration waits, then
     says why it gives up; the sink then spools the batch as in an outage (no row is
     rejected: no row could be stored), and stores it once the lock is free."""
-    monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 1)
-    assert dbm.SCHEMA_LOCK_WAIT < dbm.READ_TIMEOUT
+    monkeypatch.setattr(mysql_db_module, "SCHEMA_LOCK_WAIT", 1)
+    assert mysql_db_module.SCHEMA_LOCK_WAIT < mysql_db_module.READ_TIMEOUT
     url = mariadb.url_for(mariadb_db)
-    other = Database(parse_target(url))
-    sink = DatabaseSink(Database(parse_target(url)), "n", str(tmp_path / "db-spool"))
+    other = open_database(parse_target(url))
+    sink = DatabaseSink(open_database(parse_target(url)), "n", str(tmp_path / "db-spool"))
     rows = _rows("n", 20)
     try:
         with other._schema_lock():
-            with pytest.raises(dbm.SchemaError, match="another node has been changing"):
-                Database(parse_target(url)).migrate()
+            with pytest.raises(SchemaError, match="another node has been changing"):
+                open_database(parse_target(url)).migrate()
             assert sink.write(rows) == 20                  # spooled
         assert sink.refused == 0 and not sink.rejected.records
         sink.retry_at = 0
@@ -195,16 +196,16 @@ def test_a_migration_waits_for_another_nodes(mariadb, mariadb_db, monkeypatch, t
 def test_the_schema_lock_is_the_servers_name_for_the_database(tmp_path, monkeypatch):
     """Under lower_case_table_names=1, "modsec" and "MODSEC" name one database: two nodes
     set up with either take turns at migrating it."""
-    monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 1)
+    monkeypatch.setattr(mysql_db_module, "SCHEMA_LOCK_WAIT", 1)
     with require(lambda: MariaDB(tmp_path / "server", extra_args=[
             "--lower-case-table-names=1"])) as server:
-        lower = Database(parse_target(server.url_for(server.database.lower())))
-        upper = Database(parse_target(server.url_for(server.database.upper())))
+        lower = open_database(parse_target(server.url_for(server.database.lower())))
+        upper = open_database(parse_target(server.url_for(server.database.upper())))
         try:
             with lower._schema_lock():
-                with pytest.raises(dbm.SchemaError, match="another node has been changing"):
+                with pytest.raises(SchemaError, match="another node has been changing"):
                     upper.migrate()
-            assert upper.migrate() == sorted(dbm.MIGRATIONS)
+            assert upper.migrate() == sorted(schema.MIGRATIONS)
             assert lower.migrate() == []
         finally:
             lower.close()
@@ -252,18 +253,18 @@ def test_a_node_gone_silent_frees_the_schema_lock(mariadb, mariadb_db, monkeypat
     """A node that vanishes mid-migration without closing its connection holds the schema
     lock only until the server ends its idle session (SCHEMA_LOCK_IDLE), not for
     wait_timeout's default 8 hours: the next node then migrates."""
-    monkeypatch.setattr(dbm, "SCHEMA_LOCK_IDLE", 2)
-    monkeypatch.setattr(dbm, "SCHEMA_LOCK_WAIT", 20)
+    monkeypatch.setattr(mysql_db_module, "SCHEMA_LOCK_IDLE", 2)
+    monkeypatch.setattr(mysql_db_module, "SCHEMA_LOCK_WAIT", 20)
     relay = _Relay((mariadb.host, mariadb.port))
-    gone = Database(parse_target(f"mysql://{mariadb.user}:{mariadb.password}@127.0.0.1:"
+    gone = open_database(parse_target(f"mysql://{mariadb.user}:{mariadb.password}@127.0.0.1:"
                                  f"{relay.port}/{mariadb_db}"))
-    other = Database(parse_target(mariadb.url_for(mariadb_db)))
+    other = open_database(parse_target(mariadb.url_for(mariadb_db)))
     try:
         with gone._schema_lock():
             relay.silent.set()
             started = time.monotonic()
             try:
-                assert other.migrate() == sorted(dbm.MIGRATIONS)
+                assert other.migrate() == sorted(schema.MIGRATIONS)
                 assert time.monotonic() - started < 10
             finally:
                 relay.close()  # its release then fails at once (the lock is long gone)

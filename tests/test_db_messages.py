@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modsec_tools import database as dbm
-from modsec_tools.database import Database, Row, event_row, parse_target, with_mysql_text
+from modsec_tools.db import Database, DatabaseError, open_database, parse_target
+from modsec_tools.db.literals import with_mysql_text
+from modsec_tools.db.rows import (LINK_COLUMNS, MESSAGE_COLUMNS, Row, event_row, message_id,
+                                  scores_json)
 from modsec_tools.entry import parse_entry
 from modsec_tools.sinks.database import DatabaseSink, _encode
 from tests import corpus
@@ -28,7 +30,7 @@ def db(request, fast_tmp):
         url = mariadb.url_for(name)
     else:
         url = f"sqlite:///{fast_tmp / 'events.db'}"
-    database = Database(parse_target(url))
+    database = open_database(parse_target(url))
     yield database
     database.close()
 
@@ -42,7 +44,7 @@ def _corpus_rows(count: int, dialect: str) -> list[Row]:
 def _matches_view(db: Database) -> list[tuple]:
     def read(cursor):
         cursor.execute("SELECT e.unique_id, m.seq, m.message_id, "
-                       f"{','.join('m.' + c for c in dbm.MESSAGE_COLUMNS[1:])} "
+                       f"{','.join('m.' + c for c in MESSAGE_COLUMNS[1:])} "
                        "FROM matches m JOIN events e ON e.id = m.event_id")
         return sorted(tuple(bytes(v) if isinstance(v, bytearray) else v for v in row)
                       for row in cursor.fetchall())
@@ -79,10 +81,10 @@ def test_only_a_duplicate_key_is_skipped(db):
     """The skip is for the key alone: a row the database refuses for another reason (here
     a NULL in a NOT NULL column) still fails the statement."""
     db.ensure_schema()
-    sql = db.insert_sql("event_messages", dbm.LINK_COLUMNS)
+    sql = db.insert_sql("event_messages", LINK_COLUMNS)
     db._run(lambda cursor: cursor.execute(sql, (1, 0, 5)))
     db._run(lambda cursor: cursor.execute(sql, (1, 0, 6)))  # the key (1, 0) is taken
-    with pytest.raises(dbm.DatabaseError):
+    with pytest.raises(DatabaseError):
         db._run(lambda cursor: cursor.execute(sql, (2, 0, None)))
     assert db.count("event_messages") == 1
 
@@ -91,11 +93,11 @@ def test_message_id_is_the_content():
     """Equal values, equal id; any difference (a byte, str against bytes, None against
     empty) another; and always a positive 63-bit integer (SQLite's rowid, MySQL BIGINT)."""
     values = ("942100", "CRITICAL", b"SQLi", b"data", b"text", "v", "", "", "f", "1", None)
-    same = dbm.message_id(tuple(list(values)))
-    assert dbm.message_id(values) == same
+    same = message_id(tuple(list(values)))
+    assert message_id(values) == same
     for changed in (values[:3] + (b"datA",) + values[4:], ("942100".encode(),) + values[1:],
                     values[:6] + (None,) + values[7:], values[:10] + (b"",)):
-        assert dbm.message_id(changed) != same
+        assert message_id(changed) != same
     assert 0 < same < 2 ** 63
 
 
@@ -139,4 +141,4 @@ def test_replayed_rows_get_the_literals_the_workers_make():
 def test_scores_json_is_what_json_dumps_makes(scores):
     """The ``scores`` column is built without json.dumps (workers make it for every entry):
     for the category names the parser can produce, it must be the same text."""
-    assert dbm.scores_json(scores) == json.dumps(scores)
+    assert scores_json(scores) == json.dumps(scores)

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from modsec_tools.database import Database, parse_target
+from modsec_tools.db import open_database, parse_target
 from tests.realparts.fixtures import require
 from tests.realparts.mariadb import MariaDB
 
@@ -44,7 +44,7 @@ def test_tls_options_in_the_option_file_are_respected(tmp_path, monkeypatch):
 
 
 def _cipher(url: str, option_file: str = "") -> str:
-    db = Database(parse_target(url, option_file))
+    db = open_database(parse_target(url, option_file))
     try:
         db.connect()
         with db.conn.cursor() as cursor:

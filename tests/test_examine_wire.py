@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from modsec_tools.clientip import Proxies
-from modsec_tools.database import full_row
+from modsec_tools.db.literals import full_row
 from modsec_tools.examine import Decision, ExamineSettings, Outcome, Proof, examine
 from modsec_tools.sinks.archive import ArchiveEntry
 from modsec_tools.sinks.database import EventRow, _encode_rows
@@ -80,7 +80,7 @@ def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypat
 def test_long_message_literals_are_read_back_but_not_kept():
     """The daemon reads values back from literals in an outage; a hostile entry's huge rule
     data must not stay in its cache (its memory is budgeted)."""
-    from modsec_tools import database as dbm
+    from modsec_tools.db import literals as dbm
     huge = "(1,'" + "x" * 100_000 + "')"   # a messages row's literal: (id,...)
     short = "(2,'" + "y" * 100 + "')"
     before = dbm._short_message_values.cache_info().currsize

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools import database as dbm
-from modsec_tools.database import Database, Row, parse_target, upgraded_match
+from modsec_tools.db import Database, open_database, parse_target, schema
+from modsec_tools.db.rows import EVENT_COLUMNS, MATCH_COLUMNS, Row, upgraded_match
 from modsec_tools.ingest import Stats
 from tests import corpus
 from tests import ingest_helpers as ih
@@ -201,9 +201,9 @@ def test_db_init_then_status_mariadb(fast_tmp, mariadb, mariadb_db):
 
 def _schema_1(url: str, monkeypatch) -> Database:
     """A database as version 1 of modsec-tools made it."""
-    db = Database(parse_target(url))
+    db = open_database(parse_target(url))
     with monkeypatch.context() as patch:
-        patch.setattr(dbm, "MIGRATIONS", {1: dbm.MIGRATIONS[1]})
+        patch.setattr(schema, "MIGRATIONS", {1: schema.MIGRATIONS[1]})
         assert db.migrate() == [1]
     return db
 
@@ -228,15 +228,15 @@ def _fill_schema_1(db: Database) -> None:
             cursor.execute(f"SELECT id FROM events WHERE unique_id = {db.mark}", (uid,))
             event_id = cursor.fetchone()[0]
             for match in matches:
-                cursor.execute(f"INSERT INTO matches ({','.join(dbm.MATCH_COLUMNS)}) VALUES "
-                               f"({','.join([db.mark] * len(dbm.MATCH_COLUMNS))})",
+                cursor.execute(f"INSERT INTO matches ({','.join(MATCH_COLUMNS)}) VALUES "
+                               f"({','.join([db.mark] * len(MATCH_COLUMNS))})",
                                (event_id, *match))
     db._run(fill)
 
 
 def _views(db: Database) -> tuple[list, list]:
     def read(cursor):
-        cursor.execute(f"SELECT {','.join(dbm.MATCH_COLUMNS)} FROM matches "
+        cursor.execute(f"SELECT {','.join(MATCH_COLUMNS)} FROM matches "
                        "ORDER BY event_id, seq")
         matches = [tuple(row) for row in cursor.fetchall()]
         cursor.execute("SELECT * FROM logs ORDER BY unique_id")
@@ -269,10 +269,10 @@ def test_db_migrate_from_schema_1(kind, fast_tmp, monkeypatch, request):
         assert db.count("messages") == 2 and db.count("event_messages") == 3
         assert db.table_type("matches") == "view"
         # what schema 3 inserts for the same message is the row the migration made
-        values = [None] * len(dbm.EVENT_COLUMNS)
+        values = [None] * len(EVENT_COLUMNS)
         values[:2] = ["n", "ghI"]
-        values[dbm.EVENT_COLUMNS.index("intercepted")] = 0
-        values[dbm.EVENT_COLUMNS.index("incomplete")] = 0
+        values[EVENT_COLUMNS.index("intercepted")] = 0
+        values[EVENT_COLUMNS.index("incomplete")] = 0
         new = Row("ghI", tuple(values), [upgraded_match((0, *_OLD_MESSAGE))])
         assert db.insert("n", [new]) == 1
         assert db.count("messages") == 2 and db.count("matches") == 4

@@ -15,10 +15,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from modsec_tools import database as dbm
-from modsec_tools.database import (EVENT_COLUMNS, MATCH_COLUMNS, Database, DatabaseError, Row,
-                                   parse_target, sql_literal, upgraded_match, values_from_text,
-                                   values_text, values_text_py, with_mysql_text)
+from modsec_tools.db import Database, DatabaseError, open_database, parse_target
+from modsec_tools.db import literals as dbm
+from modsec_tools.db import mysql as mysql_db_module
+from modsec_tools.db.literals import (sql_literal, values_from_text, values_text, values_text_py,
+                                      with_mysql_text)
+from modsec_tools.db.rows import EVENT_COLUMNS, MATCH_COLUMNS, Row, event_row, upgraded_match
 from modsec_tools.event import printable, raw
 from tests.ingest_helpers import mysql_db  # noqa: F401  (fixture)
 
@@ -163,7 +165,7 @@ def test_no_backslash_escapes_server_mode_is_turned_off_for_our_session(mariadb,
             before = cursor.fetchone()[0]
             cursor.execute("SET GLOBAL sql_mode = 'STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES,"
                            "ERROR_FOR_DIVISION_BY_ZERO'")
-        db = Database(parse_target(mariadb.url_for(mariadb_db)))
+        db = open_database(parse_target(mariadb.url_for(mariadb_db)))
         try:
             db.connect()
             with db.conn.cursor() as cursor:
@@ -252,7 +254,7 @@ def test_rows_with_hostile_values_stored_as_given(mysql_db, tmp_path, prebuilt):
     with mysql_db.conn.cursor() as cursor:
         stored = _stored(mysql_db.conn, cursor)
     assert stored == _expected(rows)
-    lite = Database(parse_target(str(tmp_path / "x.db")))
+    lite = open_database(parse_target(str(tmp_path / "x.db")))
     lite.insert(NODE, rows)
     assert _stored(lite.conn, lite.conn.cursor()) == stored
     lite.close()
@@ -260,7 +262,7 @@ def test_rows_with_hostile_values_stored_as_given(mysql_db, tmp_path, prebuilt):
 
 def test_statements_split_by_size(mysql_db, monkeypatch):
     """Many rows, and one row larger than the bound (sent alone): all stored, in order."""
-    monkeypatch.setattr(dbm, "MYSQL_STATEMENT", 4000)
+    monkeypatch.setattr(mysql_db_module, "MYSQL_STATEMENT", 4000)
     sent: list[int] = []
     send = mysql_db._send
     monkeypatch.setattr(mysql_db, "_send", lambda cursor, text, count: (
@@ -275,7 +277,7 @@ def test_statements_split_by_size(mysql_db, monkeypatch):
 
 def test_sqlite_rows_unchanged(tmp_path):
     """SQLite keeps its parameterized path: rows with literals attached store the same."""
-    db = Database(parse_target(str(tmp_path / "y.db")))
+    db = open_database(parse_target(str(tmp_path / "y.db")))
     rows = [with_mysql_text(_row("a")), _row("b")]
     db.insert(NODE, rows)
     assert _stored(db.conn, db.conn.cursor()) == _expected(rows)
@@ -292,7 +294,7 @@ def test_rows_made_with_literals_match_the_literals_made_later():
     entries = list(tree_files_from_tar("r1_relevant_concurrent").values())[:200]
     for data in entries * 2:  # the second pass finds every message's renderings made
         event = parse_entry(data, "test")
-        made = dbm.event_row(event, "n", "blocked", "mysql")
-        later = with_mysql_text(dbm.event_row(event, "n", "blocked"))
+        made = event_row(event, "n", "blocked", "mysql")
+        later = with_mysql_text(event_row(event, "n", "blocked"))
         assert made == later
         assert made.matches == [(seq, *m[1:]) for seq, m in enumerate(later.matches)]

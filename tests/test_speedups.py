@@ -19,7 +19,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from modsec_tools import database, http, messages, native, speedups, storage, timestamps
+from modsec_tools import http, messages, native, speedups, storage, timestamps
+from modsec_tools.db import literals
 from modsec_tools.storage import GONE, REPLACED
 from tests import corpus
 from tests.test_fuzz_parser import FUZZ, SEEDS, message_texts, mutated_entries
@@ -45,7 +46,7 @@ def test_the_parser_uses_the_extension_when_it_is_built(c_module) -> None:
     assert messages.modsecurity_part_of_apache_error is c_module.modsecurity_part
     assert http._http_head is c_module.http_head
     assert storage._remove_entries is c_module.remove_entries
-    assert database.values_text is c_module.values_text
+    assert literals.values_text is c_module.values_text
     assert speedups.describe() == "C speedups: built"
 
 
@@ -296,8 +297,8 @@ SQL_VALUES = st.one_of(
 @given(st.lists(SQL_VALUES))
 @example(["", b"", None, True, 0, -1, 2**70, "\x7f\x80\uffff\U0010ffff", "\\'\0\x1a\"\n\r"])
 def test_values_text(c_module, values) -> None:
-    assert c_module.values_text(values) == database.values_text_py(values)
-    assert c_module.values_text(tuple(values)) == database.values_text_py(values)
+    assert c_module.values_text(values) == literals.values_text_py(values)
+    assert c_module.values_text(tuple(values)) == literals.values_text_py(values)
 
 
 def test_values_text_refuses_what_has_no_literal(c_module) -> None:
@@ -310,7 +311,7 @@ def test_values_text_refuses_what_has_no_literal(c_module) -> None:
                 decimal.Decimal(1)):
         for values in ([odd], ["a", b"b", odd], [odd, None]):
             errors = []
-            for twin in (c_module.values_text, database.values_text_py):
+            for twin in (c_module.values_text, literals.values_text_py):
                 with pytest.raises(TypeError) as raised:
                     twin(values)
                 errors.append(str(raised.value))

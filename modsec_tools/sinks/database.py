@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..database import (Database, DatabaseError, MysqlText, Row, SchemaError, UnusableError,
-                        event_row, full_row, parse_target, upgraded_match, without_values)
+from ..db import (Database, DatabaseError, SchemaError, UnusableError, open_database,
+                  parse_target)
+from ..db.literals import full_row, without_values
+from ..db.rows import MysqlText, Row, event_row, upgraded_match
 from ..journal import RecordLog
 from .base import Region, Rendering, Sink
 
@@ -93,7 +95,7 @@ class DatabaseSink(Sink):
         target = parse_target(settings.db, settings.db_option_file)
         if target.kind == "none":
             return None
-        return cls(Database(target), settings.node, os.path.join(settings.state_dir, SPOOL))
+        return cls(open_database(target), settings.node, os.path.join(settings.state_dir, SPOOL))
 
     def recover(self, mark: Any, regions: list[Region]) -> None:
         """Inserts skip rows already stored: writing the batch again is enough."""
