@@ -39,6 +39,23 @@ def finish_event(event: Event) -> None:
         break
 
 
+def decisive_message(event: Event) -> int | None:
+    """The position of the message that decided, the one to show for the event in one row
+    (the original tool's table, now the ``logs`` view): the first of the most severe; among
+    messages without a severity, the denial; else the first with a rule id. With the CRS the
+    attack's own rule (942100 "SQL Injection Attack Detected", CRITICAL) comes before the
+    scoring rule that denied (949110, CRITICAL too) and after incidental warnings (920350
+    "Host header is a numeric IP address", WARNING)."""
+    messages = event.messages
+    ranked = [(SEVERITY_RANK[m.first["severity"]], i) for i, m in enumerate(messages)
+              if m.first.get("severity") in SEVERITY_RANK]
+    if ranked:
+        return min(ranked)[1]
+    return next((i for i, m in enumerate(messages) if m.is_denial),
+                next((i for i, m in enumerate(messages) if "id" in m.first),
+                     0 if messages else None))
+
+
 def _crs_scored(event: Event) -> bool:
     """CRS ran its phase-2 scoring: the producer names OWASP_CRS and phase 2 took time.
     (Requests stopped in phase 1 never reached the scoring rules: no score, not zero.)"""

@@ -31,6 +31,7 @@ from typing import Callable
 import pytest
 
 from modsec_tools.db import open_database, parse_target
+from modsec_tools.derive import decisive_message
 from modsec_tools.entry import parse_entry
 from modsec_tools.event import Event, raw
 from modsec_tools.eventline import CAPS
@@ -623,8 +624,8 @@ def check_database(db: DB, want: dict[str, Original], runs: tuple[str, ...]) -> 
         by_uid[uid] = record
     for uid, original in want.items():
         event, record = original.event, by_uid[uid]
-        first = next((m for m in event.messages if "id" in m.first),
-                     event.messages[0] if event.messages else None)
+        decisive = decisive_message(event)        # the message that decided (its row's)
+        first = event.messages[decisive] if decisive is not None else None
         expected = {
             "REQUEST_METHOD": raw(event.method), "REQUEST_URI": raw(event.uri),
             "REMOTE_ADDR": event.client_ip, "ruleId": first.first.get("id") if first else None,

@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..derive import decisive_message
 from ..event import Event, Message, printable, raw
 
 
@@ -69,8 +70,7 @@ def _utc(stamp: dt.datetime | None) -> tuple[str | None, int | None]:
 def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
     """``dialect`` "mysql": the row carries its SQL literals too (see ``literals``)."""
     created, offset = _utc(event.timestamp)
-    primary = next((i for i, m in enumerate(event.messages) if "id" in m.first),
-                   0 if event.messages else None)
+    primary = decisive_message(event)      # the message the logs view shows
     # Text columns get text any database accepts, cut to the column's size: a hostile
     # entry must not become a row the database refuses forever (it would block the spool).
     unique_id = _fit(event.unique_id, 64)
