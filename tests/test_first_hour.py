@@ -140,7 +140,7 @@ def test_an_error_in_our_own_jail_still_fails(host: PrivateHost) -> None:
 SERVER, ATTACKER, BYSTANDER = "192.0.2.1", "192.0.2.66", "192.0.2.77"   # none of them ignored
 
 
-def _request(host: PrivateHost, source: str, path: str = "/", timeout: float = 3) -> int | None:
+def _request(host: PrivateHost, source: str, path: str = "/", timeout: float = 15) -> int | None:
     from tests.realparts.apache import http_status
     return http_status((SERVER, 80), path, host="www.example.test", source_ip=source,
                        timeout=timeout, socket_factory=host.netns.socket)
@@ -178,7 +178,7 @@ def test_stock_debian_12_to_the_first_ban(host: PrivateHost) -> None:
     # jail modsec: 10 blocked requests within 60 s
     assert [_request(host, ATTACKER, "/?id=1' or '1'='1") for _ in range(10)] == [403] * 10
     banned = lambda: ATTACKER in host.run("fail2ban-client status modsec").stdout  # noqa: E731
-    assert _wait(banned, 30), (host.run("fail2ban-client status modsec").stdout,
+    assert _wait(banned, 60), (host.run("fail2ban-client status modsec").stdout,
                                host.path("/var/log/modsec-tools/events.log").read_text())
     assert _wait(lambda: _request(host, ATTACKER, timeout=1) is None, 10), "the ban is not enforced"
     assert _request(host, BYSTANDER) == 200

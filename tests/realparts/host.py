@@ -25,31 +25,21 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._util import Unavailable, die_with_parent
+from ._util import ServerProcess, Unavailable, die_with_parent
 from .netns import NetNS
 
 OVERLAID = ("/etc", "/opt", "/usr", "/var")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class PrivateHost:
+class PrivateHost(ServerProcess):
+    """``proc`` is the holder: a process that keeps the mount namespace alive."""
+
     def __init__(self, workdir: str | os.PathLike[str], netns: NetNS) -> None:
         if os.geteuid() != 0:
             raise Unavailable("a private host needs root (mount namespaces, overlayfs)")
         self.workdir = Path(workdir)
         self.netns = netns
-        self.holder: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> "PrivateHost":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def start(self) -> None:
         for top in OVERLAID:
@@ -57,13 +47,13 @@ class PrivateHost:
                 raise Unavailable(f"{top} has mounts below it, which an overlay would hide")
         # The holder says "ready" once it runs inside its new mount namespace: before that,
         # nsenter would mount on the host's.
-        self.holder = self.netns.popen(
+        self.proc = self.netns.popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              "echo ready; exec sleep infinity"], stdout=subprocess.PIPE,
             preexec_fn=die_with_parent)
-        assert self.holder.stdout is not None
-        if self.holder.stdout.readline() != b"ready\n" \
-                or _mount_ns(self.holder.pid) in (None, _mount_ns(os.getpid())):
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline() != b"ready\n" \
+                or _mount_ns(self.proc.pid) in (None, _mount_ns(os.getpid())):
             raise RuntimeError("the private host's mount namespace did not come up")
         script = ["set -e"]
         for top in OVERLAID:
@@ -74,7 +64,7 @@ class PrivateHost:
                           f"workdir={layer}/work {top}")
         script += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -m 1777 /run/lock",
                    "mount --bind /proc/sys /proc/sys", "mount -o remount,bind,ro /proc/sys"]
-        done = subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "sh", "-c",
+        done = subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "sh", "-c",
                                "\n".join(script)], capture_output=True, text=True)
         if done.returncode != 0:
             raise Unavailable(f"private host mounts failed: {done.stderr.strip()}")
@@ -114,16 +104,16 @@ class PrivateHost:
 
     @property
     def pid(self) -> int:
-        assert self.holder is not None and self.holder.poll() is None, "private host not running"
-        return self.holder.pid
+        assert self.running and self.proc is not None, "private host not running"
+        return self.proc.pid
 
     # -- teardown ------------------------------------------------------------------------------
     def close(self) -> None:
-        if self.holder is None:
+        if self.proc is None:
             return
-        namespace = _mount_ns(self.holder.pid)
+        namespace = _mount_ns(self.proc.pid)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = [pid for pid in _pids() if pid != self.holder.pid
+            pids = [pid for pid in _pids() if pid != self.proc.pid
                     and namespace is not None and _mount_ns(pid) == namespace]
             for pid in pids:
                 try:
@@ -133,9 +123,11 @@ class PrivateHost:
             deadline = time.monotonic() + 5
             while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self.holder.kill()
-        self.holder.wait(10)
-        self.holder = None
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
 
 
 def _overlays(pid: str) -> set[str]:
