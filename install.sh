@@ -442,8 +442,7 @@ detect_os() {
 # APACHE_SERVICE, MS_* and FINDINGS: what keeps our jails from banning (Apache's
 # configuration, the administrator's), each with the commands that fix it (FINDING_FIX).
 APACHE=none APACHE_USER="" APACHE_GROUP="" SERVER_ROOT="" APACHE_LOGDIR="" APACHE_CTL=""
-APACHE_SERVICE="" MS_TYPE="" MS_STORAGE="" MS_LOG="" MS_SOURCE="" MS_LOADED=0 MS_ENGINE=""
-MS_ENGINE_WHERE="" MS_DROPIN=""
+APACHE_SERVICE="" MS_TYPE="" MS_STORAGE="" MS_LOG="" MS_SOURCE="" MS_LOADED=0 MS_DROPIN=""
 FINDINGS=() FINDING_FIX=()
 detect_apache() {
     local args=() key value
@@ -464,8 +463,6 @@ detect_apache() {
             storage) MS_STORAGE=$value ;;
             index) MS_LOG=$value ;;
             source) MS_SOURCE=$value ;;
-            engine) MS_ENGINE=$value ;;
-            engine_where) MS_ENGINE_WHERE=$value ;;
             dropin) MS_DROPIN=$value ;;
             ctl) APACHE_CTL=$value ;;
             service) APACHE_SERVICE=$value ;;
