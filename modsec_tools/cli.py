@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("action", choices=("check", "show"))
     _settings_flags(check, PIPELINE_SETTINGS)
     check.set_defaults(handler=cmd_config)
+
+    from .fleet.cli import add_parser as add_fleet
+    add_fleet(commands, [verbosity], _settings_flags)
     return parser
 
 

@@ -16,6 +16,8 @@ from typing import Any
 from .clientip import DEFAULT_HEADER, Proxies, parse_header_name, parse_networks
 from .event import SEVERITY_RANK
 from .eventline import NODE
+from .fleet.settings import parse_bool, parse_duration
+from .fleet.validate import parse_max_prefix
 
 DEFAULT_CONFIG = "/etc/modsec-tools/modsec-tools.conf"
 SECTION = "modsec-tools"
@@ -99,6 +101,11 @@ def parse_db(text: str) -> str:
     return text
 
 
+def parse_fleet_db(text: str) -> str:
+    from .fleet.target import check_url  # here: only the fleet needs it
+    return check_url(text)
+
+
 def _default_node() -> str:
     name = socket.gethostname().split(".")[0]
     return name if NODE.fullmatch(name) else "localhost"
@@ -172,6 +179,22 @@ KEYS: tuple[Key, ...] = (
         parse_mode, "MODE"),
     Key("dir_owner", "", "watch: owner given to each new storage subdirectory", str, "USER"),
     Key("dir_group", "", "watch: group given to each new storage subdirectory", str, "GROUP"),
+    Key("fleet", "no", "share bans with the other servers through fleet_db ('modsec-tools "
+        "fleet run', docs/fleet.md)", parse_bool, "yes|no"),
+    Key("fleet_db", "", "the fleet's shared MariaDB/Galera database: mysql://NODE@host:port/db "
+        "(Galera: host1,host2:port,host3) or mysql://NODE@localhost/db?unix_socket=PATH; "
+        "the user is named after this node", parse_fleet_db, "URL"),
+    Key("fleet_db_option_file", "", "MySQL option file with the fleet user's password and "
+        "TLS settings (ssl-ca, ssl-cert, ssl-key; required for TCP to another host)",
+        metavar="FILE"),
+    Key("fleet_propagate_unban", "no", "an early unban of this server's ban ends it on the "
+        "other servers too, and theirs are honoured here", parse_bool, "yes|no"),
+    Key("fleet_max_prefix", "32,128", "the widest network a fleet ban may name here, as IPv4,"
+        "IPv6 prefix lengths (32,128: single addresses)", parse_max_prefix, "V4,V6"),
+    Key("fleet_max_bantime", "5w", "no fleet ban lasts longer here, permanent ones included",
+        parse_duration, "DURATION"),
+    Key("fleet_fail2ban_socket", "/var/run/fail2ban/fail2ban.sock",
+        "fail2ban's socket, through which fleet bans are applied", metavar="PATH"),
 )
 
 
@@ -199,6 +222,13 @@ class Settings:
     dir_mode: int | None
     dir_owner: str
     dir_group: str
+    fleet: bool
+    fleet_db: str
+    fleet_db_option_file: str
+    fleet_propagate_unban: bool
+    fleet_max_prefix: tuple
+    fleet_max_bantime: int
+    fleet_fail2ban_socket: str
     sources: tuple[str, ...] = ()   # the files the settings came from
 
     @property
@@ -285,6 +315,8 @@ def show(name: str, value: Any) -> str:
     """A setting's value as the configuration file takes it back."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if name == "dir_mode":
         return f"0{value:o}"
     if isinstance(value, tuple):

@@ -1,0 +1,297 @@
+"""A fleet of web servers on one machine, for the fleet tests and bench/fleet.py.
+
+Each server is a network namespace with its own fail2ban (own configuration, socket,
+database, nft sets: tests/f2b_harness.py) running our jails modsec, modsec-recidive,
+modsec-fleet and modsec-fleet-recidive, and its own ``modsec-tools fleet run`` daemon with
+its own configuration and state directory, connected to one shared MariaDB (or a Galera
+cluster) as the database user named after its node, with only the fleet GRANTs::
+
+    with FleetDb.on(mariadb) as db, Fleet(tmp_path, db) as fleet:
+        web1, web2, web3 = fleet.start(3)
+        web1.f2b.banip("modsec", "127.0.0.2")
+        fleet.wait_banned([web2, web3], "127.0.0.2")
+
+A daemon runs inside its server's namespace and reaches the database by its unix socket
+(``inside=True``, the default), or runs in the host's namespace and connects over TCP to
+127.0.0.1 (``inside=False``: a list of Galera nodes to fail over between). fail2ban's
+socket is a file, so either way it is the server's own.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import pytest
+
+from modsec_tools.fleet import schema
+from tests import f2b_harness as f2b
+from tests.realparts import NetNS
+
+REPO = Path(__file__).resolve().parent.parent
+FLEET_JAILS = REPO / "fail2ban" / "jail.d" / "modsec-fleet.conf"
+
+pytestmark = pytest.mark.root
+
+JAILS = """
+[modsec]
+enabled = true
+logpath = {{root}}/events.log
+backend = pyinotify
+maxretry = 3
+findtime = 60
+bantime = {bantime}
+bantime.increment = true
+bantime.maxtime = 600
+ignoreself = false
+ignoreip = 127.0.0.1/8 {server}
+port = http
+action = modsec-block.py[backend=nftables, blocktype=DROP, port="http", protocol=tcp]
+
+[modsec-recidive]
+enabled = true
+logpath = {{root}}/fail2ban.log
+backend = pyinotify
+bantime = 60
+ignoreself = false
+ignoreip = 127.0.0.1/8 {server}
+action = modsec-block.py[backend=nftables, blocktype=DROP, port=all]
+
+[modsec-fleet]
+enabled = true
+ignoreself = {ignoreself}
+ignoreip = 127.0.0.1/8 {server} {ignoreip}
+
+[modsec-fleet-recidive]
+enabled = true
+ignoreself = {ignoreself}
+ignoreip = 127.0.0.1/8 {server} {ignoreip}
+"""
+
+# Every server answers on SERVER (on its loopback); clients connect from addresses of
+# TEST-NET-1 added to the client's namespace (a kernel set never holds a loopback address).
+SERVER = "10.0.0.1"
+
+
+# ------------------------------------------------------------------------------ database --
+@dataclass
+class FleetDb:
+    """The shared database: where it is, its admin, and per-node users with fleet GRANTs."""
+
+    database: str
+    admin: Callable[[], Any]                  # a pymysql connection with all rights on it
+    superuser: Callable[[], Any]              # one that may create users
+    socket: str | None                        # unix socket (None: TCP only)
+    places: Sequence[tuple[str, int]]         # TCP host:port of every server (Galera: all)
+    passwords: dict[str, str] = field(default_factory=dict)
+    tls_ca: str = ""
+
+    @classmethod
+    @contextlib.contextmanager
+    def on(cls, server: Any, database: str | None = None) -> Iterator["FleetDb"]:
+        """A fresh database on a tests.realparts MariaDB, migrated by its admin user."""
+        name = server.create_database(database)
+        db = cls(name, lambda: server.connect(name),
+                 lambda: server.connect(name, root=True, unix_socket=True), server.socket,
+                 [(server.host, server.port)])
+        db.migrate()
+        try:
+            yield db
+        finally:
+            if server.running:
+                server.drop_database(name)
+
+    def migrate(self, upto: int = schema.CODE_SCHEMA) -> None:
+        conn = self.admin()
+        try:
+            schema.migrate(conn, upto)
+        finally:
+            conn.close()
+
+    def add_node(self, node: str) -> str:
+        """A user named after the node, on the socket and TCP hosts, with the fleet GRANTs."""
+        password = self.passwords.setdefault(node, secrets.token_hex(8))
+        conn = self.superuser()
+        try:
+            with conn.cursor() as cursor:
+                for host in ("localhost", "127.0.0.1"):
+                    cursor.execute("CREATE OR REPLACE USER %s@%s IDENTIFIED BY %s",
+                                   (node, host, password))
+                    for statement in schema.grants(node, host, self.database):
+                        cursor.execute(statement)
+        finally:
+            conn.close()
+        return password
+
+    def url(self, node: str, inside: bool) -> str:
+        if inside and self.socket:
+            return f"mysql://{node}@localhost/{self.database}?unix_socket={self.socket}"
+        hosts = ",".join(f"{host}:{port}" for host, port in self.places)
+        return f"mysql://{node}@{hosts}/{self.database}"
+
+    def rows(self, sql: str, *args: Any) -> list[tuple]:
+        conn = self.admin()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, args)
+                return list(cursor.fetchall())
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------------------- servers --
+@dataclass
+class Server:
+    name: str
+    netns: NetNS
+    ns: f2b.Netns
+    f2b: f2b.Fail2Ban
+    root: Path
+    db: FleetDb
+    inside: bool = True
+    settings: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "fleet.log"
+
+    def write_config(self) -> Path:
+        password = self.db.passwords[self.name]
+        option_file = self.root / "fleet.cnf"
+        tls = f"ssl-ca = {self.db.tls_ca}\n" if self.db.tls_ca else ""
+        option_file.write_text(f"[client]\npassword = {password}\n{tls}")
+        option_file.chmod(0o600)
+        settings = {"node": self.name, "state_dir": str(self.state), "fleet": "yes",
+                    "fleet_db": self.db.url(self.name, self.inside),
+                    "fleet_db_option_file": str(option_file),
+                    "fleet_fail2ban_socket": str(self.f2b.sock), "db": "none",
+                    **self.settings}
+        config = self.root / "modsec-tools.conf"
+        config.write_text("[modsec-tools]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+        return config
+
+    def start_fleet(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        config = self.write_config()
+        argv = [sys.executable, "-m", "modsec_tools.cli", "-v", "fleet", "run", "--config",
+                str(config)]
+        out = open(self.log, "ab")
+        environment = {**os.environ, **(env or {})}
+        if self.inside:
+            self.proc = self.ns.popen(*argv, cwd=REPO, stdout=out, stderr=out, env=environment)
+        else:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=out,
+                                         env=environment)
+        if wait:
+            f2b.wait_for(lambda: self.connected() or self.proc.poll() is not None, timeout=30,
+                         what=f"{self.name}'s fleet daemon")
+            assert self.proc.poll() is None, self.log.read_text()
+
+    def connected(self) -> bool:
+        return bool(self.status().get("database_up")) and \
+            "connected to" in self.log.read_text(errors="replace")
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.state / "fleet" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def stop_fleet(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kernel(self, jail: str = "modsec-fleet") -> dict[str, int | None]:
+        return f2b.kernel_bans(self.ns, "nftables", f"mt-{jail}")
+
+    def fleet_log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def ban_lines(self, jail: str, ip: str) -> int:
+        """How many times fail2ban logged a (new) ban of ``ip`` in ``jail``."""
+        return sum(line.endswith(f"[{jail}] Ban {ip}") for line in self.f2b.log_text().splitlines())
+
+
+class Fleet:
+    """Up to N servers sharing ``db``; everything is stopped and removed on exit."""
+
+    def __init__(self, tmp: Path, db: FleetDb, *, bantime: int = 60) -> None:
+        self.tmp, self.db, self.bantime = tmp, db, bantime
+        self.servers: list[Server] = []
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for server in self.servers:
+                server.stop_fleet()
+        finally:
+            self.stack.close()
+
+    def add(self, name: str, *, ignoreip: str = "", ignoreself: bool = False,
+            inside: bool = True, settings: dict[str, str] | None = None, start: bool = True,
+            env: dict[str, str] | None = None) -> Server:
+        netns = self.stack.enter_context(NetNS())
+        netns.add_addr(f"{SERVER}/32")
+        ns = f2b.Netns(netns.name)
+        root = self.tmp / name
+        root.mkdir(mode=0o700)
+        jails = JAILS.format(bantime=self.bantime, ignoreip=ignoreip, server=SERVER,
+                             ignoreself=str(ignoreself).lower())
+        (root / "f2b").mkdir(mode=0o700)
+        server = self.stack.enter_context(f2b.fail2ban_server(
+            ns, jails, root=root / "f2b",
+            extra={"jail.d/modsec-fleet.conf": FLEET_JAILS.read_text()}))
+        self.db.add_node(name)
+        member = Server(name, netns, ns, server, root, self.db, inside, dict(settings or {}))
+        self.servers.append(member)
+        if start:
+            member.start_fleet(env)
+        return member
+
+    def start(self, count: int, **kwargs: Any) -> list[Server]:
+        return [self.add(f"web{i}", **kwargs) for i in range(1, count + 1)]
+
+    def wait_banned(self, servers: Sequence[Server], ip: str, jail: str = "modsec-fleet",
+                    timeout: float = 10) -> float:
+        """Seconds until every server's kernel set holds ``ip``."""
+        started = time.monotonic()
+        for server in servers:
+            f2b.wait_for(lambda: ip in server.kernel(jail), timeout=timeout,
+                         what=f"{ip} in {server.name}'s {jail} set\n{server.fleet_log()[-3000:]}")
+        return time.monotonic() - started
+
+    def wait_unbanned(self, servers: Sequence[Server], ip: str, jail: str = "modsec-fleet",
+                      timeout: float = 10) -> None:
+        for server in servers:
+            f2b.wait_for(lambda: ip not in server.kernel(jail), timeout=timeout,
+                         what=f"{ip} gone from {server.name}'s {jail} set\n"
+                              f"{server.fleet_log()[-3000:]}")
+
+
+def probe(server: Server, source: str, port: int = 80) -> str:
+    """A TCP connection from ``source`` (added to the namespace if new) to SERVER:port:
+    'open', 'timeout' (dropped) or 'refused'."""
+    if source not in server.ns.out("ip", "-o", "addr", "show", "dev", "lo"):
+        f2b.add_addresses(server.ns, source)
+    return f2b.tcp_probe(server.ns, source, SERVER, port, timeout=0.5)
