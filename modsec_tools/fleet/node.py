@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 GUARD_REFRESH = 60.0       # ignoreip / own addresses re-read this often
 UNBAN_CHECK = 1.0          # early unbans looked for this often (fleet_propagate_unban)
-PURGE_GRACE = 60.0         # rows are deleted this long after they ended
 REFUSED_RETRY = 30.0       # grants or schema wrong: ask again this much later
 
 
@@ -182,7 +181,7 @@ class FleetNode:
         self.store.heartbeat(applier.applied - self.clock.status.get("applied", 0),
                              applier.rejected - self.clock.status.get("rejected", 0),
                              applier.take_lag_ms())
-        self.store.purge(now - PURGE_GRACE)
+        self.store.purge(now)  # an ended ban is ignored by every reader anyway
         self.clock.status = self.status()
         daemon.write_status(os.path.join(self.settings.state_dir, "fleet", "status.json"),
                             self.clock.status)
