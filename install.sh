@@ -39,7 +39,8 @@ DESCRIPTION
                   without a compiler they are not, and modsec-tools runs the same
                   pure-Python parser, about half as fast (a warning says what to
                   install: then rerun install.sh).
-     3. fail2ban  filter.d/, jail.d/ and action.d/ files of this tree into /etc/fail2ban.
+     3. fail2ban  filter.d/, jail.d/ and action.d/ files of this tree into /etc/fail2ban
+                  (with action.d/modsec_blocker/, the package the action imports).
                   Your *.local files there are never touched. A bundled *.conf that you
                   edited is saved as FILE.modsec-tools-save before it is replaced.
      4. config    /etc/modsec-tools/modsec-tools.conf, only if absent, with storage_dir and
@@ -744,6 +745,10 @@ step_fail2ban() {
             n=$((n + 1))
         done
     done
+    # the action's package, which modsec-block.py imports from its own directory
+    while IFS= read -r -d '' f; do
+        put_file "$f" "$F2B/${f#"$SRC/fail2ban/"}" 0644
+    done < <(find "$SRC/fail2ban/action.d" -mindepth 2 -type f -name '*.py' ! -path '*/__pycache__/*' -print0 | sort -z)
     [ "$n" -gt 0 ] || warn "this tree has no fail2ban/*.d files yet: nothing installed"
     local local_file
     for local_file in "$(R "$F2B")"/{filter,jail,action}.d/modsec*.local; do

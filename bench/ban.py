@@ -20,8 +20,13 @@ fail2ban-server (tests/f2b_harness.py), and never touches the host's firewall.
 3. Log-to-kernel latency of the jail's backend: 10 blocked lines for a fresh address are
    appended to the event log; time until the kernel blocks it (pyinotify vs polling).
 
+With --against DIR (the fail2ban/ directory of another tree, e.g. the previous commit's from
+`git archive`), step 1 also bans through that tree's action, in the same interleaved rounds:
+the two versions side by side.  --throughput-only skips steps 2 and 3 and the stock actions.
+
 usage: python3 bench/ban.py [--count N] [--stock-count N] [--packet-bans N] [--rounds N]
-                            [--connects N] [--results bench/RESULTS.md] [--quick]
+                            [--connects N] [--against DIR] [--throughput-only]
+                            [--results bench/RESULTS.md] [--quick]
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.f2b_harness import (PYTHON, Fail2Ban, Netns, append_events, event_line,  # noqa: E402
+from tests.f2b_harness import (BUNDLE, PYTHON, Fail2Ban, Netns, append_events, event_line,  # noqa: E402
                                fail2ban_server, iptables_flavour, listener, netns)
 
 JAIL = """
@@ -166,13 +171,13 @@ def first_ban(f2b: Fail2Ban, ips: set[str]) -> float:
     raise RuntimeError("no Ban notice found")
 
 
-def throughput(stack: ExitStack, setups: dict[str, tuple[str, str, int]], args) -> dict[str, dict]:
+def throughput(stack: ExitStack, setups: dict[str, tuple[str, str, int, Path]], args) -> dict[str, dict]:
     """Ban through every setup, interleaved: round r bans the r-th slice in each setup in turn,
     so the load of this shared machine hits all setups alike.  name -> result (+ ns, f2b)."""
     state = {}
-    for name, (action, kind, count) in setups.items():
+    for name, (action, kind, count, bundle) in setups.items():
         ns = stack.enter_context(netns("mt-bench-"))
-        f2b = stack.enter_context(fail2ban_server(ns, JAIL.format(action=action, extra="")))
+        f2b = stack.enter_context(fail2ban_server(ns, JAIL.format(action=action, extra=""), bundle=bundle))
         if kind == "auto":
             kind = "nftables" if iptables_flavour() == "nf_tables" else "iptables-legacy"
         state[name] = {"name": name, "kind": kind, "count": 0, "seconds": 0.0, "accepted": 0.0,
@@ -220,17 +225,18 @@ print(json.dumps({"seconds": done - started, "queue_seconds": queued - started, 
 """
 
 
-def action_alone(backend: str, ips: list[str]) -> dict:
+def action_alone(backend: str, ips: list[str], bundle: Path = BUNDLE) -> dict:
     """The action without fail2ban: ban() calls from one thread, until the kernel holds all."""
 
     with netns("mt-bench-") as ns:
-        proc = ns.run(PYTHON, "-c", _ALONE, str(ROOT / "fail2ban" / "action.d" / "modsec-block.py"), backend,
+        proc = ns.run(PYTHON, "-c", _ALONE, str(bundle / "action.d" / "modsec-block.py"), backend,
                       input=json.dumps(ips), timeout=600)
         out = json.loads(proc.stdout)
         kind = out["backend"]
         held = kernel_count(ns, kind)
     assert held == len(ips), (held, len(ips))
-    result = {"name": f"modsec-block {backend}, without fail2ban", "kind": kind, "count": len(ips),
+    suffix = "" if bundle == BUNDLE else f", {bundle}"
+    result = {"name": f"modsec-block {backend}, without fail2ban{suffix}", "kind": kind, "count": len(ips),
               "seconds": out["seconds"], "rate": len(ips) / out["seconds"], "accepted": out["queue_seconds"]}
     print(f"  {result['name']:32s} {len(ips):6d} bans in {out['seconds']:7.2f} s = {result['rate']:8.0f} bans/s"
           f"  (ban() calls done after {out['queue_seconds']:.2f} s)", flush=True)
@@ -396,7 +402,15 @@ def report(res: dict, command: str) -> str:
         server = f"{r['server_rate']:.0f}" if r.get("server_rate") else "–"
         lines.append(f"| {r['name']} ({r['kind']}) | {r['count']} | {r['seconds']:.2f} | "
                      f"**{r['rate']:.0f}** | {spread} | {server} |")
-    lines += ["", "### Per-packet cost for a client that is not banned", "",
+    if res["packets"]:
+        lines += packet_lines(res)
+    if res["latency"]:
+        lines += latency_lines(res)
+    return "\n".join(lines + [""] + NOTES) + "\n"
+
+
+def packet_lines(res: dict) -> list[str]:
+    lines = ["", "### Per-packet cost for a client that is not banned", "",
               f"connect() to 127.0.0.1:80 in the namespace (SYN traverses INPUT and our rule); "
               f"{res['rounds']} interleaved rounds of {res['connects']} connects per setup; "
               "median of the per-round medians (and of the per-round 90th percentiles). Our "
@@ -408,7 +422,11 @@ def report(res: dict, command: str) -> str:
     for row in res["packets"]:
         lines.append(f"| {row['setup']} | {row['banned']} | {row['median_us']:.1f} | {row['p90_us']:.1f} | "
                      f"{row['delta']:+.1f} % |")
-    lines += ["", "### Event log line to kernel ban (jail backend)", "",
+    return lines
+
+
+def latency_lines(res: dict) -> list[str]:
+    lines = ["", "### Event log line to kernel ban (jail backend)", "",
               "10 blocked lines for a fresh address appended at once. `found`: until fail2ban's "
               "filter logged the 10th failure (its log has ms resolution); `kernel`: until the "
               "kernel blocks the address. The difference is fail2ban's actions thread, which "
@@ -419,7 +437,7 @@ def report(res: dict, command: str) -> str:
     for r in res["latency"]:
         lines.append(f"| {r['backend']} | {r['found_ms']:.0f} | {r['found_max_ms']:.0f} | "
                      f"{r['median_ms']:.0f} | {r['max_ms']:.0f} |")
-    return "\n".join(lines + [""] + NOTES) + "\n"
+    return lines
 
 
 NOTES = [
@@ -465,6 +483,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=25, help="per-packet rounds")
     parser.add_argument("--connects", type=int, default=400)
     parser.add_argument("--latency-repeats", type=int, default=10)
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="also ban through the action of this fail2ban/ directory (another tree)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only step 1, and without the stock actions")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--results", type=Path, help="update this RESULTS.md section")
     args = parser.parse_args()
@@ -485,8 +507,12 @@ def main() -> int:
            "throughput": [], "packets": [], "latency": []}
     with ExitStack() as stack:
         print(f"1. throughput: {args.count} bans (ours), {args.stock_count} (stock)", flush=True)
-        setups = {name: (action, kind, args.stock_count if name in STOCK else args.count)
-                  for name, (action, kind) in {**OURS, **NO_ACTION, **STOCK}.items()}
+        others = {} if args.throughput_only else {**NO_ACTION, **STOCK}
+        setups = {name: (action, kind, args.stock_count if name in STOCK else args.count, BUNDLE)
+                  for name, (action, kind) in {**OURS, **others}.items()}
+        if args.against:
+            setups.update({f"{name}, {args.against}": (action, kind, args.count, args.against.resolve())
+                           for name, (action, kind) in OURS.items()})
         state = throughput(stack, setups, args)
         res["throughput"] = [{k: v for k, v in st.items() if k not in ("ns", "f2b", "ips")}
                              for st in state.values()]
@@ -494,6 +520,12 @@ def main() -> int:
 
         for backend in ("nftables", "ipset", "iptables-legacy"):
             res["throughput"].append(action_alone(backend, addresses(args.count)))
+        if args.against:
+            for backend in ("nftables", "ipset", "iptables-legacy"):
+                res["throughput"].append(action_alone(backend, addresses(args.count), args.against.resolve()))
+        if args.throughput_only:
+            stack.close()
+            return finish(res, command, started, args)
 
         print(f"2. per-packet cost for a non-banned client, {args.packet_bans} bans", flush=True)
         setups = packet_setups(stack, kept, args)
@@ -514,6 +546,10 @@ def main() -> int:
         for backend in ("pyinotify", "polling"):
             with ExitStack() as inner:
                 res["latency"].append(log_latency(inner, backend, args.latency_repeats))
+    return finish(res, command, started, args)
+
+
+def finish(res: dict, command: str, started: float, args) -> int:
     res["load_after"] = os.getloadavg()[0]
     res["minutes"] = (time.monotonic() - started) / 60
     section = report(res, command)

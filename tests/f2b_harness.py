@@ -212,6 +212,19 @@ def _compare_fields(where: str, case: Case, match: Match) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# the action's package, in this interpreter (it needs nothing of fail2ban)
+
+def blocker_package():
+    """fail2ban/action.d/modsec_blocker, imported as the action imports it (from its directory)."""
+    import importlib
+    import sys
+    here = str(BUNDLE / "action.d")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("modsec_blocker")
+
+
+# ---------------------------------------------------------------------------------------
 # network namespaces
 
 class Netns:
@@ -267,12 +280,14 @@ _SKIP_CONF = ("jail.d", "fail2ban.d", "jail.local", "fail2ban.local")
 
 
 def make_confdir(root: Path, jails: str, *, server_options: dict[str, str] | None = None,
-                 extra: dict[str, str] | None = None, with_bundle_jails: bool = True) -> Path:
+                 extra: dict[str, str] | None = None, with_bundle_jails: bool = True,
+                 bundle: Path = BUNDLE) -> Path:
     """A private fail2ban configuration: stock base files, our bundle, a jail.local.
 
     ``jails`` becomes jail.local (it may enable/override our jail.d/modsec.conf);
     ``server_options`` override fail2ban.local's [Definition] (loglevel, dbpurgeage...);
-    ``extra`` maps relative paths to file contents (e.g. a test filter).
+    ``extra`` maps relative paths to file contents (e.g. a test filter); ``bundle``: the
+    fail2ban/ directory of another tree (a benchmark comparing two versions).
     """
     conf = root / "conf"
     shutil.copytree(SYSTEM_CONF, conf, ignore=lambda d, names: [n for n in names if n in _SKIP_CONF
@@ -280,11 +295,14 @@ def make_confdir(root: Path, jails: str, *, server_options: dict[str, str] | Non
     (conf / "jail.d").mkdir()
     (conf / "fail2ban.d").mkdir()
     for sub in ("filter.d", "action.d"):
-        for path in (BUNDLE / sub).iterdir():
+        for path in (bundle / sub).iterdir():
             if path.is_file():
                 shutil.copy(path, conf / sub / path.name)
+            elif path.is_dir() and path.name != "__pycache__":     # the action's package
+                shutil.copytree(path, conf / sub / path.name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if with_bundle_jails:
-        shutil.copy(BUNDLE / "jail.d" / "modsec.conf", conf / "jail.d" / "modsec.conf")
+        shutil.copy(bundle / "jail.d" / "modsec.conf", conf / "jail.d" / "modsec.conf")
     (conf / "jail.local").write_text(textwrap.dedent(jails))
     options = {"loglevel": "INFO", "logtarget": f"{root}/fail2ban.log", "socket": f"{root}/fail2ban.sock",
                "pidfile": f"{root}/fail2ban.pid", "dbfile": f"{root}/fail2ban.sqlite3", "dbpurgeage": "30d",
@@ -419,7 +437,8 @@ class Fail2Ban:
 def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | None = None,
                     extra: dict[str, str] | None = None,
                     with_bundle_jails: bool = True, root: Path | None = None,
-                    graceful_exit: bool = False, python: str | None = None) -> Iterator[Fail2Ban]:
+                    graceful_exit: bool = False, python: str | None = None,
+                    bundle: Path = BUNDLE) -> Iterator[Fail2Ban]:
     """Start fail2ban-server in ``ns`` with ``jails`` as jail.local; stop it afterwards.
 
     ``jails`` becomes jail.local (after dedent) on top of the stock jail.conf and our
@@ -443,7 +462,7 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
             (base / name).touch()
         jails = textwrap.dedent(jails).replace("{root}", str(base))
         conf = make_confdir(base, jails, server_options=server_options, extra=extra,
-                            with_bundle_jails=with_bundle_jails)
+                            with_bundle_jails=with_bundle_jails, bundle=bundle)
         f2b = Fail2Ban(ns, base, conf, python)
         try:
             f2b.start()  # (a server that never got ready is killed too)

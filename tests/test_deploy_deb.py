@@ -142,8 +142,14 @@ def test_deb_file_list(built):
             if os.path.isfile(os.path.join(REPO, "fail2ban", sub, name)) and \
                     not name.endswith((".local", ".pyc")):
                 expected.add(f"/etc/fail2ban/{sub}/{name}")
+    # the action's package, beside it (modsec-block.py imports it from its own directory)
+    package = os.path.join(REPO, "fail2ban", "action.d", "modsec_blocker")
+    for directory, _, names in os.walk(package):
+        expected.update(f"/etc/fail2ban/{os.path.relpath(os.path.join(directory, name), os.path.join(REPO, 'fail2ban'))}"
+                        for name in names if name.endswith(".py"))
     assert {"/etc/fail2ban/filter.d/modsec.conf", "/etc/fail2ban/jail.d/modsec.conf",
-            "/etc/fail2ban/action.d/modsec-block.py"} <= expected
+            "/etc/fail2ban/action.d/modsec-block.py", "/etc/fail2ban/action.d/modsec_blocker/batcher.py",
+            "/etc/fail2ban/action.d/modsec_blocker/backends/nft.py"} <= expected
     assert not expected - files.keys(), f"missing from the package: {sorted(expected - files.keys())}"
     # the C extension, built for the (only) supported python3 of the build machine
     speedups = [f for f, kind in files.items() if kind == "-" and SPEEDUPS.match(f)]

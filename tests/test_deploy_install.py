@@ -241,6 +241,14 @@ def test_bundle_installed_as_in_tree(debian):
                     open(debian.path(f"etc/fail2ban/{sub}/{name}"), "rb") as b:
                 assert a.read() == b.read(), name
             assert stat.S_IMODE(os.stat(debian.path(f"etc/fail2ban/{sub}/{name}")).st_mode) == 0o644
+    # the action's package, beside it (modsec-block.py imports it from its own directory)
+    package = os.path.join(REPO, "fail2ban", "action.d", "modsec_blocker")
+    sources = [os.path.join(d, n) for d, _, names in os.walk(package) for n in names if n.endswith(".py")]
+    assert len(sources) > 5
+    for source in sources:
+        rel = os.path.relpath(source, os.path.join(REPO, "fail2ban"))
+        with open(source, "rb") as a, open(debian.path(f"etc/fail2ban/{rel}"), "rb") as b:
+            assert a.read() == b.read(), rel
     assert not os.path.exists(debian.path("etc/fail2ban/tests")), "test data must not be installed"
 
 

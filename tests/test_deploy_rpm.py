@@ -78,6 +78,8 @@ def test_rpm_contents(rpm):
                  f"{sitearch}/modsec_tools-0.1.0.dist-info/METADATA",
                  "/etc/fail2ban/filter.d/modsec.conf", "/etc/fail2ban/jail.d/modsec.conf",
                  "/etc/fail2ban/action.d/modsec-block.py", "/etc/modsec-tools/modsec-tools.conf",
+                 "/etc/fail2ban/action.d/modsec_blocker/batcher.py",
+                 "/etc/fail2ban/action.d/modsec_blocker/backends/nft.py",
                  "/usr/lib/systemd/system/modsec-tools.service", "/etc/logrotate.d/modsec-tools",
                  "/var/lib/modsec-tools/quarantine", "/var/log/modsec-tools",
                  # where the manual page sends the administrator for fail2ban-regex

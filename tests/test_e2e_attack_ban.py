@@ -3,10 +3,11 @@
 Apache 2.4 + mod_security2 + CRS (Debian) serve 127.0.0.1:8080 and [fd00::1]:8080 in the
 namespace and write a Concurrent storage tree; `modsec-tools watch` turns its entries into
 the event log; a real fail2ban-server in the namespace runs our filter, jail and action.
-An attacker at 127.0.0.2 (and fd00::2) is banned within seconds and visible in
+An attacker at 198.18.0.2 (and fd00::2) is banned within seconds and visible in
 `fail2ban-client status modsec`; the kernel set holds it; its next connection fails while
-127.0.0.3 (fd00::3) is still served; after the ban it is served again; the second offence
-gets a longer ban (bantime.increment).
+198.18.0.3 (fd00::3) is still served; after the ban it is served again; the second offence
+gets a longer ban (bantime.increment).  (Not loopback addresses: the action never blocks
+those.)
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _jail(backend: str) -> str:
         bantime.factor = 1
         bantime.maxtime = 60
         ignoreself = false
-        ignoreip = 127.0.0.1 fd00::1
+        ignoreip = 127.0.0.1 198.18.0.1 fd00::1
         port = {PORT}
         action = modsec-block.py[backend={backend}, blocktype=DROP, port="{PORT}", protocol=tcp]
         """
@@ -115,18 +116,19 @@ def _ban_cycle(web, server: f2b.Fail2Ban, ns, backend: str, attacker: str, bysta
 @pytest.mark.parametrize("backend", ["nftables", "ipset", "iptables-legacy"])
 def test_attack_is_banned_and_escalates(backend: str, tmp_path: Path) -> None:
     with NetNS() as netns:
-        for address in ("fd00::1/128", "fd00::2/128", "fd00::3/128"):
+        for address in ("198.18.0.1/32", "198.18.0.2/32", "198.18.0.3/32",
+                        "fd00::1/128", "fd00::2/128", "fd00::3/128"):
             netns.add_addr(address)
         ns = f2b.Netns(netns.name)
         web = ApacheModSec(tmp_path / "web", netns=netns,
-                           listen=[("127.0.0.1", PORT), ("fd00::1", PORT)])
+                           listen=[("198.18.0.1", PORT), ("fd00::1", PORT)])
         with web, f2b.fail2ban_server(ns, _jail(backend)) as server:
             watch = _start_watch(tmp_path, web.storage_dir, server.root / "events.log")
             try:
-                _ban_cycle(web, server, ns, backend, "127.0.0.2", "127.0.0.3", "127.0.0.1")
+                _ban_cycle(web, server, ns, backend, "198.18.0.2", "198.18.0.3", "198.18.0.1")
                 _ban_cycle(web, server, ns, backend, "fd00::2", "fd00::3", "fd00::1")
                 lines = (server.root / "events.log").read_text().splitlines()
-                assert any("client=127.0.0.2 verdict=blocked" in line for line in lines)
+                assert any("client=198.18.0.2 verdict=blocked" in line for line in lines)
                 assert any("client=fd00::2 verdict=blocked" in line for line in lines)
             finally:
                 watch.send_signal(signal.SIGTERM)

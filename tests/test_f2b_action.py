@@ -84,6 +84,11 @@ def _ban_unban_reload_stop(backend: str, python: str | None = None) -> None:
         with fail2ban_server(ns, jail(backend, bantime="600"), python=python) as f2b:
             if python is not None:  # the server really is that interpreter
                 assert os.path.realpath(f"/proc/{f2b.proc.pid}/exe") == os.path.realpath(python)
+            # Debian's python3 has python3-nftables; the other interpreter has not: nft -f -
+            how = "nft -f -" if python is not None else "libnftables via python3-nftables"
+            if backend == "nftables":
+                wait_for(lambda: f"modsec-block: nftables backend ({how})" in f2b.log_text(),
+                         what="the action's start line")
             f2b.banip("modsec", V4, V6)
             held = wait_bans(ns, backend, lambda b: V4 in b and V6 in b, "both bans in the kernel")
             for address in (V4, V6):
@@ -146,9 +151,12 @@ def test_restart_and_crash_restore_bans_without_duplicates(backend):
 
 _DIRECT = r"""
 import importlib.machinery, sys, time
+if sys.argv[4] == "without-binding":               # python3-nftables absent: nft -f -
+    sys.modules["nftables"] = None
 mod = importlib.machinery.SourceFileLoader("modsec-block", sys.argv[1]).load_module()
 class Jail: name = "modsec"
 action = mod.Action(Jail(), "modsec-block", backend=sys.argv[2])
+print(action._backend.how)
 step = sys.argv[3]
 if step == "start":
     action.start(); action.start()                 # twice: nothing doubled
@@ -159,18 +167,28 @@ else:
     action.stop(); action.stop()                   # twice: no error, nothing left
 """
 
+# backend, whether python3-nftables may be imported, how its transactions must reach the kernel
+DIRECT_CASES = [
+    ("nftables", "with-binding", "libnftables via python3-nftables"),
+    ("nftables", "without-binding", "nft -f -"),
+    ("ipset", "with-binding", "ipset restore"),
+    ("iptables-legacy", "with-binding", "libiptc via python-iptables"),
+]
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_action_start_and_stop_are_idempotent(backend):
-    """The action module itself (no fail2ban): start twice, stop twice, in one namespace."""
+
+@pytest.mark.parametrize("backend,binding,how", DIRECT_CASES)
+def test_action_start_and_stop_are_idempotent(backend, binding, how):
+    """The action module itself (no fail2ban): start twice, stop twice, in one namespace;
+    nftables both through its library's binding and through the nft program."""
+    action = str(BUNDLE / "action.d" / "modsec-block.py")
     with netns() as ns:
         populate_host_firewall(ns)
         before = firewall_snapshot(ns)
-        ns.run(PYTHON, "-c", _DIRECT, str(BUNDLE / "action.d" / "modsec-block.py"), backend, "start")
+        assert ns.out(PYTHON, "-c", _DIRECT, action, backend, "start", binding).strip() == how
         held = bans(ns, backend)
         assert set(held) == {V4, V6} and 590 <= held[V4] <= 600 and held[V6] is None   # -1: permanent
         _assert_single_hook(ns, backend)
-        ns.run(PYTHON, "-c", _DIRECT, str(BUNDLE / "action.d" / "modsec-block.py"), backend, "stop")
+        ns.run(PYTHON, "-c", _DIRECT, action, backend, "stop", binding)
         assert firewall_snapshot(ns) == before
 
 
