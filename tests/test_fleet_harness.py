@@ -35,6 +35,7 @@ import pytest
 from modsec_tools.fleet import schema
 from tests import f2b_harness as f2b
 from tests.realparts import NetNS
+from tests.realparts.mariadb import MariaDB
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET_JAILS = REPO / "fail2ban" / "jail.d" / "modsec-fleet.conf"
@@ -132,9 +133,13 @@ class FleetDb:
         return password
 
     def url(self, node: str, inside: bool) -> str:
+        """The node's fleet_db: the unix socket, or every TCP place, each node starting
+        with another one (web1 with the first, web2 with the second...)."""
         if inside and self.socket:
             return f"mysql://{node}@localhost/{self.database}?unix_socket={self.socket}"
-        hosts = ",".join(f"{host}:{port}" for host, port in self.places)
+        turn = list(self.passwords).index(node) % len(self.places)
+        places = [*self.places[turn:], *self.places[:turn]]
+        hosts = ",".join(f"{host}:{port}" for host, port in places)
         return f"mysql://{node}@{hosts}/{self.database}"
 
     def rows(self, sql: str, *args: Any) -> list[tuple]:
@@ -295,3 +300,127 @@ def probe(server: Server, source: str, port: int = 80) -> str:
     if source not in server.ns.out("ip", "-o", "addr", "show", "dev", "lo"):
         f2b.add_addresses(server.ns, source)
     return f2b.tcp_probe(server.ns, source, SERVER, port, timeout=0.5)
+
+
+# -------------------------------------------------------------------------------- Galera --
+GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
+
+
+class _GaleraNode(MariaDB):
+    """A node runs as the mysql user: a joiner's rsync daemon started by root would write
+    as nobody, and the state transfer would fail."""
+
+    def _user_arg(self) -> list[str]:
+        return ["--user=mysql"] if os.geteuid() == 0 else []
+
+
+class GaleraCluster:
+    """Three (or more) MariaDB nodes of one Galera cluster on loopback ports, each a
+    tests.realparts MariaDB with the wsrep settings; the first bootstraps it, the others
+    join by rsync SST (so they share its users and passwords)."""
+
+    def __init__(self, size: int = 3) -> None:
+        from tests.realparts._util import Unavailable, free_port
+        if not os.path.exists(GALERA_PROVIDER):
+            raise Unavailable(f"{GALERA_PROVIDER} missing (Debian package galera-4)")
+        self.name = f"mt-{secrets.token_hex(3)}"
+        ports = [free_port() for _ in range(size * 3)]
+        self.gcomm = [ports[3 * i] for i in range(size)]
+        members = ",".join(f"127.0.0.1:{port}" for port in self.gcomm)
+        self.nodes = []
+        for index in range(size):
+            gcomm, ist, sst = ports[3 * index:3 * index + 3]
+            args = [f"--wsrep-on=ON", f"--wsrep-provider={GALERA_PROVIDER}",
+                    f"--wsrep-cluster-name={self.name}",
+                    f"--wsrep-cluster-address=gcomm://{members}",
+                    f"--wsrep-node-address=127.0.0.1:{gcomm}",
+                    f"--wsrep-node-name=g{index + 1}",
+                    f"--wsrep-sst-receive-address=127.0.0.1:{sst}",
+                    f"--wsrep-provider-options=gmcast.listen_addr=tcp://127.0.0.1:{gcomm};"
+                    f"ist.recv_addr=127.0.0.1:{ist};gcache.size=16M;"
+                    "evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S",
+                    "--wsrep-sst-method=rsync", "--binlog-format=ROW",
+                    "--innodb-autoinc-lock-mode=2", "--wsrep-slave-threads=2"]
+            if index == 0:
+                args.append("--wsrep-new-cluster")
+            self.nodes.append(_GaleraNode(extra_args=args, startup_timeout=120))
+
+    def __enter__(self) -> "GaleraCluster":
+        try:
+            self._bootstrap()
+            self.wait_synced(len(self.nodes))
+        except BaseException as exc:
+            problems = self.log_problems()
+            self.close()
+            if isinstance(exc, (RuntimeError, TimeoutError)):
+                raise RuntimeError(f"Galera cluster did not form: {exc}\n{problems}") from None
+            raise
+        return self
+
+    def log_problems(self) -> str:
+        """The state-transfer and error lines of every node's log."""
+        lines = []
+        for index, node in enumerate(self.nodes):
+            try:
+                text = node.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            lines += [f"g{index + 1}: {line[:300]}" for line in text.splitlines()
+                      if "WSREP_SST" in line or "rsync" in line.lower() or "[ERROR]" in line]
+        return "\n".join(lines[-60:])
+
+    def _bootstrap(self) -> None:
+        """The first node founds the cluster and sets up users and passwords; the others
+        join by a state transfer (rsync), which gives them the same."""
+        first = self.nodes[0]
+        for index, node in enumerate(self.nodes):
+            if index:
+                node.password, node.root_password = first.password, first.root_password
+            subprocess.run(["chown", "mysql:mysql", str(node.basedir)], check=True)
+            node._install()
+            subprocess.run(["chown", "-R", "mysql:mysql", str(node.basedir)], check=True)
+            if index:
+                (node.basedir / "configured").touch()
+            node.start()
+            if not index:
+                # a restart of the first node later joins the cluster, it does not found another
+                node.extra_args = tuple(arg for arg in node.extra_args
+                                        if arg != "--wsrep-new-cluster")
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            node.kill()
+            node.close()
+
+    def status(self, node: Any) -> dict[str, str]:
+        return {name: value for name, value in node.sql(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', "
+            "'wsrep_local_state_comment', 'wsrep_cluster_status', 'wsrep_ready')")}
+
+    def wait_synced(self, size: int, timeout: float = 60) -> None:
+        def synced() -> bool:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                state = self.status(node)
+                if state.get("wsrep_cluster_size") != str(size) or \
+                        state.get("wsrep_local_state_comment") != "Synced":
+                    return False
+            return True
+        f2b.wait_for(synced, timeout=timeout, interval=0.2,
+                     what=f"a synced Galera cluster of {size}")
+
+    @property
+    def places(self) -> list[tuple[str, int]]:
+        return [(node.host, node.port) for node in self.nodes]
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[FleetDb]:
+        """A fresh fleet database, migrated, reachable over TCP at every node."""
+        first = self.nodes[0]
+        with FleetDb.on(first) as db:
+            db.socket, db.places = None, self.places
+            yield db
