@@ -97,13 +97,14 @@ class FleetDb:
 
     @classmethod
     @contextlib.contextmanager
-    def on(cls, server: Any, database: str | None = None) -> Iterator["FleetDb"]:
+    def on(cls, server: Any, database: str | None = None,
+           upto: int = schema.CODE_SCHEMA) -> Iterator["FleetDb"]:
         """A fresh database on a tests.realparts MariaDB, migrated by its admin user."""
         name = server.create_database(database)
         db = cls(name, lambda: server.connect(name),
                  lambda: server.connect(name, root=True, unix_socket=True), server.socket,
                  [(server.host, server.port)])
-        db.migrate()
+        db.migrate(upto)
         try:
             yield db
         finally:
@@ -330,7 +331,7 @@ class GaleraCluster:
         self.nodes = []
         for index in range(size):
             gcomm, ist, sst = ports[3 * index:3 * index + 3]
-            args = [f"--wsrep-on=ON", f"--wsrep-provider={GALERA_PROVIDER}",
+            args = ["--wsrep-on=ON", f"--wsrep-provider={GALERA_PROVIDER}",
                     f"--wsrep-cluster-name={self.name}",
                     f"--wsrep-cluster-address=gcomm://{members}",
                     f"--wsrep-node-address=127.0.0.1:{gcomm}",
