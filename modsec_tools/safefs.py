@@ -25,7 +25,7 @@ class UnsafeFile(ParseError):
 class FileData:
     data: bytes
     stat: os.stat_result
-    truncated: bool      # the file is larger than the cap: data holds only the first bytes
+    truncated: bool      # the file is larger than the cap: data holds at most its first bytes
 
 
 def read_file_at(dir_fd: int | None, name: str, max_size: int,
@@ -48,6 +48,8 @@ def read_file_at(dir_fd: int | None, name: str, max_size: int,
             raise UnsafeFile(f"is not a regular file (mode {stat.filemode(info.st_mode)})")
         if require_single_link and info.st_nlink != 1:
             raise UnsafeFile(f"has {info.st_nlink} hard links; refusing to read it")
+        if info.st_size > max_size:  # over the cap already: its bytes are not needed
+            return FileData(b"", info, True)
         chunks: list[bytes] = []
         remaining = max_size + 1
         while remaining > 0:
