@@ -73,7 +73,8 @@ DESCRIPTION
                   absent (it is yours afterwards).
      9. system    the systemd unit /etc/systemd/system/modsec-tools.service with a drop-in
                   (modsec-tools.service.d/50-install-paths.conf) making the configured paths
-                  writable, /etc/logrotate.d/modsec-tools, the manual page, README and
+                  writable, modsec-tools-fleet.service (not enabled: docs/fleet.md),
+                  /etc/logrotate.d/modsec-tools, the manual page, README and
                   docs in /usr/share/doc/modsec-tools with examples/ (the sysctl file,
                   and fail2ban-regex/: sample logs for the filters), and
                   /etc/sysctl.d/60-modsec-tools.conf when fs.inotify.max_user_watches is
@@ -201,6 +202,7 @@ CONFIG=$CONFIG_DIR/modsec-tools.conf
 F2B=/etc/fail2ban
 JAIL_LOCAL=$F2B/jail.d/modsec.local
 UNIT=/etc/systemd/system/modsec-tools.service
+FLEET_UNIT=/etc/systemd/system/modsec-tools-fleet.service
 DROPIN=/etc/systemd/system/modsec-tools.service.d/50-install-paths.conf
 LOGROTATE=/etc/logrotate.d/modsec-tools
 SYSCTL=/etc/sysctl.d/60-modsec-tools.conf
@@ -1075,6 +1077,7 @@ step_system() {
     step "system: systemd unit, logrotate, manual page, documentation, sysctl"
     local before=$CHANGED
     put_file "$SRC/packaging/modsec-tools.service" "$UNIT" 0644
+    put_file "$SRC/packaging/modsec-tools-fleet.service" "$FLEET_UNIT" 0644
     # Paths the unit must be able to write, beyond its defaults (drop-in).
     local paths=() p
     for p in "${SET[storage_dir]}" "${SET[state_dir]}" "${SET[quarantine_dir]}" \

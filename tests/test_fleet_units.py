@@ -159,3 +159,9 @@ def test_grants_quote_only_plain_names() -> None:
                                  ("web1", "%", "m`x")):
         with pytest.raises(ValueError):
             schema.grants(node, host, database)
+
+
+def test_debian_ships_the_packaged_fleet_unit() -> None:
+    from tests.f2b_harness import REPO
+    packaged = (REPO / "packaging" / "modsec-tools-fleet.service").read_text()
+    assert (REPO / "debian" / "modsec-tools.modsec-tools-fleet.service").read_text() == packaged
