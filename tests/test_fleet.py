@@ -6,7 +6,6 @@ hostile rows never reach fail2ban; early unbans propagate when chosen; repeat of
 escalate fleet-wide."""
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -14,51 +13,13 @@ import pymysql
 import pytest
 
 from tests import f2b_harness as f2b
-from tests.realparts import ApacheModSec
-from tests.realparts.apache import ATTACK
-from tests.test_e2e_attack_ban import _start_watch
-from tests.test_fleet_harness import SERVER, Fleet, FleetDb, probe
+from tests.test_fleet_harness import ATTACK_BANTIME, Fleet, FleetDb, attack_web1
 
 pytestmark = pytest.mark.root
 
-ATTACKER, BYSTANDER = "192.0.2.2", "192.0.2.3"
-
-
 def test_attack_on_web1_is_refused_by_web2_and_web3(mariadb, tmp_path: Path) -> None:
-    with FleetDb.on(mariadb) as db, Fleet(tmp_path, db, bantime=8) as fleet:
-        web1, web2, web3 = fleet.start(3)
-        web1.netns.add_addr(f"{ATTACKER}/32")
-        apache = ApacheModSec(tmp_path / "apache", netns=web1.netns, listen=[(SERVER, 80)])
-        with apache, f2b.listener(web2.ns, "0.0.0.0:80"), f2b.listener(web3.ns, "0.0.0.0:80"):
-            (tmp_path / "watch").mkdir()
-            watch = _start_watch(tmp_path / "watch", apache.storage_dir,
-                                 web1.f2b.root / "events.log")
-            try:
-                assert probe(web2, ATTACKER) == "open" and probe(web3, ATTACKER) == "open"
-                statuses = [apache.request(ATTACK, source_ip=ATTACKER, addr=(SERVER, 80),
-                                           timeout=2) for _ in range(3)]
-                assert statuses == [403] * 3
-                f2b.wait_for(lambda: ATTACKER in web1.f2b.banned("modsec"), timeout=10)
-                banned = time.monotonic()
-                took = fleet.wait_banned([web2, web3], ATTACKER)
-                print(f"web1 ban -> web2 and web3 kernel sets: {took:.3f} s")
-                assert probe(web2, ATTACKER) == "timeout"
-                assert probe(web3, ATTACKER) == "timeout"
-                assert probe(web2, BYSTANDER) == "open"
-                assert ATTACKER in web3.f2b.client("status", "modsec-fleet")
-                (node, jail, rules, bantime), = db.rows(
-                    "SELECT node, jail, rules, bantime FROM fleet_bans WHERE ip = %s", ATTACKER)
-                assert (node, jail, bantime) == ("web1", "modsec", 8)
-                assert "942100" in rules.split(","), rules
-                # web1's ban ends: so do the others', at the same time
-                fleet.wait_unbanned([web2, web3], ATTACKER, timeout=15)
-                assert time.monotonic() - banned < 8 + 3
-                assert probe(web2, ATTACKER) == "open"
-            finally:
-                watch.send_signal(signal.SIGTERM)
-                watch.wait(30)
-        for server in (web2, web3):
-            assert server.ban_lines("modsec-fleet", ATTACKER) == 1, server.f2b.tail()
+    with FleetDb.on(mariadb) as db, Fleet(tmp_path, db, bantime=ATTACK_BANTIME) as fleet:
+        attack_web1(fleet, tmp_path, *fleet.start(3))
 
 
 def test_each_server_keeps_its_own_exceptions_and_refuses_hostile_rows(

@@ -1,19 +1,24 @@
-"""Fleet bans on a 3-node MariaDB Galera cluster (galera-4) on loopback ports: each server's
-daemon starts with its own database node and fails over to the next when that node is lost;
-bans made meanwhile go through; the lost node rejoins."""
+"""Fleet bans on a 3-node MariaDB Galera cluster (galera-4) on loopback ports, each server's
+daemon starting with its own database node: an attack on web1's Apache + ModSecurity is
+refused by web2 and web3; when a database node is lost, its server fails over to the next,
+bans made meanwhile go through once; a server whose daemon was down catches up on the bans
+in force and skips the expired ones; the lost node rejoins."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.realparts.fixtures import require
-from tests.test_fleet_harness import REPO, Fleet, GaleraCluster
+from tests.test_fleet_harness import ATTACK_BANTIME, REPO, Fleet, GaleraCluster, attack_web1
 
 pytestmark = pytest.mark.root
+
+SHORT = 3         # the modsec jail's bantime in the second test; modsec-recidive: 60 s
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +27,45 @@ def galera() -> Iterator[GaleraCluster]:
         yield cluster
 
 
-def test_bans_cross_galera_and_survive_a_lost_node(galera: GaleraCluster, tmp_path: Path) -> None:
-    with galera.database() as db, Fleet(tmp_path, db, bantime=600) as fleet:
+def test_attack_on_web1_is_refused_by_web2_and_web3(galera: GaleraCluster,
+                                                    tmp_path: Path) -> None:
+    with galera.database() as db, Fleet(tmp_path, db, bantime=ATTACK_BANTIME) as fleet:
+        attack_web1(fleet, tmp_path, *fleet.start(3, inside=False))
+
+
+def test_a_lost_node_and_a_late_server(galera: GaleraCluster, tmp_path: Path) -> None:
+    with galera.database() as db, Fleet(tmp_path, db, bantime=SHORT) as fleet:
         web1, web2, web3 = fleet.start(3, inside=False)
-        web1.f2b.banip("modsec", "192.0.2.60")
-        took = fleet.wait_banned([web2, web3], "192.0.2.60")
-        print(f"web1 (g1) -> web2 (g2), web3 (g3): {took:.3f} s")
 
         # g3, web3's database node, is lost: web3 moves to g1; the cluster (2 of 3) goes on
         galera.nodes[2].kill()
-        web3.f2b.banip("modsec", "192.0.2.61")
-        web1.f2b.banip("modsec", "192.0.2.62")
-        fleet.wait_banned([web1, web2], "192.0.2.61", timeout=20)
-        fleet.wait_banned([web3], "192.0.2.62", timeout=20)
+        web3.f2b.banip("modsec-recidive", "192.0.2.61")
+        web1.f2b.banip("modsec-recidive", "192.0.2.62")
+        fleet.wait_banned([web1, web2], "192.0.2.61", "modsec-fleet-recidive", timeout=20)
+        fleet.wait_banned([web3], "192.0.2.62", "modsec-fleet-recidive", timeout=20)
         assert "database unreachable" in web3.fleet_log()
         assert f"connected to 127.0.0.1:{galera.nodes[0].port}" in web3.fleet_log()
-        for ip in ("192.0.2.60", "192.0.2.61", "192.0.2.62"):
-            assert len(db.rows("SELECT seq FROM fleet_bans WHERE ip = %s", ip)) == 1
-        for server in (web1, web2):
-            assert server.ban_lines("modsec-fleet", "192.0.2.61") == 1
 
-        # it rejoins (state transfer) and has every row; status sees the three nodes
+        # web2's daemon is down while web1 bans twice: one ban ends before it is back
+        web2.stop_fleet()
+        web1.f2b.banip("modsec", "192.0.2.63")
+        web1.f2b.banip("modsec-recidive", "192.0.2.64")
+        time.sleep(SHORT + 1)
+        web2.start_fleet()
+        fleet.wait_banned([web2], "192.0.2.64", "modsec-fleet-recidive")
+        assert web2.ban_lines("modsec-fleet", "192.0.2.63") == 0
+
+        # nothing published or applied twice
+        for ip in ("192.0.2.61", "192.0.2.62", "192.0.2.63", "192.0.2.64"):
+            assert len(db.rows("SELECT seq FROM fleet_bans WHERE ip = %s", ip)) <= 1
+        for server in (web1, web2):
+            assert server.ban_lines("modsec-fleet-recidive", "192.0.2.61") == 1
+
+        # g3 rejoins (state transfer) with every row; status sees the three nodes
         galera.nodes[2].start()
         galera.wait_synced(3)
-        assert {ip for ip, in galera.nodes[2].sql(
-            f"SELECT ip FROM `{db.database}`.fleet_bans")} >= {"192.0.2.60", "192.0.2.61", "192.0.2.62"}
+        assert {ip for ip, in galera.nodes[2].sql(f"SELECT ip FROM `{db.database}`.fleet_bans")} \
+            >= {"192.0.2.61", "192.0.2.62", "192.0.2.64"}
         status = subprocess.run(
             [sys.executable, "-m", "modsec_tools.cli", "fleet", "status", "--config",
              str(web3.write_config())], cwd=REPO, capture_output=True, text=True, timeout=30)

@@ -303,6 +303,50 @@ def probe(server: Server, source: str, port: int = 80) -> str:
     return f2b.tcp_probe(server.ns, source, SERVER, port, timeout=0.5)
 
 
+# ---------------------------------------------------------------------- the attack path --
+ATTACKER, BYSTANDER = "192.0.2.2", "192.0.2.3"
+ATTACK_BANTIME = 8
+
+
+def attack_web1(fleet: Fleet, tmp: Path, web1: Server, web2: Server, web3: Server) -> None:
+    """Apache + ModSecurity + CRS on web1 (SERVER:80), watched by modsec-tools feeding web1's
+    jail: three SQL injections from ATTACKER get it banned on web1 by fail2ban, and refused
+    by web2 and web3 (a listener on their port 80) until web1's ban ends, not longer."""
+    from tests.realparts import ApacheModSec
+    from tests.realparts.apache import ATTACK
+    from tests.test_e2e_attack_ban import _start_watch
+    web1.netns.add_addr(f"{ATTACKER}/32")
+    apache = ApacheModSec(tmp / "apache", netns=web1.netns, listen=[(SERVER, 80)])
+    with apache, f2b.listener(web2.ns, "0.0.0.0:80"), f2b.listener(web3.ns, "0.0.0.0:80"):
+        (tmp / "watch").mkdir()
+        watch = _start_watch(tmp / "watch", apache.storage_dir, web1.f2b.root / "events.log")
+        try:
+            assert probe(web2, ATTACKER) == "open" and probe(web3, ATTACKER) == "open"
+            statuses = [apache.request(ATTACK, source_ip=ATTACKER, addr=(SERVER, 80),
+                                       timeout=2) for _ in range(3)]
+            assert statuses == [403] * 3
+            f2b.wait_for(lambda: ATTACKER in web1.f2b.banned("modsec"), timeout=10)
+            banned = time.monotonic()
+            fleet.wait_banned([web2, web3], ATTACKER)
+            assert probe(web2, ATTACKER) == "timeout"
+            assert probe(web3, ATTACKER) == "timeout"
+            assert probe(web2, BYSTANDER) == "open"
+            assert ATTACKER in web3.f2b.client("status", "modsec-fleet")
+            (node, jail, rules, bantime), = fleet.db.rows(
+                "SELECT node, jail, rules, bantime FROM fleet_bans WHERE ip = %s", ATTACKER)
+            assert (node, jail, bantime) == ("web1", "modsec", ATTACK_BANTIME)
+            assert "942100" in rules.split(","), rules
+            # web1's ban ends: so do the others', at the same time
+            fleet.wait_unbanned([web2, web3], ATTACKER, timeout=ATTACK_BANTIME + 7)
+            assert time.monotonic() - banned < ATTACK_BANTIME + 3
+            assert probe(web2, ATTACKER) == "open"
+        finally:
+            watch.send_signal(signal.SIGTERM)
+            watch.wait(30)
+    for server in (web2, web3):
+        assert server.ban_lines("modsec-fleet", ATTACKER) == 1, server.f2b.tail()
+
+
 # -------------------------------------------------------------------------------- Galera --
 GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 
