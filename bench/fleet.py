@@ -249,7 +249,9 @@ Three servers as network namespaces (own fail2ban, nft sets, fleet daemon, least
 user), one MariaDB (daemons on its unix socket) or a 3-node Galera cluster on loopback ports
 (daemons over TCP, each on its own node). Propagation: a ban sent to web1's fail2ban until
 `nft monitor` in web2's and web3's namespaces shows it in mt-modsec-fleet. Queries per node:
-MariaDB's USER_STATISTICS of the node's user (summed over the Galera nodes).
+MariaDB's USER_STATISTICS of the node's user (summed over the Galera nodes). The daemons
+read fail2ban's bans table every 50 ms and the other nodes' heads every 100 ms: propagation
+is mostly these two waits.
 """
 
 

@@ -1,6 +1,7 @@
 """Fleet bans on a 3-node MariaDB Galera cluster (galera-4) on loopback ports, each server's
 daemon starting with its own database node: an attack on web1's Apache + ModSecurity is
-refused by web2 and web3; when a database node is lost, its server fails over to the next,
+refused by web2 and web3; when a database node is cut off from the others (it answers but
+refuses queries) or crashes, its server fails over to the next,
 bans made meanwhile go through once; a server whose daemon was down catches up on the bans
 in force and skips the expired ones; the lost node rejoins."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Iterator
 
 import pytest
 
+from tests import f2b_harness as f2b
 from tests.realparts.fixtures import require
 from tests.test_fleet_harness import ATTACK_BANTIME, REPO, Fleet, GaleraCluster, attack_web1
 
@@ -37,14 +39,18 @@ def test_a_lost_node_and_a_late_server(galera: GaleraCluster, tmp_path: Path) ->
     with galera.database() as db, Fleet(tmp_path, db, bantime=SHORT) as fleet:
         web1, web2, web3 = fleet.start(3, inside=False)
 
-        # g3, web3's database node, is lost: web3 moves to g1; the cluster (2 of 3) goes on
+        # g3, web3's database node, is cut off from the others: it still answers, but
+        # outside the primary component it refuses queries; web3 moves to g1, the cluster
+        # (2 of 3) goes on. Then g3 crashes.
+        galera.nodes[2].sql("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+        f2b.wait_for(lambda: f"connected to 127.0.0.1:{galera.nodes[0].port}" in
+                     web3.fleet_log(), timeout=30, what=web3.fleet_log())
         galera.nodes[2].kill()
         web3.f2b.banip("modsec-recidive", "192.0.2.61")
         web1.f2b.banip("modsec-recidive", "192.0.2.62")
         fleet.wait_banned([web1, web2], "192.0.2.61", "modsec-fleet-recidive", timeout=20)
         fleet.wait_banned([web3], "192.0.2.62", "modsec-fleet-recidive", timeout=20)
         assert "database unreachable" in web3.fleet_log()
-        assert f"connected to 127.0.0.1:{galera.nodes[0].port}" in web3.fleet_log()
 
         # web2's daemon is down while web1 bans twice: one ban ends before it is back
         web2.stop_fleet()

@@ -51,28 +51,32 @@ class Store:
 
     # -- connection ----------------------------------------------------------------------
     def open(self) -> NodeRow:
-        """Connect, check who we are and which schema we speak, register the node; its row."""
+        """Connect to the first place that answers and serves (a Galera node outside the
+        primary component answers, but refuses queries: the next one is tried), check who
+        we are and which schema we speak, register the node; its row."""
         import pymysql
         self.close()
         errors = []
         for host, port in self.target.places():
+            place = self.target.unix_socket or f"{host}:{port}"
             try:
                 self.conn = pymysql.connect(**self.target.connect_args(host, port))
-                self.server = self.target.unix_socket or f"{host}:{port}"
-                break
             except pymysql.err.OperationalError as exc:
                 if _refused(exc):
                     raise NotPermitted(f"fleet database {self.target.where}: {exc}") from None
-                errors.append(f"{self.target.unix_socket or f'{host}:{port}'}: {exc.args[-1]}")
+                errors.append(f"{place}: {exc.args[-1]}")
+                continue
             except pymysql.err.MySQLError as exc:
                 raise NotPermitted(f"fleet database {self.target.where}: {exc}") from None
-        else:
-            raise DatabaseDown("; ".join(errors))
-        try:
-            return self._register()
-        except BaseException:
-            self.close()
-            raise
+            self.server = place
+            try:
+                return self._register()
+            except DatabaseDown as exc:
+                errors.append(str(exc))
+            except BaseException:
+                self.close()
+                raise
+        raise DatabaseDown("; ".join(errors))
 
     def _register(self) -> NodeRow:
         with self._cursor() as cursor:
