@@ -25,6 +25,7 @@ from .validate import Guard, Limits, Rejected, validate
 log = logging.getLogger(__name__)
 
 CHUNK = 2000          # addresses per banip/unbanip command
+LOGGED_REFUSALS = 20  # refused rows logged one by one; after that, one in 1000
 
 
 class Applier:
@@ -73,8 +74,10 @@ class Applier:
                 ban = validate(row, self.limits, now)
             except Rejected as exc:
                 self.rejected += 1
-                log.warning("fleet: row %s/%s refused: %s", _printable(row.node),
-                            _printable(row.seq), exc)
+                # every one is counted; a node writing garbage must not flood the log
+                if self.rejected <= LOGGED_REFUSALS or self.rejected % 1000 == 0:
+                    log.warning("fleet: row %s/%s refused: %s (%d refused so far)",
+                                _printable(row.node), _printable(row.seq), exc, self.rejected)
                 continue
             self.cursors[ban.origin] = max(self.cursors.get(ban.origin, 0), ban.seq)
             if ban.origin == self.node:
