@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "closes meanwhile forms the next one)")
     watch.add_argument("--rescan-seconds", type=float, default=10.0, metavar="SECONDS",
                        help="period of the safety rescan and directory cleanup (default: 10)")
-    _settings_flags(watch, PIPELINE_SETTINGS + ("dir_mode", "dir_owner", "dir_group"))
+    _settings_flags(watch, PIPELINE_SETTINGS + ("dir_mode", "dir_owner", "dir_group",
+                                                "metrics_textfile", "metrics_listen"))
     watch.set_defaults(handler=cmd_watch)
 
     db = commands.add_parser("db", help="manage the database schema; replay refused rows",
@@ -176,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .fleet.cli import add_parser as add_fleet
     add_fleet(commands, [verbosity], _settings_flags)
+    from .report.command import add_commands as add_report
+    add_report(commands, [verbosity], _settings_flags)
     return parser
 
 

@@ -101,6 +101,24 @@ def parse_db(text: str) -> str:
     return text
 
 
+def listen_address(text: str) -> tuple[str, int] | None:
+    """``PORT``, ``:PORT``, ``ADDRESS:PORT`` or ``[IPV6]:PORT`` (no address: 127.0.0.1);
+    None for ''."""
+    text = text.strip()
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    number = int(port) if port.isdigit() else 0
+    if not 0 < number < 65536:
+        raise ValueError(f"{text!r} is not PORT, :PORT or ADDRESS:PORT")
+    return host.strip("[]") or "127.0.0.1", number
+
+
+def parse_listen(text: str) -> str:
+    listen_address(text)
+    return text
+
+
 def parse_fleet_db(text: str) -> str:
     from .fleet.target import check_url  # here: only the fleet needs it
     return check_url(text)
@@ -179,6 +197,11 @@ KEYS: tuple[Key, ...] = (
         parse_mode, "MODE"),
     Key("dir_owner", "", "watch: owner given to each new storage subdirectory", str, "USER"),
     Key("dir_group", "", "watch: group given to each new storage subdirectory", str, "GROUP"),
+    Key("metrics_textfile", "", "watch: write Prometheus metrics to this node_exporter "
+        "textfile (a *.prom file in a directory only root can write; docs/report.md)",
+        metavar="FILE"),
+    Key("metrics_listen", "", "watch: serve Prometheus metrics over HTTP at PORT, :PORT or "
+        "ADDRESS:PORT (a port alone: 127.0.0.1 only)", parse_listen, "ADDRESS"),
     Key("fleet", "no", "share bans with the other servers through fleet_db ('modsec-tools "
         "fleet run', docs/fleet.md)", parse_bool, "yes|no"),
     Key("fleet_db", "", "the fleet's shared MariaDB/Galera database: mysql://NODE@host:port/db "
@@ -222,6 +245,8 @@ class Settings:
     dir_mode: int | None
     dir_owner: str
     dir_group: str
+    metrics_textfile: str
+    metrics_listen: str
     fleet: bool
     fleet_db: str
     fleet_db_option_file: str

@@ -34,6 +34,7 @@ from .daemon import Signals, describe_status, sd_notify, write_status
 from .examine import Proof
 from .ingest import Pipeline
 from .layout import EntryRef, is_entry, is_layout_dir, is_minute_dir, walk
+from .metrics import Metrics
 from .safefs import open_dir_path
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Watcher:
         self.policy = dirperms.DirPolicy.from_settings(settings.dir_mode, settings.dir_owner,
                                                        settings.dir_group)
         self.pipeline = pipeline or Pipeline(settings).open()
+        self.metrics = Metrics.from_settings(settings, self.pipeline)
         self.wm = pyinotify.WatchManager()
         self.poller = select.poll()
         self.poller.register(self.wm.get_fd(), select.POLLIN)
@@ -357,7 +359,9 @@ class Watcher:
             write_status(os.path.join(self.settings.state_dir, "status.json"), self.status())
         except OSError as exc:
             log.debug("status file: %s", exc)
+        self.metrics.update(self.status(), self.pipeline)
 
     def close(self) -> None:
+        self.metrics.close()
         self.wm.close()
         self.pipeline.close()
