@@ -9,49 +9,53 @@ Replicates the corpus's r1 storage tree (fresh unique ids, so every entry is a n
 * ours: `Pipeline.run_once()` with full durability (journal, fdatasync'd archive and event
   log, one transaction per batch).
 
-Both start from an identical tree, both with SQLite (synchronous=FULL) and, with
+With --baseline DIR, ours runs from another checkout too (e.g. `git archive` of the
+previous commit unpacked in DIR, its C speedups built there in place if it has them),
+alternately with this one, first one then the other from round to round, in place of the
+naive run: a change measured side by side in one run.
+
+Every run starts from an identical tree, with SQLite (synchronous=FULL) and, with
 --mariadb, against a private MariaDB server started for the run (tests/realparts; both
 connect over its Unix socket, as a server on the same host is reached), and
 each starts once the previous run's writes are on disk (sync; MariaDB: no dirty pages).
-Each line also gives the CPU time the whole machine was busy during the run (/proc/stat,
-the database server and kernel threads included): on this 2-vCPU VM a run saturates both,
-so entries/s follow the CPU an entry costs and the VM's speed of the minute. Hence
---rounds: the pair of runs again (fresh copies, fresh databases), then the medians.
+Each line also gives the CPU time the run used: its own processes' (getrusage: the
+ingest process, its threads and its examining workers; the naive script's process) and
+the MariaDB server's (/proc), not the machine's: on a VM whose 2 vCPUs other work shares,
+entries/s follow the CPU an entry costs and what else runs that minute, the CPU an entry
+much less. Hence --rounds: the runs again (fresh copies, fresh databases), then the
+medians.
 
 Run it with the interpreter the product runs on as installed: /usr/bin/python3 (install.sh's
 venv and the .deb use it; on Debian 12, a build with PGO and LTO). A Python built without
 them (pyenv's default, which made ./run-tests' .venv on the development VM) runs both the
-naive script and ours ~15% slower. The first line printed names the interpreter. It
-imports modsec_tools from this checkout, whose C speedups ./run-tests builds in place,
-and, for --mariadb, PyMySQL: Debian's python3-pymysql, which .ci/run installs.
+naive script and ours ~15% slower. The first line printed names the interpreter. Ours
+runs in a process of its own, with modsec_tools from this checkout (or DIR), and, for
+--mariadb, PyMySQL: Debian's python3-pymysql, which .ci/run installs.
 
 usage: /usr/bin/python3 bench/ingest.py [--entries N] [--mariadb] [--rounds N]
-                                        [--batch-size N] [--workers N]
+                                        [--batch-size N] [--workers N] [--baseline DIR]
 """
 from __future__ import annotations
 
 import argparse
 import compileall
+import json
 import os
 import platform
 import re
+import resource
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from modsec_tools import config, speedups  # noqa: E402
-from modsec_tools.ingest import Pipeline  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parse import NAIVE_FIELDS  # noqa: E402
 
 _ID_IN_NAME = re.compile(r"^(\d{8}-\d{6})-(.+)$")
 
@@ -82,6 +86,7 @@ def replicate(source: Path, target: Path, count: int) -> int:
 
 def naive_run(tree: Path, merged: Path, connect) -> int:
     """The original cron script's shape: one entry at a time, commit each."""
+    from parse import NAIVE_FIELDS
     conn, mark = connect()
     cursor = conn.cursor()
     cursor.execute("CREATE TABLE IF NOT EXISTS logs (REQUEST_METHOD TEXT, REQUEST_URI TEXT, "
@@ -123,40 +128,80 @@ def mysql_connect(server, database: str):
     return connect
 
 
-def ours_run(tree: Path, work: Path, db_url: str, batch_size: int,
-             workers: str = "auto") -> tuple[int, dict]:
-    settings = config.build({}, {
+def ours_run(checkout: Path, tree: Path, work: Path, db_url: str, batch_size: int,
+             workers: str) -> dict:
+    """`Pipeline.run_once()` in a child process importing modsec_tools from ``checkout``;
+    what it measured: entries, seconds, cpu (the whole machine's busy seconds)."""
+    settings = {
         "storage_dir": str(tree), "archive": str(work / "archive.log"),
         "event_log": str(work / "events.log"), "db": db_url,
         "state_dir": str(work / "state"), "quarantine_dir": str(work / "quarantine"),
         "settle_seconds": "0", "batch_size": str(batch_size), "node": "bench",
-        "workers": workers})
-    with Pipeline(settings) as pipeline:
+        "workers": workers}
+    done = subprocess.run([sys.executable, __file__, "--child", str(checkout),
+                           json.dumps(settings)], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def child(checkout: str, settings: str) -> None:
+    """The measured run of ours (--child): nothing of this process's start-up counted."""
+    sys.path.insert(0, checkout)
+    from modsec_tools import config
+    from modsec_tools.ingest import Pipeline
+    used, main = own_cpu(), time.process_time()
+    started = time.perf_counter()
+    with Pipeline(config.build({}, json.loads(settings))) as pipeline:
         stats = pipeline.run_once()
-    return stats.entries, {"quarantined": stats.quarantined, "spooled": stats.spooled}
+    print(json.dumps({"entries": stats.entries, "seconds": time.perf_counter() - started,
+                      "cpu": own_cpu() - used, "main": time.process_time() - main,
+                      "errors": stats.errors,
+                      "quarantined": stats.quarantined, "spooled": stats.spooled}))
 
 
-def busy_seconds() -> float:
-    """CPU time the whole machine has been busy (/proc/stat): what a run costs, database
-    server and kernel threads included; 0 where there is no /proc."""
-    try:
-        with open("/proc/stat") as stat:
-            ticks = [int(field) for field in stat.readline().split()[1:]]
-    except OSError:
+def own_cpu() -> float:
+    """CPU seconds of this process and of its children that have ended (the examining
+    workers, once the pipeline is closed)."""
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def server_cpu(server) -> float:
+    """CPU seconds the MariaDB server has used (0 without one)."""
+    if server is None:
         return 0.0
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    with open(f"/proc/{server.proc.pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def measure(label: str, run) -> float:
-    busy = busy_seconds()
+def measure(label: str, run, server=None) -> tuple[float, float]:
+    used, served = own_cpu(), server_cpu(server)
     started = time.perf_counter()
     count = run()
-    elapsed = time.perf_counter() - started
-    cpu = busy_seconds() - busy
-    rate = count / elapsed
-    print(f"  {label:<34} {count:>7} entries {elapsed:>7.2f} s {rate:>9.0f} entries/s"
-          f"   CPU {cpu:5.2f} s ({cpu / max(count, 1) * 1e6:.0f} µs/entry, whole machine)")
-    return rate
+    cpu = own_cpu() - used
+    return report(label, count, time.perf_counter() - started, cpu, cpu,
+                  server_cpu(server) - served)
+
+
+def report(label: str, count: int, elapsed: float, cpu: float, main: float,
+           served: float) -> tuple[float, float]:
+    """Prints the line; (entries/s, CPU µs an entry, the server's included). ``main``:
+    the CPU of the process that commits (the rest is the examining workers')."""
+    rate, each = count / elapsed, (cpu + served) / max(count, 1) * 1e6
+    print(f"  {label:<26} {count:>6} entries {elapsed:>6.2f} s {rate:>6.0f}/s   CPU "
+          f"{cpu:5.2f} s (main process {main:4.2f} s) + server {served:4.2f} s "
+          f"({each:.0f} µs/entry)")
+    return rate, each
+
+
+def measure_ours(label: str, checkout: Path, tree: Path, work: Path, db_url: str,
+                 batch: int, workers: str, server=None) -> tuple[float, float]:
+    served = server_cpu(server)
+    done = ours_run(checkout, tree, work, db_url, batch, workers)
+    served = server_cpu(server) - served
+    if done["errors"] or done["quarantined"] or done["spooled"]:
+        print(f"  {label}: {done}")
+    return report(label, done["entries"], done["seconds"], done["cpu"], done["main"], served)
 
 
 def settle_mariadb(server) -> None:
@@ -184,55 +229,75 @@ def settle(server=None) -> None:
     os.sync()
 
 
-def compare_round(name: str, base: Path, scratch: Path, naive_connect, ours_url, batch: int,
-                  workers: str, server=None) -> tuple[float, float]:
-    """One naive run and one of ours, each on its own copy of the tree and a fresh database;
-    returns (naive, ours) entries/s."""
-    tree_naive = scratch / f"{name}-naive"
-    tree_ours = scratch / f"{name}-ours"
-    work = scratch / f"{name}-work"
-    shutil.copytree(base, tree_naive)
-    shutil.copytree(base, tree_ours)
-    work.mkdir()
-    try:
-        # On disk, as a backlog is: an entry never written back (ext4 allocates blocks
-        # late) costs less to delete than one that was.
-        settle(server)
-        rate_naive = measure("naive (per-entry commit)", lambda: naive_run(
-            tree_naive, scratch / f"{name}-merged.log", naive_connect))
-        # The naive run leaves ~50 MB of merged log and its database to write back: not
-        # during ours.
-        settle(server)
-        rate_ours = measure("modsec-tools ingest", lambda: ours_run(
-            tree_ours, work, ours_url, batch, workers)[0])
-        left = sum(1 for p in tree_ours.rglob("*") if p.is_file())
-        print(f"  ratio ours/naive: {rate_ours / rate_naive:.2f}x   files left: {left}")
-    finally:
-        for path in (tree_naive, tree_ours, work):
-            shutil.rmtree(path, ignore_errors=True)
-        (scratch / f"{name}-merged.log").unlink(missing_ok=True)
-    return rate_naive, rate_ours
+@dataclass(frozen=True)
+class Side:
+    """What is measured: the naive script (``checkout`` None) or ours from a checkout."""
+
+    key: str
+    label: str
+    checkout: Path | None = None
 
 
-def compare(name: str, base: Path, scratch: Path, databases, batch: int, workers: str,
-            rounds: int, server=None) -> None:
-    """``databases(round)``: (naive connect, our URL), fresh for each round."""
+def compare_round(name: str, number: int, sides: list[Side], base: Path, scratch: Path,
+                  databases, batch: int, workers: str,
+                  server=None) -> dict[str, tuple[float, float]]:
+    """Each side once, on its own copy of the tree and a fresh database (``databases(n,
+    key)``: a connect function and a URL), the order turned round from one round to the
+    next; (entries/s, CPU µs an entry) by side."""
+    results = {}
+    turn = number % len(sides)
+    for side in sides[turn:] + sides[:turn]:
+        tree = scratch / f"{name}-{side.key}"
+        work = scratch / f"{name}-work"
+        shutil.copytree(base, tree)
+        work.mkdir()
+        try:
+            connect, url = databases(number, side.key)
+            # On disk, as a backlog is: an entry never written back (ext4 allocates blocks
+            # late) costs less to delete than one that was. And nothing of the previous
+            # run (~50 MB of the naive run's merged log and database) left to write back.
+            settle(server)
+            if side.checkout is None:
+                results[side.key] = measure(side.label, lambda: naive_run(
+                    tree, work / "merged.log", connect), server)
+            else:
+                results[side.key] = measure_ours(side.label, side.checkout, tree, work, url,
+                                                 batch, workers, server)
+            left = sum(1 for p in tree.rglob("*") if p.is_file())
+            if left:
+                print(f"  {side.label}: {left} files left in the tree")
+        finally:
+            for path in (tree, work):
+                shutil.rmtree(path, ignore_errors=True)
+    first = sides[0]
+    print("  " + ", ".join(f"{side.key}/{first.key} "
+                           f"{results[side.key][0] / results[first.key][0]:.2f}x"
+                           for side in sides[1:]))
+    return results
+
+
+def compare(name: str, sides: list[Side], base: Path, scratch: Path, databases, batch: int,
+            workers: str, rounds: int, server=None) -> None:
     print(f"{name}:")
     results = []
     for number in range(rounds):
         if rounds > 1:
             print(f" round {number + 1}/{rounds}")
-        results.append(compare_round(name, base, scratch, *databases(number), batch,
+        results.append(compare_round(name, number, sides, base, scratch, databases, batch,
                                      workers, server))
     if rounds > 1:
-        naive = statistics.median(r[0] for r in results)
-        ours = statistics.median(r[1] for r in results)
-        ratios = sorted(r[1] / r[0] for r in results)
-        best = max(results, key=lambda r: r[1])
-        print(f"  {name}, median of {rounds} rounds: naive {naive:.0f}/s, ours {ours:.0f}/s, "
-              f"ratio {statistics.median(ratios):.2f}x (rounds: {ratios[0]:.2f}-"
-              f"{ratios[-1]:.2f}x); fastest round: ours {best[1]:.0f}/s "
-              f"({best[1] / best[0]:.2f}x its naive run)")
+        print(f"  {name}, median of {rounds} rounds:")
+        first = sides[0].key
+        for side in sides:
+            rate = statistics.median(r[side.key][0] for r in results)
+            line = (f"    {side.key:<10} {rate:6.0f}"
+                    f"/s, {statistics.median(r[side.key][1] for r in results):4.0f} µs CPU "
+                    "an entry")
+            if side.key != first:
+                ratios = sorted(r[side.key][0] / r[first][0] for r in results)
+                line += (f"; {side.key}/{first} {statistics.median(ratios):.2f}x (rounds: "
+                         f"{ratios[0]:.2f}-{ratios[-1]:.2f}x)")
+            print(line)
 
 
 def main() -> int:
@@ -245,18 +310,32 @@ def main() -> int:
     parser.add_argument("--mariadb", action="store_true",
                         help="also measure against a private MariaDB server")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="naive + ours this many times per database, each on a fresh "
+                        help="each side this many times per database, each on a fresh "
                              "database, then the medians (this VM's speed varies by 40%% "
                              "from one minute to the next)")
+    parser.add_argument("--skip-sqlite", action="store_true", help="MariaDB only")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", action="append",
+                        help="another checkout, measured against this one instead of the "
+                             "naive script (may be given more than once)")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
-    # As installed (pip and dh_python3 compile at install time), the package's bytecode is
-    # there; in a checkout under PYTHONDONTWRITEBYTECODE it is not, and each examiner
-    # worker would compile every module it imports (~50 ms of CPU a worker, a run). (Into
-    # modsec_tools/__pycache__, which git ignores.)
-    compileall.compile_dir(ROOT / "modsec_tools", quiet=1)
+    sides = [Side(f"baseline{n or ''}", f"ours ({path})", path.resolve())
+             for n, path in enumerate(args.baseline or ())] or [
+                 Side("naive", "naive (per-entry commit)")]
+    sides.append(Side("ours", "modsec-tools ingest", ROOT))
+    for side in sides:
+        if side.checkout is not None:
+            # As installed (pip and dh_python3 compile at install time), the package's
+            # bytecode is there; in a checkout under PYTHONDONTWRITEBYTECODE it is not,
+            # and each examiner worker would compile every module it imports (~50 ms of
+            # CPU a worker, a run). (Into modsec_tools/__pycache__, which git ignores.)
+            compileall.compile_dir(side.checkout / "modsec_tools", quiet=1)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         scratch = Path(tmp)
         with tarfile.open(args.corpus / "r1_relevant_concurrent" / "audit" /
@@ -270,27 +349,29 @@ def main() -> int:
         size = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
         print(f"{args.entries} entries, {size / 1e6:.1f} MB, batch size {args.batch_size}, "
               f"{os.cpu_count()} cores, Python {platform.python_version()} "
-              f"({sys.executable}), {speedups.describe()}")
-        def sqlite_round(n: int):
-            for old in scratch.glob("*.db*"):  # the previous round's
+              f"({sys.executable})")
+
+        def sqlite_db(n: int, key: str):
+            for old in scratch.glob(f"{key}-*.db*"):  # the previous round's
                 old.unlink()
-            return (sqlite_connect(scratch / f"naive-{n}.db"),
-                    f"sqlite:///{scratch / f'ours-{n}.db'}")
-        compare("sqlite", base, scratch, sqlite_round, args.batch_size, args.workers,
-                args.rounds)
+            path = scratch / f"{key}-{n}.db"
+            return sqlite_connect(path), f"sqlite:///{path}"
+        if not args.skip_sqlite:
+            compare("sqlite", sides, base, scratch, sqlite_db, args.batch_size, args.workers,
+                    args.rounds)
         if args.mariadb:
             sys.path.insert(0, str(ROOT))
             from tests.realparts.mariadb import MariaDB
             # The datadir on this disk, not tmpfs: a production server fsyncs its commits.
             with MariaDB(basedir=str(scratch),
                          extra_args=["--innodb-flush-log-at-trx-commit=1"]) as server:
-                def mariadb_round(n: int):
-                    for old in (f"naive{n - 1}", f"ours{n - 1}")[:2 if n else 0]:
-                        server.drop_database(old)  # out of the buffer pool, off the disk
-                    return (mysql_connect(server, server.create_database(f"naive{n}")),
-                            server.url_for(server.create_database(f"ours{n}"),
-                                           unix_socket=True))
-                compare("mariadb", base, scratch, mariadb_round, args.batch_size,
+                def mariadb_db(n: int, key: str):
+                    if n:
+                        server.drop_database(f"{key}{n - 1}")  # out of the buffer pool
+                    name = server.create_database(f"{key}{n}")
+                    return (mysql_connect(server, name),
+                            server.url_for(name, unix_socket=True))
+                compare("mariadb", sides, base, scratch, mariadb_db, args.batch_size,
                         args.workers, args.rounds, server)
     return 0
 

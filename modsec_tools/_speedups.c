@@ -1,8 +1,8 @@
 /* modsec_tools._speedups: C versions of the native parser's innermost loops, and of the
- * loop that deletes a batch's entries, and of the one that writes MySQL literals.
+ * loop that deletes a batch's entries.
  *
- * Each function here has a pure-Python twin (in native.py, messages.py, http.py,
- * storage.py or database.py, named in its docstring) that defines its meaning; tests run
+ * Each function here has a pure-Python twin (in native.py, messages.py, http.py or
+ * storage.py, named in its docstring) that defines its meaning; tests run
  * both and require equal results. The callers use these when the extension was built and
  * fall back to the twins when it was not. The parser's functions do no I/O; every index is
  * checked against the buffer's length, since the input is attacker-controlled.
@@ -790,154 +790,6 @@ done:
     return results;
 }
 
-/* -- MySQL literals (database.py) ---------------------------------------------------------- */
-
-PyDoc_STRVAR(values_text_doc,
-"values_text(values: Sequence) -> str\n\n"
-"database.values_text_py: the values' MySQL literals joined by commas (bytes as X'hex',\n"
-"text quoted with mysql_real_escape_string's escapes, int in decimal, bool as 1/0, None\n"
-"as NULL); TypeError for any other type.");
-
-/* The letter after the backslash that escapes c, or 0 when c needs no escape. */
-static Py_UCS4 escape_letter(Py_UCS4 c) {
-    switch (c) {
-    case 0: return '0';
-    case '\n': return 'n';
-    case '\r': return 'r';
-    case 0x1a: return 'Z';
-    case '\\': case '\'': case '"': return c;
-    default: return 0;
-    }
-}
-
-static Py_ssize_t write_ascii(PyObject *out, Py_ssize_t at, const char *s) {
-    int kind = PyUnicode_KIND(out);
-    void *data = PyUnicode_DATA(out);
-    for (; *s; s++)
-        PyUnicode_WRITE(kind, data, at++, (Py_UCS4)(unsigned char)*s);
-    return at;
-}
-
-/* at + more, or -1 with OverflowError (the measuring pass adds up untrusted lengths). */
-static Py_ssize_t grown(Py_ssize_t at, Py_ssize_t more) {
-    if (at < 0 || more > PY_SSIZE_T_MAX - at) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_OverflowError, "values_text(): the literals are too long");
-        return -1;
-    }
-    return at + more;
-}
-
-/* Measures (out == NULL) or writes the literals; returns the length, or -1 with an
- * exception set. numbers[i] holds str(int) for the ints, made while measuring. */
-static Py_ssize_t literals(PyObject *const *items, Py_ssize_t n, PyObject **numbers,
-                           PyObject *out, Py_UCS4 *maxchar) {
-    static const char hex[] = "0123456789abcdef";
-    int out_kind = out ? PyUnicode_KIND(out) : 0;
-    void *out_data = out ? PyUnicode_DATA(out) : NULL;
-    Py_ssize_t at = 0;
-    for (Py_ssize_t i = 0; i < n && at >= 0; i++) {
-        PyObject *v = items[i];
-        if (i > 0) {
-            if (out) PyUnicode_WRITE(out_kind, out_data, at, ',');
-            at = grown(at, 1);
-        }
-        if (PyBytes_CheckExact(v)) {
-            const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(v);
-            Py_ssize_t len = PyBytes_GET_SIZE(v);
-            if (out) {
-                at = write_ascii(out, at, "X'");
-                for (Py_ssize_t j = 0; j < len; j++) {
-                    PyUnicode_WRITE(out_kind, out_data, at++, hex[b[j] >> 4]);
-                    PyUnicode_WRITE(out_kind, out_data, at++, hex[b[j] & 15]);
-                }
-                at = write_ascii(out, at, "'");
-            } else if (len > (PY_SSIZE_T_MAX - 3) / 2) {
-                at = grown(-1, 0);  /* too long: OverflowError */
-            } else
-                at = grown(at, 3 + 2 * len);
-        } else if (PyUnicode_CheckExact(v)) {
-#if PY_VERSION_HEX < 0x030C0000
-            if (PyUnicode_READY(v) < 0)  /* a legacy string (deprecated APIs) */
-                return -1;
-#endif
-            int kind = PyUnicode_KIND(v);
-            const void *data = PyUnicode_DATA(v);
-            Py_ssize_t len = PyUnicode_GET_LENGTH(v);
-            if (out) {
-                PyUnicode_WRITE(out_kind, out_data, at++, '\'');
-                for (Py_ssize_t j = 0; j < len; j++) {
-                    Py_UCS4 c = PyUnicode_READ(kind, data, j);
-                    Py_UCS4 letter = c < 128 ? escape_letter(c) : 0;
-                    if (letter) {
-                        PyUnicode_WRITE(out_kind, out_data, at++, '\\');
-                        c = letter;
-                    }
-                    PyUnicode_WRITE(out_kind, out_data, at++, c);
-                }
-                PyUnicode_WRITE(out_kind, out_data, at++, '\'');
-            } else {
-                Py_ssize_t escapes = 0;
-                for (Py_ssize_t j = 0; j < len; j++) {
-                    Py_UCS4 c = PyUnicode_READ(kind, data, j);
-                    escapes += c < 128 && escape_letter(c);
-                }
-                at = grown(grown(grown(at, len), escapes), 2);  /* + the quotes */
-                if (PyUnicode_MAX_CHAR_VALUE(v) > *maxchar)
-                    *maxchar = PyUnicode_MAX_CHAR_VALUE(v);
-            }
-        } else if (v == Py_None) {
-            at = out ? write_ascii(out, at, "NULL") : grown(at, 4);
-        } else if (PyBool_Check(v)) {
-            at = out ? write_ascii(out, at, v == Py_True ? "1" : "0") : grown(at, 1);
-        } else if (PyLong_CheckExact(v)) {
-            if (!out) {
-                numbers[i] = PyObject_Str(v);
-                if (numbers[i] == NULL)
-                    return -1;
-                at = grown(at, PyUnicode_GET_LENGTH(numbers[i]));
-            } else
-                at = write_ascii(out, at, PyUnicode_AsUTF8(numbers[i]));
-        } else {
-            /* the type's own name, as type(v).__name__ gives it (tp_name may be dotted) */
-            PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(v), "__name__");
-            if (name != NULL) {
-                PyErr_Format(PyExc_TypeError, "no MySQL literal for a %U value", name);
-                Py_DECREF(name);
-            }
-            return -1;
-        }
-    }
-    return at;
-}
-
-static PyObject *values_text(PyObject *Py_UNUSED(module), PyObject *arg) {
-    PyObject *seq = PySequence_Fast(arg, "values_text() needs a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject *const *items = PySequence_Fast_ITEMS(seq);
-    PyObject **numbers = PyMem_Calloc(n ? n : 1, sizeof *numbers);
-    PyObject *out = NULL;
-    Py_UCS4 maxchar = 127;
-    if (numbers == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_ssize_t size = literals(items, n, numbers, NULL, &maxchar);
-    if (size < 0)
-        goto done;
-    out = PyUnicode_New(size, maxchar);
-    if (out != NULL && literals(items, n, numbers, out, &maxchar) < 0)
-        Py_CLEAR(out);
-done:
-    for (Py_ssize_t i = 0; numbers != NULL && i < n; i++)
-        Py_XDECREF(numbers[i]);
-    PyMem_Free(numbers);
-    Py_DECREF(seq);
-    return out;
-}
-
 static PyMethodDef methods[] = {
     {"remove_entries", remove_entries, METH_O, remove_entries_doc},
     {"split_sections", split_sections, METH_O, split_sections_doc},
@@ -948,15 +800,13 @@ static PyMethodDef methods[] = {
     {"modsecurity_part", modsecurity_part, METH_O, modsecurity_part_doc},
     {"http_head", http_head, METH_O, http_head_doc},
     {"apache_time", apache_time, METH_O, apache_time_doc},
-    {"values_text", values_text, METH_O, values_text_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "modsec_tools._speedups",
     "C versions of the native parser's innermost loops (see modsec_tools/native.py), and "
-    "of the loop deleting a batch's entries (storage.py), and of the one writing MySQL "
-    "literals (database.py).",
+    "of the loop deleting a batch's entries (storage.py).",
     0, methods, NULL, NULL, NULL, NULL,
 };
 

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modsec_tools.db import Database, DatabaseError, open_database, parse_target
-from modsec_tools.db.literals import with_mysql_text
 from modsec_tools.db.rows import (LINK_COLUMNS, MESSAGE_COLUMNS, Row, event_row, message_id,
                                   scores_json)
 from modsec_tools.entry import parse_entry
@@ -35,10 +34,10 @@ def db(request, fast_tmp):
     database.close()
 
 
-def _corpus_rows(count: int, dialect: str) -> list[Row]:
+def _corpus_rows(count: int) -> list[Row]:
     corpus.require_corpus()
     entries = list(tree_files_from_tar("r1_relevant_concurrent").values())[:count]
-    return [event_row(parse_entry(data, "test"), NODE, "blocked", dialect) for data in entries]
+    return [event_row(parse_entry(data, "test"), NODE, "blocked") for data in entries]
 
 
 def _matches_view(db: Database) -> list[tuple]:
@@ -54,7 +53,7 @@ def _matches_view(db: Database) -> list[tuple]:
 def test_equal_messages_stored_once(db):
     """200 corpus entries in two batches, the second sharing most of the first's
     messages: one messages row per distinct message, every event's matches as parsed."""
-    rows = _corpus_rows(200, db.kind)
+    rows = _corpus_rows(200)
     assert db.insert(NODE, rows[:120]) == 120
     assert db.insert(NODE, rows[100:]) == 80  # 20 already stored: skipped
     distinct = {m[1]: m[2:] for r in rows for m in r.matches}
@@ -67,7 +66,7 @@ def test_equal_messages_stored_once(db):
 def test_message_stored_meanwhile_by_another_node(db, monkeypatch):
     """Between the look-up and the insert another node may store the same message (same
     content, same id): the insert skips it instead of failing the batch."""
-    rows = _corpus_rows(40, db.kind)
+    rows = _corpus_rows(40)
     other = [Row(r.unique_id + "-other", (NODE, r.unique_id + "-other", *r.event[2:]),
                  r.matches) for r in rows]
     db.insert(NODE, other)
@@ -109,7 +108,7 @@ def _spool_frame(record: dict) -> bytes:
 def test_spool_written_before_schema_3_replays(db, fast_tmp):
     """A spool left by the previous version (matches without message ids) is replayed
     after the upgrade: its rows are stored with the messages an upgraded ingest makes."""
-    rows = _corpus_rows(30, "")
+    rows = _corpus_rows(30)
     old = [[r.unique_id, [_encode(v) for v in r.event],
             [[_encode(v) for v in (m[0], *m[2:])] for m in r.matches]] for r in rows]
     spool = fast_tmp / "state" / "db-spool"
@@ -123,16 +122,6 @@ def test_spool_written_before_schema_3_replays(db, fast_tmp):
         sink.spool.close()
         sink.rejected.close()
     assert _matches_view(db) == sorted((r.unique_id, *m) for r in rows for m in r.matches)
-
-
-def test_replayed_rows_get_the_literals_the_workers_make():
-    """A row without literals (replayed, recovered) gets the same MySQL text as one whose
-    worker made them: the message literal starts with the message's id."""
-    rows = _corpus_rows(50, "")
-    for made, plain in zip(_corpus_rows(50, "mysql"), rows):
-        assert with_mysql_text(plain) == made
-        for match, text in zip(made.matches, made.mysql.messages):
-            assert text.startswith(f"({match[1]},")
 
 
 @settings(max_examples=300, deadline=None)

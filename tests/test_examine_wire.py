@@ -1,17 +1,14 @@
 """Outcomes cross from the examiner processes as plain tuples: nothing may be lost on the way."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 
-import pytest
 
 from modsec_tools.clientip import Proxies
-from modsec_tools.db.literals import full_row
 from modsec_tools.examine import Decision, ExamineSettings, Outcome, Proof, examine
 from modsec_tools.sinks.archive import ArchiveEntry
-from modsec_tools.sinks.database import EventRow, _encode_rows
+from modsec_tools.sinks.database import EventRow
 from modsec_tools.sinks.eventlog import EventLine
 from modsec_tools.sinks.jsonlines import JsonLine
 from modsec_tools.storage import EntryRef, StorageTree
@@ -21,10 +18,9 @@ from tests import corpus
 from tests.ingest_helpers import tree_files_from_tar
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "mysql"])
-def test_outcomes_survive_the_wire(tmp_path, dialect):
+def test_outcomes_survive_the_wire(tmp_path):
     corpus.require_corpus()
-    renderers = (EventLine(), ArchiveEntry(), JsonLine(), EventRow(dialect))
+    renderers = (EventLine(), ArchiveEntry(), JsonLine(), EventRow())
     rules = ExamineSettings("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, renderers)
     tree = StorageTree(str(tmp_path))
     for relpath, data in list(tree_files_from_tar("r1_relevant_concurrent").items())[:50]:
@@ -33,15 +29,8 @@ def test_outcomes_survive_the_wire(tmp_path, dialect):
         tmp_path.joinpath(*ref.dirs, ref.name).write_bytes(data)
         outcome = examine(tree, ref, Proof.CLOSED, None, rules)
         assert outcome.decision is Decision.TAKE and len(outcome.pieces) == len(renderers)
-        row = outcome.pieces[-1]
-        assert (row.mysql is not None) == (dialect == "mysql")
         wire = pickle.loads(pickle.dumps(outcome.to_wire(renderers)))
         back = Outcome.from_wire(ref, wire, renderers)
-        if dialect == "mysql":  # the literals only: the values are read back from them
-            back_row = back.pieces[-1]
-            assert back_row.event is None and back_row.mysql == row.mysql
-            assert _encode_rows([back_row]) == _encode_rows([row])  # the spool's
-            back = dataclasses.replace(back, pieces=(*back.pieces[:-1], full_row(back_row)))
         assert back == outcome
         assert back.ref.relpath == relpath
     tree.release()
@@ -50,7 +39,7 @@ def test_outcomes_survive_the_wire(tmp_path, dialect):
 def test_a_quarantine_outcome_survives_the_wire():
     outcome = Outcome(EntryRef(("20261128", "20261128-1626"), "20261128-162642-x"),
                       Decision.QUARANTINE, "no Z boundary")
-    renderers = (EventLine(), EventRow("sqlite"))
+    renderers = (EventLine(), EventRow())
     wire = pickle.loads(pickle.dumps(outcome.to_wire(renderers)))
     assert Outcome.from_wire(outcome.ref, wire, renderers) == outcome
 
@@ -75,15 +64,3 @@ def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypat
         assert info.maxsize == examine_module.WORKER_MESSAGES and info.hits == len(texts)
     finally:
         messages.keep_messages(1024)
-
-
-def test_long_message_literals_are_read_back_but_not_kept():
-    """The daemon reads values back from literals in an outage; a hostile entry's huge rule
-    data must not stay in its cache (its memory is budgeted)."""
-    from modsec_tools.db import literals as dbm
-    huge = "(1,'" + "x" * 100_000 + "')"   # a messages row's literal: (id,...)
-    short = "(2,'" + "y" * 100 + "')"
-    before = dbm._short_message_values.cache_info().currsize
-    assert dbm._message_values(huge) == (1, "x" * 100_000)
-    assert dbm._message_values(short) == (2, "y" * 100)
-    assert dbm._short_message_values.cache_info().currsize == before + 1

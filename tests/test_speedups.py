@@ -8,8 +8,6 @@ extension fails instead of skipping.
 """
 from __future__ import annotations
 
-import datetime
-import decimal
 import errno
 import os
 import subprocess
@@ -20,7 +18,6 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from modsec_tools import http, messages, native, speedups, storage, timestamps
-from modsec_tools.db import literals
 from modsec_tools.storage import GONE, REPLACED
 from tests import corpus
 from tests.test_fuzz_parser import FUZZ, SEEDS, message_texts, mutated_entries
@@ -46,7 +43,6 @@ def test_the_parser_uses_the_extension_when_it_is_built(c_module) -> None:
     assert messages.modsecurity_part_of_apache_error is c_module.modsecurity_part
     assert http._http_head is c_module.http_head
     assert storage._remove_entries is c_module.remove_entries
-    assert literals.values_text is c_module.values_text
     assert speedups.describe() == "C speedups: built"
 
 
@@ -257,8 +253,7 @@ def test_wrong_argument_types_raise_type_error(c_module) -> None:
                  lambda: c_module.message_fields(b"x", 0), lambda: c_module.http_head("x"),
                  lambda: c_module.apache_time(b"x"),
                  lambda: c_module.remove_entries([(0, "a str name", 1, 2)]),
-                 lambda: c_module.remove_entries([[0, b"a list", 1, 2]]),
-                 lambda: c_module.values_text(12)):
+                 lambda: c_module.remove_entries([[0, b"a list", 1, 2]])):
         with pytest.raises(TypeError):
             call()
 
@@ -287,32 +282,3 @@ def test_remove_entries(c_module, tmp_path) -> None:
     assert results["py"] == results["c"] == [0, GONE, REPLACED, errno.EISDIR, 0]
     assert results["py left"] == results["c left"]
     assert c_module.remove_entries([]) == []
-
-
-SQL_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-2**80, max_value=2**80),
-    st.binary(), st.text(), st.text(st.sampled_from("\\'\"\0\n\r\x1a aé€😀")))
-
-
-@given(st.lists(SQL_VALUES))
-@example(["", b"", None, True, 0, -1, 2**70, "\x7f\x80\uffff\U0010ffff", "\\'\0\x1a\"\n\r"])
-def test_values_text(c_module, values) -> None:
-    assert c_module.values_text(values) == literals.values_text_py(values)
-    assert c_module.values_text(tuple(values)) == literals.values_text_py(values)
-
-
-def test_values_text_refuses_what_has_no_literal(c_module) -> None:
-    """The same TypeError from both twins (a float, a bytearray, a str subclass), at any
-    place in the row."""
-    class Text(str):
-        pass
-
-    for odd in (1.5, bytearray(b"x"), Text("x"), [1], datetime.datetime(2026, 1, 1),
-                decimal.Decimal(1)):
-        for values in ([odd], ["a", b"b", odd], [odd, None]):
-            errors = []
-            for twin in (c_module.values_text, literals.values_text_py):
-                with pytest.raises(TypeError) as raised:
-                    twin(values)
-                errors.append(str(raised.value))
-            assert errors[0] == errors[1] == f"no MySQL literal for a {type(odd).__name__} value"

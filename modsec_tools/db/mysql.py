@@ -1,15 +1,15 @@
-"""MySQL and MariaDB (PyMySQL): multi-row INSERTs of the literals the workers made; the new
-events' ids from LAST_INSERT_ID() where the server gives consecutive ones; one node at a
-time migrating a shared database."""
+"""MySQL and MariaDB (PyMySQL): parameterized multi-row INSERTs (PyMySQL escapes each value);
+the new events' ids from LAST_INSERT_ID() where the server gives consecutive ones; one node
+at a time migrating a shared database."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from .base import Database, DatabaseError, SchemaError
-from .literals import with_mysql_text
 from .rows import EVENT_COLUMNS, LINK_COLUMNS, MESSAGE_COLUMNS, Row
 
 #: MySQL errors only the administrator can end: access denied (user, database), unknown
@@ -25,7 +25,8 @@ SCHEMA_LOCK_WAIT = 50
 #: frees the schema lock of a node that is gone without closing its connection).
 SCHEMA_LOCK_IDLE = 300
 
-#: Characters per multi-row INSERT for MySQL (pymysql's executemany uses the same bound).
+#: Bytes per multi-row INSERT (PyMySQL's default), far below any server's max_allowed_packet
+#: default; a row longer than that goes alone.
 MYSQL_STATEMENT = 1024000
 
 
@@ -48,7 +49,7 @@ class MysqlDatabase(Database):
                                     connect_timeout=self.connect_timeout,
                                     read_timeout=READ_TIMEOUT, write_timeout=60,
                                     charset="utf8mb4")
-        self._literal_session()
+        self._utf8_session()
         self.consecutive_ids = self._ids_are_consecutive()
 
     def _unusable(self, exc: BaseException) -> bool:
@@ -58,23 +59,13 @@ class MysqlDatabase(Database):
     def _skip_duplicate(self, column: str) -> str:
         return f" ON DUPLICATE KEY UPDATE {column} = {column}"
 
-    def _literal_session(self) -> None:
-        """What sql_literal's escaping relies on: utf8mb4 whatever the server's
-        (skip-character-set-client-handshake ignores the handshake's), and backslash
-        escapes (NO_BACKSLASH_ESCAPES removed from this session's sql_mode if set)."""
+    def _utf8_session(self) -> None:
+        """The session reads what PyMySQL sends as utf8mb4, as PyMySQL escapes it, whatever
+        the server's character set (skip-character-set-client-handshake ignores the
+        handshake's; in a multi-byte set such as GBK, a byte of a character can be a
+        backslash, and an escape would then be read as part of a character)."""
         with self.conn.cursor() as cursor:
-            cursor.execute("SET NAMES utf8mb4, SESSION sql_mode = TRIM(BOTH ',' FROM REPLACE("
-                           "CONCAT(',', @@SESSION.sql_mode, ','), ',NO_BACKSLASH_ESCAPES,', ','))")
-        self._check_backslash_escapes()
-
-    def _check_backslash_escapes(self) -> None:
-        """pymysql keeps the server's status flags of its last reply: should this session's
-        sql_mode have gained NO_BACKSLASH_ESCAPES since connect(), the server would read our
-        backslashes literally (a quote would end the string), so nothing is sent then."""
-        from pymysql.constants import SERVER_STATUS
-        if self.conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-            raise DatabaseError(f"{self.target.describe()}: NO_BACKSLASH_ESCAPES is set in "
-                                "the session's sql_mode and could not be turned off")
+            cursor.execute("SET NAMES utf8mb4")
 
     def _ids_are_consecutive(self) -> bool:
         """Whether the rows of one multi-row INSERT get consecutive ids, so that they can
@@ -155,7 +146,7 @@ class MysqlDatabase(Database):
         already stored (a batch done again after a crash) is it all undone, the stored
         ones looked up and left out (on a new batch, that look-up cost 2.3 ms)."""
         try:
-            return self._insert_all(cursor, node, rows)
+            return self._insert_all(node, rows)
         except Exception as exc:
             if not _is_duplicate_key(exc):
                 raise
@@ -163,59 +154,59 @@ class MysqlDatabase(Database):
             fresh = self._not_stored(cursor, node, rows)
             if len(fresh) == len(rows):
                 raise  # another key (an exhausted id counter, say): as any refusal
-            return self._insert_all(cursor, node, fresh) if fresh else 0
+            return self._insert_all(node, fresh) if fresh else 0
 
-    def _insert_all(self, cursor: Any, node: str, rows: list[Row]) -> int:
-        """Multi-row INSERTs of literals the workers made (rows replayed from the spool or
-        recovered after a crash get theirs here): no per-value work in this process."""
-        texts = [(r.mysql or with_mysql_text(r).mysql) for r in rows]
-        sent = self._insert_values(cursor, "events", EVENT_COLUMNS, [t.event for t in texts])
-        ids = self._inserted_ids(sent, rows) or self._ids(cursor, node,
-                                                           (r.unique_id for r in rows))
-        wanted = {m[1]: text for r, t in zip(rows, texts)
-                  for m, text in zip(r.matches, t.messages)}
-        # (another node may store the same message meanwhile: then it is skipped)
-        self._insert_values(cursor, "messages", MESSAGE_COLUMNS,
-                            [wanted[i] for i in self._unstored(cursor, wanted)],
-                            self._skip_duplicate("id"))
-        self._insert_values(cursor, "event_messages", LINK_COLUMNS, [
-            f"({ids[r.unique_id]},{m[0]},{m[1]})" for r in rows for m in r.matches])
+    def _insert_all(self, node: str, rows: list[Row]) -> int:
+        """PyMySQL's executemany: one multi-row INSERT per MYSQL_STATEMENT bytes, each
+        value escaped by PyMySQL for this session."""
+        with self.conn.cursor(_statements_cursor()) as cursor:
+            cursor.max_stmt_length = MYSQL_STATEMENT
+            cursor.executemany(self.insert_sql("events", EVENT_COLUMNS, skip_stored=False),
+                               [r.event for r in rows])
+            ids = self._inserted_ids(cursor.statements, rows) or self._ids(
+                cursor, node, (r.unique_id for r in rows))
+            wanted = {m[1]: m for r in rows for m in r.matches}
+            # (another node may store the same message meanwhile: then it is skipped)
+            new = [wanted[i][1:] for i in self._unstored(cursor, wanted)]
+            if new:
+                cursor.executemany(self.insert_sql("messages", MESSAGE_COLUMNS), new)
+            links = [(ids[r.unique_id], m[0], m[1]) for r in rows for m in r.matches]
+            if links:
+                cursor.executemany(self.insert_sql("event_messages", LINK_COLUMNS,
+                                                   skip_stored=False), links)
         return len(rows)
 
-    def _inserted_ids(self, sent: list[tuple[int, int, int]],
+    def _inserted_ids(self, statements: list[tuple[int, int]],
                       rows: list[Row]) -> dict[str, int] | None:
-        """The new rows' ids from the statements' first ids, when consecutive (None: ask)."""
-        if not self.consecutive_ids or any(first <= 0 or inserted != count
-                                           for first, inserted, count in sent):
+        """The new rows' ids from each statement's first id and row count, when
+        consecutive (None: ask)."""
+        if not self.consecutive_ids or sum(count for _, count in statements) != len(rows) \
+                or any(first <= 0 for first, _ in statements):
             return None
         ids: dict[str, int] = {}
         at = 0
-        for first, _, count in sent:
+        for first, count in statements:
             for offset, row in enumerate(rows[at:at + count]):
                 ids[row.unique_id] = first + offset
             at += count
         return ids
 
-    def _insert_values(self, cursor: Any, table: str, columns: Sequence[str],
-                       values: list[str], tail: str = "") -> list[tuple[int, int, int]]:
-        """INSERT statements of at most ~MYSQL_STATEMENT characters (a row longer than that
-        goes alone), far below any server's max_allowed_packet default. Returned, for each
-        statement: (LAST_INSERT_ID(), rows it inserted, rows it held)."""
-        head = f"INSERT INTO {table} ({','.join(columns)}) VALUES "
-        sent = []
-        start, size = 0, 0
-        for end, text in enumerate(values):
-            if size and size + len(text) > MYSQL_STATEMENT:
-                sent.append(self._send(cursor, head + ",".join(values[start:end]) + tail,
-                                       end - start))
-                start, size = end, 0
-            size += len(text) + 1
-        if start < len(values):
-            sent.append(self._send(cursor, head + ",".join(values[start:]) + tail,
-                                   len(values) - start))
-        return sent
 
-    def _send(self, cursor: Any, statement: str, rows: int) -> tuple[int, int, int]:
-        self._check_backslash_escapes()
-        cursor.execute(statement)
-        return cursor.lastrowid or 0, cursor.rowcount, rows
+@functools.cache
+def _statements_cursor() -> type:
+    """A PyMySQL cursor that keeps, for each statement it sends, (LAST_INSERT_ID(), rows
+    inserted): executemany sends a long batch as several statements, and each one's
+    first id is the first of its own block."""
+    import pymysql.cursors
+
+    class StatementsCursor(pymysql.cursors.Cursor):
+        def __init__(self, connection: Any) -> None:
+            super().__init__(connection)
+            self.statements: list[tuple[int, int]] = []
+
+        def execute(self, query: Any, args: Any = None) -> int:
+            result = super().execute(query, args)
+            self.statements.append((self.lastrowid or 0, self.rowcount))
+            return result
+
+    return StatementsCursor

@@ -23,27 +23,12 @@ from ..event import Event, Message, printable, raw
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """What one event contributes: the events row and, per rule message, ``(seq,
-    message_id, *values of MESSAGE_COLUMNS after id)``; and (for MySQL, made beforehand by
-    ``literals.with_mysql_text``) the same values as SQL literals.
-
-    A row with literals may come without its values (``event`` None, ``matches`` as
-    ``(seq, message_id)``): the insert needs only the literals, and a worker process need
-    not send the values too; ``literals.full_row`` makes them again from the literals."""
+    """What one event contributes: the events row (values of EVENT_COLUMNS) and, per rule
+    message, ``(seq, message_id, *values of MESSAGE_COLUMNS after id)``."""
 
     unique_id: str
-    event: tuple | None
+    event: tuple
     matches: list[tuple]
-    mysql: MysqlText | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MysqlText:
-    """``event``: "(v1,...)" for VALUES; ``messages``: each match's messages row as
-    "(id,...)", in the order of ``Row.matches``."""
-
-    event: str
-    messages: tuple[str, ...]
 
 
 EVENT_COLUMNS = (
@@ -67,8 +52,7 @@ def _utc(stamp: dt.datetime | None) -> tuple[str | None, int | None]:
     return utc.isoformat(sep=" ", timespec="microseconds"), int(offset.total_seconds() // 60)
 
 
-def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
-    """``dialect`` "mysql": the row carries its SQL literals too (see ``literals``)."""
+def event_row(event: Event, node: str, verdict: str) -> Row:
     created, offset = _utc(event.timestamp)
     primary = decisive_message(event)      # the message the logs view shows
     # Text columns get text any database accepts, cut to the column's size: a hostile
@@ -84,14 +68,10 @@ def event_row(event: Event, node: str, verdict: str, dialect: str = "") -> Row:
            raw(",".join(event.rule_ids)), primary, _fit(event.engine_mode, 32),
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
-    matches = [(seq, *message_row(m)) for seq, m in enumerate(event.messages)]
-    if dialect != "mysql":
-        return Row(unique_id, row, matches)
-    from .literals import event_text  # (the literals go with the next change)
-    return Row(unique_id, row, matches, event_text(row, event.messages))
+    return Row(unique_id, row, [(seq, *_message_row(m)) for seq, m in enumerate(event.messages)])
 
 
-def message_row(message: Message) -> tuple:
+def _message_row(message: Message) -> tuple:
     """A messages row, id first (made once per shared Message)."""
     values = message.renderings.get("row")
     if values is None:

@@ -8,7 +8,6 @@ from typing import Any
 
 from ..owned import OwnedDir
 from .base import Database, UnusableError
-from .literals import full_row
 from .rows import EVENT_COLUMNS, LINK_COLUMNS, MESSAGE_COLUMNS, Row
 
 #: SQLite result codes (sqlite3.Error.sqlite_errorname) that only the administrator can end.
@@ -68,7 +67,7 @@ class SqliteDatabase(Database):
     def _insert_new(self, cursor: Any, node: str, rows: list[Row]) -> int:
         """Parameterized inserts, after a look-up of the stored events (cheap here: the
         database is in this process)."""
-        fresh = [full_row(r) for r in self._not_stored(cursor, node, rows)]
+        fresh = self._not_stored(cursor, node, rows)
         if not fresh:
             return 0
         cursor.executemany(self.insert_sql("events", EVENT_COLUMNS, skip_stored=False),

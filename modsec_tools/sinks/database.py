@@ -11,8 +11,7 @@ from typing import Any
 from ..config import Settings
 from ..db import (Database, DatabaseError, SchemaError, UnusableError, open_database,
                   parse_target)
-from ..db.literals import full_row, without_values
-from ..db.rows import MysqlText, Row, event_row, upgraded_match
+from ..db.rows import Row, event_row, upgraded_match
 from ..journal import RecordLog
 from .base import Region, Rendering, Sink
 
@@ -31,7 +30,6 @@ def _decode(value):
 
 
 def _encode_rows(rows: list[Row]) -> list:
-    rows = [full_row(r) for r in rows]
     return [[r.unique_id, [_encode(v) for v in r.event], [[_encode(v) for v in m]
                                                            for m in r.matches]] for r in rows]
 
@@ -43,24 +41,17 @@ def _decode_rows(encoded: list) -> list[Row]:
 
 
 class EventRow:
-    """An event as its database rows; for MySQL with their SQL literals, made here, in the
-    workers. A row with literals crosses back without its values (``without_values``):
-    that halves what is pickled; the spool reads them back from the literals."""
-
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
+    """An event as its database rows, made in the workers; they cross back as plain
+    values (a tuple pickles in less than the dataclass)."""
 
     def render(self, entry: Rendering) -> Row:
-        return event_row(entry.event, entry.node, entry.verdict, self.dialect)
+        return event_row(entry.event, entry.node, entry.verdict)
 
     def to_wire(self, row: Row) -> tuple:
-        row = without_values(row)
-        return (row.unique_id, row.event, row.matches,
-                row.mysql and (row.mysql.event, row.mysql.messages))
+        return (row.unique_id, row.event, row.matches)
 
     def from_wire(self, wire: tuple) -> Row:
-        unique_id, event, matches, mysql = wire
-        return Row(unique_id, event, matches, mysql and MysqlText(*mysql))
+        return Row(*wire)
 
 
 class DatabaseSink(Sink):
@@ -77,7 +68,7 @@ class DatabaseSink(Sink):
     def __init__(self, db: Database, node: str, spool_path: str) -> None:
         self.db = db
         self.node = node
-        self.renderer = EventRow(db.kind)
+        self.renderer = EventRow()
         self.spool = RecordLog(spool_path)
         try:
             self.rejected = RecordLog(spool_path.replace(SPOOL, REJECTED))
