@@ -1,10 +1,13 @@
 """``modsec-tools report``: who attacks, with what, and what the bans did, from the database.
 
+command.py   the ``report`` and ``show`` subcommands (arguments, help, handlers)
 filters.py   the command line's filters (relative times too) as a ``Filters``
 query.py     the SQL, section by section, for SQLite and MariaDB
+indexes.py   the indexes the report wants (proposed as a schema step)
 model.py     the report as plain values
 fail2ban.py  which addresses fail2ban has banned now
 text.py, jsonfmt.py, csvfmt.py, html.py   the renderers: pure functions of the model
+cells.py     request-derived text made safe for a terminal, and its width
 show.py, archive.py   ``modsec-tools show UNIQUE_ID``
 """
 from __future__ import annotations
