@@ -79,6 +79,7 @@ class Outcome:
     device: int = 0
     mtime_ns: int = 0          # as read: the entry is deleted only while they are unchanged
     ctime_ns: int = 0
+    verdict: str = ""          # blocked, detected or passed
     pieces: tuple = ()         # what each sink writes for it, in the renderers' order
     status: int | None = None  # kept in the journal (an HTTP/0.9 entry may have no other)
     crc: int = 0               # CRC-32 of data, for the journal (computed here, in parallel)
@@ -89,21 +90,22 @@ class Outcome:
     def to_wire(self, renderers: Sequence[Renderer]) -> tuple:
         pieces = tuple(r.to_wire(p) for r, p in zip(renderers, self.pieces))
         return (self.decision, self.reason, self.data, self.inode, self.device, self.mtime_ns,
-                self.ctime_ns, pieces, self.status, self.crc)
+                self.ctime_ns, self.verdict, pieces, self.status, self.crc)
 
     @classmethod
     def from_wire(cls, ref: EntryRef, wire: tuple, renderers: Sequence[Renderer]) -> Outcome:
-        decision, reason, data, inode, device, mtime_ns, ctime_ns, pieces, status, crc = wire
+        (decision, reason, data, inode, device, mtime_ns, ctime_ns, verdict, pieces, status,
+         crc) = wire
         pieces = tuple(r.from_wire(p) for r, p in zip(renderers, pieces))
-        return cls(ref, decision, reason, data, inode, device, mtime_ns, ctime_ns, pieces,
-                   status, crc)
+        return cls(ref, decision, reason, data, inode, device, mtime_ns, ctime_ns, verdict,
+                   pieces, status, crc)
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
            rules: ExamineSettings) -> Outcome:
     entry = Rendering(event, data, rules.policy.verdict(event), rules.node)
     return Outcome(ref, Decision.TAKE, data=data, inode=info.st_ino, device=info.st_dev,
-                   mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns,
+                   mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns, verdict=entry.verdict,
                    pieces=tuple(r.render(entry) for r in rules.renderers),
                    status=event.status, crc=zlib.crc32(data))
 

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Stats:
     spooled: int = 0
     batches: int = 0
     errors: int = 0
+    verdicts: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
     def summary(self) -> str:
@@ -323,6 +325,7 @@ class Pipeline:
         self.tree.release()
         self._remove_later(record["seq"], [_leaving(p) for p in batch])
         self.stats.entries += len(batch)
+        self.stats.verdicts.update(p.verdict for p in batch)
         self.stats.bytes += sum(len(p.data) for p in batch)
         self.stats.batches += 1
         if self.journal.size() >= COMPACT_AT:  # a fresh journal names no batch: none leaving
@@ -520,6 +523,7 @@ class Pipeline:
         return {"entries": stats.entries, "bytes": stats.bytes,
                 "quarantined": stats.quarantined, "spooled": stats.spooled,
                 "errors": stats.errors, "batches": stats.batches,
+                "verdicts": dict(stats.verdicts),
                 "queue_depth": len(self.queue), "lag_seconds": round(self.lag(), 3),
                 "database_down": False, **self._sink_status()}
 

@@ -1,11 +1,11 @@
 """The watcher's figures for Prometheus (prometheus_client): a node_exporter textfile, an
 HTTP endpoint, or both (settings ``metrics_textfile`` and ``metrics_listen``).
 
-The figures are those of the status file (state_dir/status.json), taken when the watcher
-writes it (every few seconds), plus entries by verdict (counted from the event-log lines
-of each batch: their verdict field sits in the line's fixed, generated prefix) and the
-database spool. A scrape reads the last snapshot: the HTTP thread never touches the
-pipeline. Counters restart at 0 with the watcher (Prometheus' rate() handles that).
+The figures are those of the status file (state_dir/status.json: the pipeline's counts,
+entries by verdict among them, and each sink's state, the database spool's among them),
+taken when the watcher writes it (every few seconds). A scrape reads the last snapshot:
+the HTTP thread never touches the pipeline. Counters restart at 0 with the watcher
+(Prometheus' rate() handles that).
 
 The textfile is replaced atomically in a directory only root can write (owned.py), as
 node_exporter's textfile collector expects (it reads ``*.prom`` files whole).
@@ -30,7 +30,6 @@ from .owned import OwnedDir
 log = logging.getLogger(__name__)
 
 VERDICTS = ("blocked", "detected", "passed")
-_VERDICT = b" verdict="
 #: (status key, metric name without _total, help) of the status file's counters.
 COUNTERS = (
     ("bytes", "modsec_tools_entry_bytes", "Bytes of the audit-log entries processed."),
@@ -84,38 +83,21 @@ class Snapshot:
             if name in gauges:
                 yield GaugeMetricFamily(name, text, value=gauges[name])
 
-    def take(self, status: dict[str, Any], pipeline) -> None:
+    def take(self, status: dict[str, Any]) -> None:
         gauges = {"modsec_tools_queue_entries": status.get("queue_depth", 0),
                   "modsec_tools_lag_seconds": status.get("lag_seconds", 0.0),
                   "modsec_tools_last_update_timestamp_seconds": time.time(),
                   "modsec_tools_start_time_seconds": self.started}
-        sink = _sink(pipeline, "database")
-        if sink is not None:
+        if "spool_rows" in status:  # a database is configured
             gauges.update({
                 "modsec_tools_database_up": 0 if status.get("database_down") else 1,
-                "modsec_tools_database_unusable": int(bool(sink.unusable)),
-                "modsec_tools_spool_bytes": sink.spool.size(),
-                "modsec_tools_spool_rows": _rows(sink.spool.records),
-                "modsec_tools_rejected_rows": _rows(sink.rejected.records)})
-        self.counters, self.gauges = dict(status), gauges  # a scrape sees one or the other
-
-
-def _sink(pipeline, name: str):
-    return next((sink for sink in getattr(pipeline, "sinks", ()) if sink.name == name), None)
-
-
-def _rows(records: list[dict]) -> int:
-    return sum(len(record.get("rows", ())) for record in records)
-
-
-def count_verdicts(lines: list[bytes], into: Counter) -> None:
-    """Add the verdicts of event-log lines (docs/event-log.md: the first ' verdict=' is in
-    the generated prefix, before any byte of the request)."""
-    for line in lines:
-        at = line.find(_VERDICT)
-        if at >= 0:
-            end = line.find(b" ", at + len(_VERDICT))
-            into[line[at + len(_VERDICT):end].decode("ascii", "replace")] += 1
+                "modsec_tools_database_unusable": int(status["database_unusable"]),
+                "modsec_tools_spool_bytes": status["spool_bytes"],
+                "modsec_tools_spool_rows": status["spool_rows"],
+                "modsec_tools_rejected_rows": status["rejected_rows"]})
+        # a scrape sees one snapshot or the other, never half of each
+        self.counters, self.gauges = dict(status), gauges
+        self.verdicts = Counter(status.get("verdicts", {}))
 
 
 class Metrics:
@@ -131,31 +113,17 @@ class Metrics:
             self.server = _serve(self.registry, listen)
 
     @classmethod
-    def from_settings(cls, settings, pipeline) -> "Metrics":
+    def from_settings(cls, settings) -> "Metrics":
         """The watcher's metrics as configured (with neither setting, figures are kept
         and go nowhere, which costs next to nothing)."""
-        metrics = cls(settings.metrics_textfile, listen_address(settings.metrics_listen))
-        metrics.attach(pipeline)
-        return metrics
+        return cls(settings.metrics_textfile, listen_address(settings.metrics_listen))
 
     @property
     def address(self) -> tuple[str, int] | None:
         return self.server.server_address[:2] if self.server else None
 
-    def attach(self, pipeline) -> None:
-        """Count verdicts from the batches the pipeline's event-log sink writes."""
-        sink = _sink(pipeline, "events")
-        if sink is not None:
-            write = sink.write
-
-            def counting(pieces):
-                kept = write(pieces)
-                count_verdicts(pieces, self.snapshot.verdicts)
-                return kept
-            sink.write = counting
-
-    def update(self, status: dict[str, Any], pipeline=None) -> None:
-        self.snapshot.take(status, pipeline)
+    def update(self, status: dict[str, Any]) -> None:
+        self.snapshot.take(status)
         if self.textfile:
             self._write_textfile()
 

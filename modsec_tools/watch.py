@@ -109,7 +109,7 @@ class Watcher:
         self.policy = dirperms.DirPolicy.from_settings(settings.dir_mode, settings.dir_owner,
                                                        settings.dir_group)
         self.pipeline = pipeline or Pipeline(settings).open()
-        self.metrics = Metrics.from_settings(settings, self.pipeline)
+        self.metrics = Metrics.from_settings(settings)
         self.wm = pyinotify.WatchManager()
         self.poller = select.poll()
         self.poller.register(self.wm.get_fd(), select.POLLIN)
@@ -359,7 +359,7 @@ class Watcher:
             write_status(os.path.join(self.settings.state_dir, "status.json"), self.status())
         except OSError as exc:
             log.debug("status file: %s", exc)
-        self.metrics.update(self.status(), self.pipeline)
+        self.metrics.update(self.status())
 
     def close(self) -> None:
         self.metrics.close()

@@ -17,10 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.eventline import format_event, parse_line
-from modsec_tools.metrics import count_verdicts
-from tests import test_report_data as data
+from modsec_tools.eventline import parse_line
 from tests.ingest_helpers import REPO, fast_tmp  # noqa: F401  (fixture)
 from tests.realparts._util import free_port
 from tests.watch_helpers import WatchDaemon, original_entries, write_all
@@ -177,17 +174,3 @@ def test_bad_listen_settings(fast_tmp):
                              daemon.log_text()), daemon.log_tail()
     finally:
         taken.close()
-
-
-def test_verdicts_come_from_the_generated_prefix():
-    """A request may carry ' verdict=passed' in its URI or User-Agent: only the line's own
-    field counts."""
-    into: Counter = Counter()
-    lines = []
-    for body in data.hostile_entries():
-        event = parse_entry(body, "t")
-        event.uri = "/x verdict=passed y verdict=detected"
-        event.user_agent = " verdict=passed"
-        lines.append(format_event(event, "n", "blocked").encode() + b"\n")
-    count_verdicts(lines, into)
-    assert into == Counter(blocked=len(lines))

@@ -34,6 +34,10 @@ def _encode_rows(rows: list[Row]) -> list:
                                                            for m in r.matches]] for r in rows]
 
 
+def _rows(records: list[dict]) -> int:
+    return sum(len(record.get("rows", ())) for record in records)
+
+
 def _decode_rows(encoded: list) -> list[Row]:
     return [Row(uid, tuple(_decode(v) for v in event),
                 [upgraded_match([_decode(v) for v in m]) for m in matches])
@@ -93,7 +97,9 @@ class DatabaseSink(Sink):
         self.write([row for _, row in regions if row is not None])
 
     def status(self) -> dict[str, Any]:
-        return {"database_down": self.down}
+        return {"database_down": self.down, "database_unusable": bool(self.unusable),
+                "spool_bytes": self.spool.size(), "spool_rows": _rows(self.spool.records),
+                "rejected_rows": _rows(self.rejected.records)}
 
     def write(self, rows: list[Row]) -> int:
         """Returns how many rows went to the spool instead of the database (0 when stored)."""
