@@ -25,20 +25,14 @@ DESCRIPTION
      1. deps      install missing packages (apt-get on Debian/Ubuntu, dnf on RHEL/Rocky):
                   fail2ban, python3 (>= 3.11), python3-venv, python3-pip,
                   python3-pyinotify, python3-pymysql, python3-setuptools,
-                  python3-wheel, gcc and python3-dev (python3.11-devel on RHEL) for
-                  the C speedups, logrotate (for the rotation step 9 installs), and the firewall
+                  python3-wheel, logrotate (for the rotation step 9 installs), and the firewall
                   tools for the modsec-block action: ipset + nftables when "iptables -V"
                   says nf_tables (or iptables is absent), python3-iptables when it says
                   legacy; acl with --enable-acl.
      2. python    a virtual environment in /opt/modsec-tools (using the distribution's
                   pyinotify and pymysql through --system-site-packages when present, so
                   nothing is downloaded) with this tree pip-installed, and the wrapper
-                  /usr/bin/modsec-tools. Reinstalled only when the source changed, or
-                  when a C compiler and Python's headers appeared since. It reports
-                  whether the C speedups (the parser's inner loops in C) were built;
-                  without a compiler they are not, and modsec-tools runs the same
-                  pure-Python parser, about half as fast (a warning says what to
-                  install: then rerun install.sh).
+                  /usr/bin/modsec-tools. Reinstalled only when the source changed.
      3. fail2ban  filter.d/, jail.d/ and action.d/ files of this tree into /etc/fail2ban
                   (with action.d/modsec_blocker/, the package the action imports).
                   Your *.local files there are never touched. A bundled *.conf that you
@@ -513,10 +507,9 @@ step_deps() {
     local pkgs=() missing=() p
     case $OS_FAMILY in
         debian)
-            # gcc + python3-dev: the optional C speedups (modsec_tools._speedups)
             # logrotate: step "system" installs a rotation that nothing would run without it
             pkgs=(fail2ban python3 python3-venv python3-pip python3-pyinotify python3-pymysql
-                  python3-setuptools python3-wheel gcc python3-dev logrotate)
+                  python3-setuptools python3-wheel logrotate)
             if [ "$FIREWALL" = legacy ]; then pkgs+=(iptables python3-iptables)
             else pkgs+=(ipset nftables); fi
             [ "$ENABLE_ACL" = 1 ] && pkgs+=(acl)
@@ -537,9 +530,8 @@ step_deps() {
             ;;
         rhel)
             # fail2ban comes from EPEL; pyinotify has no python3.11 package: pip fetches it.
-            # gcc + python3.11-devel: the optional C speedups (modsec_tools._speedups)
             pkgs=(fail2ban-server python3.11 python3.11-pip python3.11-setuptools
-                  python3.11-wheel gcc python3.11-devel logrotate ipset nftables)
+                  python3.11-wheel logrotate ipset nftables)
             [ "$ENABLE_ACL" = 1 ] && pkgs+=(acl)
             for p in "${pkgs[@]}"; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
             if [ ${#missing[@]} -eq 0 ]; then
@@ -555,58 +547,6 @@ step_deps() {
         *)
             die "unknown distribution (not Debian/Ubuntu or RHEL family): install fail2ban, Python >= 3.11 with venv, pyinotify and pymysql yourself, then rerun with --no-deps"
             ;;
-    esac
-}
-
-# Whether PY can build the C extension: the compiler setuptools would call (CC, else the
-# one Python was built with) and Python.h. Recorded in the venv's stamp: a venv built
-# without them is rebuilt once they are installed (see step_python).
-can_build_c() {
-    "$PY" -I -c 'import os, shutil, sys, sysconfig
-cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
-headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
-sys.exit(not (cc and shutil.which(cc[0]) and os.path.exists(headers)))' 2>/dev/null
-}
-
-# What to install for the C speedups, for this distribution and PY.
-c_build_packages() {
-    local short
-    short=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    case $OS_FAMILY in
-        debian)
-            if [ "$PY" = /usr/bin/python3 ]; then echo "apt-get install gcc python3-dev"
-            else echo "apt-get install gcc python$short-dev"; fi ;;
-        rhel) echo "dnf install gcc python$short-devel" ;;
-        *) echo "apt-get install gcc python3-dev (Debian/Ubuntu) or dnf install gcc python$short-devel (RHEL)" ;;
-    esac
-}
-
-# speedups_status VENV: the installed package's own account ("C speedups: built", ...).
-speedups_status() {
-    env -u MODSEC_TOOLS_PURE_PYTHON "$1/bin/python" -I -B -c \
-        'from modsec_tools import speedups; print(speedups.describe())' 2>/dev/null \
-        || echo "C speedups: unknown (modsec_tools.speedups did not import)"
-}
-
-# speedups_report VENV BUILD_TOOLS JUST_BUILT: whether the installed package has its C
-# extension. Not an error without it: the pure-Python parser gives the same results.
-speedups_report() {
-    local venv=$1 tools=$2 built=$3 status
-    status=$(speedups_status "$venv")
-    case $status in
-        "C speedups: built") note "$status" ;;
-        *)
-            warn "$status: modsec-tools works, but its parser runs about half as fast."
-            if [ "$tools" = 1 ]; then
-                warn "a C compiler and Python's headers were found, yet the extension did not build$([ "$built" = 1 ] && echo ':' || echo '.')"
-                if [ "$built" = 1 ] && [ -f "$TMP/pip.log" ]; then
-                    grep -E 'error:|extension .* failed' "$TMP/pip.log" \
-                        | head -5 | sed 's/^/  | /' >&2 || true
-                fi
-                warn "check that they work ($(c_build_packages)), then rerun install.sh."
-            else
-                warn "to build the C speedups: $(c_build_packages), then rerun install.sh."
-            fi ;;
     esac
 }
 
@@ -627,14 +567,12 @@ choose_python() {
 
 # The files that make the package: copied to a scratch directory, so building leaves no
 # build/ or *.egg-info in this tree, and hashed, so an unchanged source is not reinstalled.
-# setup.py and the C source of the extension are part of it (a changed _speedups.c is
-# rebuilt); a _speedups*.so built in place in this tree is not (it is rebuilt for the venv).
 source_copy() {
     local dest=$TMP/src
     mkdir -p "$dest"
-    (cd "$SRC" && find setup.cfg setup.py pyproject.toml README.md modsec_tools \
+    (cd "$SRC" && find setup.cfg pyproject.toml README.md modsec_tools \
         -name __pycache__ -prune -o -type f \( -name '*.py' -o -name py.typed -o -name '*.cfg' \
-        -o -name '*.toml' -o -name '*.md' -o -name '*.c' -o -name '*.h' \) -print 2>/dev/null \
+        -o -name '*.toml' -o -name '*.md' \) -print 2>/dev/null \
         | LC_ALL=C sort \
         | while IFS= read -r f; do mkdir -p "$dest/$(dirname "$f")"; cp "$f" "$dest/$f"; done)
     (cd "$dest" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
@@ -643,7 +581,7 @@ source_copy() {
 step_python() {
     step "python: virtual environment $VENV and $WRAPPER"
     choose_python
-    local venv system_site=0 offline=0 own_pip=1 src_sha stamp want version c_tools=0 just_built=0
+    local venv system_site=0 offline=0 own_pip=1 src_sha stamp want version
     venv=$(R "$VENV")
     version=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
     # Preferred: the distribution's pyinotify/pymysql (security updates come with apt),
@@ -658,28 +596,12 @@ step_python() {
         fi
     fi
     src_sha=$(source_copy)
-    can_build_c && c_tools=1
-    local base old="" old_tools=0 rebuild_c=0
-    base="python=$PY $version system-site-packages=$system_site own-pip=$own_pip source=$src_sha"
-    want="$base c-build-tools=$c_tools"
+    want="python=$PY $version system-site-packages=$system_site own-pip=$own_pip source=$src_sha"
     stamp=$venv/.modsec-tools-install
-    if [ -f "$stamp" ]; then
-        old=$(cat "$stamp")
-        [[ $old == *" c-build-tools=1" ]] && old_tools=1
-        old=${old% c-build-tools=*}
-    fi
-    # Built without a compiler, which is there now: rebuild to get the C speedups. Not the
-    # other way round: removing gcc after the install keeps the extension already built.
-    if [ "$c_tools" = 1 ] && [ "$old_tools" = 0 ] && [ -f "$venv/bin/python" ] \
-            && [ "$(speedups_status "$venv")" != "C speedups: built" ]; then
-        rebuild_c=1
-    fi
-    if [ "$old" = "$base" ] && [ "$rebuild_c" = 0 ] \
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
             && "$venv/bin/python" -I -B -c 'import modsec_tools' 2>/dev/null; then
         say unchanged "$VENV (Python $version, source $src_sha)"
     else
-        [ "$rebuild_c" = 1 ] && [ "$old" = "$base" ] \
-            && note "a C compiler and Python's headers are here now: rebuilding with the C speedups"
         local action=installed
         if [ -e "$venv" ]; then
             [ -f "$venv/pyvenv.cfg" ] || die "$venv exists and is not a virtual environment: move it away"
@@ -702,8 +624,7 @@ step_python() {
         local pip
         if [ "$own_pip" = 0 ]; then pip=("$PY" -m pip --python "$venv/bin/python")
         else pip=("$venv/bin/python" -m pip); fi
-        # --verbose: into pip.log only, which is shown when the install fails and shows why
-        # the optional C extension did not build
+        # --verbose: into pip.log only, which is shown when the install fails
         pip+=(install --verbose --no-cache-dir --disable-pip-version-check
               --no-warn-script-location --force-reinstall)
         if [ "$offline" = 1 ]; then
@@ -716,10 +637,8 @@ step_python() {
             tail -n 80 "$TMP/pip.log" >&2; die "pip install failed (the end of its output is above)"; }
         rm -rf "$TMP/src/build" "$TMP/src"/*.egg-info
         printf '%s\n' "$want" > "$stamp"
-        just_built=1
         say "$action" "$VENV (Python $version$([ "$system_site" = 1 ] && echo ', system pyinotify/pymysql'))"
     fi
-    speedups_report "$venv" "$c_tools" "$just_built"
     record tree "$VENV"
     # A wrapper, not a symlink to the venv's console script: that script's #! line holds the
     # path the venv was built at, which is wrong for a --root staged tree. -I: isolated, so

@@ -11,8 +11,8 @@ Replicates the corpus's r1 storage tree (fresh unique ids, so every entry is a n
 
 With --baseline DIR, ours runs from another checkout too (e.g. `git archive` of the
 previous commit unpacked in DIR, its C speedups built there in place if it has them),
-alternately with this one, first one then the other from round to round, in place of the
-naive run: a change measured side by side in one run.
+in turn with this one, the order turned round from round to round, in place of the naive
+run (or beside it, with --naive): a change measured side by side in one run.
 
 Every run starts from an identical tree, with SQLite (synchronous=FULL) and, with
 --mariadb, against a private MariaDB server started for the run (tests/realparts; both
@@ -33,7 +33,8 @@ runs in a process of its own, with modsec_tools from this checkout (or DIR), and
 --mariadb, PyMySQL: Debian's python3-pymysql, which .ci/run installs.
 
 usage: /usr/bin/python3 bench/ingest.py [--entries N] [--mariadb] [--rounds N]
-                                        [--batch-size N] [--workers N] [--baseline DIR]
+                                        [--batch-size N] [--workers N]
+                                        [--baseline DIR ... [--naive]] [--skip-sqlite]
 """
 from __future__ import annotations
 
@@ -289,10 +290,11 @@ def compare(name: str, sides: list[Side], base: Path, scratch: Path, databases, 
         print(f"  {name}, median of {rounds} rounds:")
         first = sides[0].key
         for side in sides:
-            rate = statistics.median(r[side.key][0] for r in results)
-            line = (f"    {side.key:<10} {rate:6.0f}"
-                    f"/s, {statistics.median(r[side.key][1] for r in results):4.0f} µs CPU "
-                    "an entry")
+            rates = [r[side.key][0] for r in results]
+            cpu = [r[side.key][1] for r in results]
+            line = (f"    {side.key:<10} {statistics.median(rates):6.0f}/s (best "
+                    f"{max(rates):.0f}), {statistics.median(cpu):4.0f} µs CPU an entry (least "
+                    f"{min(cpu):.0f})")
             if side.key != first:
                 ratios = sorted(r[side.key][0] / r[first][0] for r in results)
                 line += (f"; {side.key}/{first} {statistics.median(ratios):.2f}x (rounds: "
@@ -317,6 +319,8 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, metavar="DIR", action="append",
                         help="another checkout, measured against this one instead of the "
                              "naive script (may be given more than once)")
+    parser.add_argument("--naive", action="store_true",
+                        help="with --baseline: the naive script too")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -326,8 +330,9 @@ def main() -> int:
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
     sides = [Side(f"baseline{n or ''}", f"ours ({path})", path.resolve())
-             for n, path in enumerate(args.baseline or ())] or [
-                 Side("naive", "naive (per-entry commit)")]
+             for n, path in enumerate(args.baseline or ())]
+    if args.naive or not sides:
+        sides.append(Side("naive", "naive (per-entry commit)"))
     sides.append(Side("ours", "modsec-tools ingest", ROOT))
     for side in sides:
         if side.checkout is not None:

@@ -14,9 +14,6 @@ usage: python3 bench/parse.py [--rounds N] [--corpus DIR]
 (any python3 >= 3.11: Debian's own, built with PGO/LTO, runs both parsers faster than a
 plain source build such as a pyenv python: compare figures from the same interpreter)
 
-The first line says whether the parser's C extension is in use; run it again with
-MODSEC_TOOLS_PURE_PYTHON=1 for the pure-Python parser against its own baseline.
-
 Wall-clock rates on a shared VM move by +-30 % from minute to minute; instruction counts do
 not. --once ours|naive|none parses the r1 entries once and prints nothing, for
 valgrind --tool=callgrind: (count of ours - count of none) / 1224 is ours' instructions per
@@ -34,7 +31,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modsec_tools import speedups  # noqa: E402
 from modsec_tools.entry import parse_entry  # noqa: E402
 from modsec_tools.messages import keep_messages  # noqa: E402
 from modsec_tools.serial import split_serial  # noqa: E402
@@ -109,7 +105,7 @@ def main() -> int:
                                                        Path(scratch)),
             "JSON Serial (r4)": serial_entries(args.corpus / "r4_json_serial"),
         }
-    print(f"parser: {speedups.describe()}; python {sys.version.split()[0]} ({sys.executable})")
+    print(f"python {sys.version.split()[0]} ({sys.executable})")
     print(f"{'input':<24} {'entries':>7} {'KB/entry':>8} {'ours e/s':>10} "
           f"{'naive e/s':>10} {'ratio':>6}")
     for name, entries in sets.items():

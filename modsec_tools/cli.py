@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__, config, speedups
+from . import __version__, config
 from .entry import parse_entry
 from .errors import ParseError
 from .eventline import format_event
@@ -35,10 +35,6 @@ exit status:
   0  everything was processed
   1  some input could not be processed (each is reported on stderr with its reason)
   2  usage or configuration error
-
-environment:
-  MODSEC_TOOLS_PURE_PYTHON=1  parse without the C extension (same results, about twice
-                              the CPU); --version says whether it is in use
 
 see also: docs/event-log.md, docs/ingest.md, docs/fail2ban.md, fail2ban-client(1)
 """
@@ -109,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modsec-tools", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {__version__} ({speedups.describe()})")
+                        version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -7,7 +7,7 @@ import pwd
 import re
 import stat
 
-from . import serverconf, speedups
+from . import serverconf
 from .config import Settings
 from .db import DatabaseError, Target, open_database, parse_target
 
@@ -153,10 +153,6 @@ def check(settings: Settings) -> list[tuple[str, str]]:
     problems += _output_file(settings.event_log, "event_log")
     problems += _directory(settings.state_dir, "state_dir", must_write=True)
     problems += _directory(settings.quarantine_dir, "quarantine_dir", must_write=True)
-    if speedups.C is None:
-        problems.append(("warning", f"{speedups.describe()}: parsing takes about twice the "
-                                    "CPU; install gcc and the Python headers (python3-dev), "
-                                    "then reinstall (install.sh does it)"))
     # Our paths can all be right while Apache's ModSecurity makes banning impossible.
     problems += [(finding.level, finding.text) for finding in serverconf.findings(
         serverconf.read_apache(), serverconf.read_jails(), settings.storage_dir)]

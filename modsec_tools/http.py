@@ -4,12 +4,11 @@ from __future__ import annotations
 import re
 
 from .event import Event
-from .speedups import C
 
 _STATUS_LINE = re.compile(r"(\S+) ([0-9]{3})\b")
 
 
-def http_head_py(section: bytes) -> tuple[str, list[tuple[str, str]]]:
+def _http_head(section: bytes) -> tuple[str, list[tuple[str, str]]]:
     """The first line and the ``Name: value`` pairs of a head (section B or F)."""
     head = section.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
     return head[0], headers(head[1:])
@@ -61,6 +60,3 @@ def apply_response_head(event: Event, section: bytes) -> None:
         event.response_protocol = match.group(1)
         event.status = int(match.group(2))
     event.response_headers = response_headers
-
-
-_http_head = C.http_head if C else http_head_py  # (see speedups.py)

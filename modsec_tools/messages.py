@@ -9,7 +9,6 @@ import functools
 import re
 
 from .event import Message
-from .speedups import C
 
 # A field is `[key "value"]`; ModSecurity escapes `"` and `\` inside values. Possessive loops
 # keep hostile values linear-time.
@@ -49,7 +48,7 @@ def keep_messages(count: int) -> None:
     _cached_message = functools.lru_cache(maxsize=count)(_parse_message)
 
 
-def split_fields_py(text: str, start: int) -> list[tuple[str, str]]:
+def _split_fields(text: str, start: int) -> list[tuple[str, str]]:
     """The ``[key "value"]`` list. Without a backslash there is no escape, and the simpler
     pattern finds exactly what the definition does, with half the work."""
     if text.find("\\", start) == -1:
@@ -57,14 +56,10 @@ def split_fields_py(text: str, start: int) -> list[tuple[str, str]]:
     return _FIELD.findall(text, start)
 
 
-def modsecurity_part_py(line: str) -> str | None:
+def modsecurity_part_of_apache_error(line: str) -> str | None:
     """The ModSecurity message inside an ``Apache-Error:`` line, or None for other modules' lines."""
     match = _APACHE_PREFIX.match(line)
     return line[match.end():] if match else None
-
-
-_split_fields = C.message_fields if C else split_fields_py
-modsecurity_part_of_apache_error = C.modsecurity_part if C else modsecurity_part_py
 
 
 # CRS 3.x: 949110 "Inbound Anomaly Score Exceeded (Total Score: 13)",

@@ -13,7 +13,6 @@ from .event import Event
 from .derive import finish_event
 from .http import apply_request_head, apply_response_head
 from .messages import modsecurity_part_of_apache_error, parse_message
-from .speedups import C
 from .timestamps import parse_apache_time
 
 _BOUNDARY = re.compile(rb"--([0-9a-fA-F]{8,32})-A--\r?\n")
@@ -48,7 +47,7 @@ def split_sections(entry: bytes) -> Sections:
     return Sections(*scanned)
 
 
-def scan_sections_py(entry: bytes) -> tuple[bytes, dict[str, bytes], bool, list[str]] | None:
+def _scan_sections(entry: bytes) -> tuple[bytes, dict[str, bytes], bool, list[str]] | None:
     """``(boundary, parts, complete, unknown)``, or None without an A boundary line.
 
     A line that starts like the separator but does not end like a boundary (a body can hold
@@ -140,7 +139,7 @@ _USUAL_KEYS = frozenset((
     "Sanitised-Args", "Sanitised-Request-Headers", "Sanitised-Response-Headers"))
 
 
-def trailer_lines_py(section: bytes) -> list[tuple[str, str]]:
+def _trailer_lines(section: bytes) -> list[tuple[str, str]]:
     """``Key: value`` lines; a line that is not one continues the previous value (a
     message may contain a newline)."""
     text = _text(section)
@@ -158,7 +157,7 @@ def trailer_lines_py(section: bytes) -> list[tuple[str, str]]:
     return trailer
 
 
-def stopwatch_py(value: str) -> dict[str, int]:
+def _stopwatch(value: str) -> dict[str, int]:
     """The ``name=microseconds`` pairs of a ``Stopwatch2`` line."""
     return {name: int(number) for name, number in _TIMING.findall(value)}
 
@@ -197,9 +196,3 @@ def _apply_trailer(event: Event, section: bytes) -> None:
         # Every Message: line is repeated as Apache-Error:; only use these when the
         # Message: lines are missing (e.g. a hand-trimmed entry).
         event.messages = [parse_message(text) for text in apache_modsec]
-
-
-# The C extension's versions of the loops above, when it was built (see speedups.py).
-_scan_sections = C.split_sections if C else scan_sections_py
-_trailer_lines = C.trailer_lines if C else trailer_lines_py
-_stopwatch = C.stopwatch if C else stopwatch_py

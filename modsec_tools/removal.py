@@ -1,15 +1,13 @@
 """Deleting a committed batch's entries while the next batch is being committed.
 
 Deleting is a stat and an unlink per entry. An unlink that frees a written-back file's
-blocks may wait on the disk (86-162 µs per 5 KB entry on the benchmark VM, whose ext4 has
-no journal and is mounted with discard: each such unlink sends the disk a discard and
-waits for it; bench/RESULTS.md), so a batch's entries are unlinked by THREADS
-threads at once (38-58 µs an entry with four) while the commit thread goes on with the
-next batch. Each slice is one call that does not hold the GIL (StorageTree.remove): the
-database insert in the commit thread retakes the GIL at every row, and threads that took
-it between their unlinks made the insert four to six times slower. (A batch of a few
-entries, as a live watch makes, is deleted in line: handing it over would cost more than
-it saves.)
+blocks may wait on the disk (where the file system discards freed blocks, it waits for
+the device), so a batch's entries are unlinked by THREADS threads at once, each a slice
+of the batch, while the commit thread goes on with the next batch: the system calls
+release the GIL while they wait. Each thread takes the GIL back after every call, which
+slows the commit thread: two were the best measured compromise (bench/RESULTS.md). (A
+batch of a few entries, as a live watch makes, is deleted in line: handing it over would
+cost more than it saves.)
 
 The journal lets one batch's deletions be outstanding: the next batch's record names that
 batch (``leaving``), so start-up after a crash deletes what is left of both
@@ -31,7 +29,7 @@ from .storage import EntryRef, StorageTree
 log = logging.getLogger(__name__)
 
 #: Threads unlinking one batch's entries (each a slice of it).
-THREADS = 4
+THREADS = 2
 
 #: (where, inode, device, size, mtime_ns, ctime_ns as it was read): the entry is deleted
 #: only if the name still holds that file, unchanged (see StorageTree.remove).

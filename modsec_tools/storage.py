@@ -19,7 +19,6 @@ from .layout import (DAY_DIR, ENTRY_NAME, MINUTE_DIR, Dirs, EntryRef, Listing, i
                      is_minute_dir, walk)
 from .owned import OwnedDir
 from .safefs import FILE_FLAGS, open_dir_at, open_dir_path, read_file_at
-from .speedups import C
 
 __all__ = ["EntryRef", "Candidate", "Oddity", "StorageTree", "GONE", "REPLACED", "CHANGED"]
 
@@ -96,7 +95,7 @@ class StorageTree:
                 errors += 1
                 log.error("%s: cannot delete: %s", ref.relpath, exc.strerror or exc)
                 continue
-            doomed.append((fd, os.fsencode(ref.name), *seen))
+            doomed.append((fd, ref.name, *seen))
             refs.append(ref)
         for ref, result in zip(refs, _remove_entries(doomed)):
             if result == REPLACED:
@@ -338,7 +337,7 @@ def _unlink_if_unchanged(dir_fd: int, name: str, before: os.stat_result) -> None
 GONE, REPLACED, CHANGED = -1, -2, -3
 
 
-def remove_entries_py(entries: list[tuple]) -> list[int]:
+def _remove_entries(entries: list[tuple]) -> list[int]:
     """For each (dir_fd, name, inode, device[, size, mtime_ns, ctime_ns]): unlink the name
     in the directory if it still holds that (inode, device) with that size and times (-1:
     not checked). 0: deleted; GONE: no such name; REPLACED: it holds another file;
@@ -365,6 +364,3 @@ def remove_entries_py(entries: list[tuple]) -> list[int]:
 def _changed(now: os.stat_result, stamp: Sequence[int]) -> bool:
     found = (now.st_size, now.st_mtime_ns, now.st_ctime_ns)
     return any(then != -1 and then != value for then, value in zip(stamp, found))
-
-
-_remove_entries = C.remove_entries if C else remove_entries_py

@@ -9,7 +9,6 @@ import datetime as dt
 import re
 
 from .errors import ParseError
-from .speedups import C
 
 _MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -20,14 +19,6 @@ _ZONES: dict[str, dt.timezone] = {}
 
 
 def parse_apache_time(text: str) -> dt.datetime:
-    if C is not None:  # the C extension reads the usual form a dozen times faster
-        stamp = C.apache_time(text)
-        if stamp is not None:
-            return stamp
-    return parse_apache_time_py(text)
-
-
-def parse_apache_time_py(text: str) -> dt.datetime:
     match = _STAMP.match(text)
     if match is None:
         raise ParseError(f"unreadable time stamp {text[:60]!r}")

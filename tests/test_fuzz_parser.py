@@ -386,9 +386,8 @@ def message_texts(draw) -> str:
 @example('W. [file ""\\"]')
 @example('W. [file "\\\n"]')
 def test_message_fields_fast_path_equals_the_regex(text: str) -> None:
-    """``_split_fields`` (the C extension's scan, or its Python twin, which uses a simpler
-    pattern when there is no backslash) must find exactly the fields the regex (the
-    definition) finds."""
+    """``_split_fields`` (which uses a simpler pattern when there is no backslash) must find
+    exactly the fields the regex (the definition) finds."""
     from modsec_tools.messages import _FIELD, _split_fields
     start = text.find(' [')
     if start != -1:

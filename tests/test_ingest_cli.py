@@ -81,15 +81,6 @@ def test_config_check_good_config(fast_tmp):
     assert "error:" not in done.stdout
 
 
-def test_config_check_warns_when_the_parser_runs_without_its_c_speedups(fast_tmp, monkeypatch):
-    sb = _ready(ih.Sandbox(fast_tmp))
-    monkeypatch.setenv("MODSEC_TOOLS_PURE_PYTHON", "1")
-    done = sb.run(action="config check")
-    assert ("warning: C speedups: off (MODSEC_TOOLS_PURE_PYTHON is set): parsing takes about "
-            "twice the CPU") in done.stdout, done.stdout
-    assert "configuration: 0 error(s)" in done.stdout
-
-
 def test_config_check_good_mariadb(fast_tmp, mariadb, mariadb_db):
     sb = _ready(ih.Sandbox(fast_tmp, db=mariadb.url_for(mariadb_db)))
     done = sb.run(action="config check")

@@ -1,5 +1,5 @@
 """Deleting committed entries (removal.py, StorageTree.remove): only the file that was read,
-several threads at once. (The C loop against its Python twin: test_speedups.py.)"""
+several threads at once."""
 from __future__ import annotations
 
 import errno
