@@ -124,8 +124,8 @@ def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | N
     except OSError as exc:
         return Outcome(ref, Decision.ERROR, f"cannot read: {exc.strerror or exc}")
     if file.truncated:
-        return Outcome(ref, Decision.QUARANTINE, f"larger than max_entry_size ({rules.max_entry_size} "
-                                        "bytes)")
+        return Outcome(ref, Decision.QUARANTINE,
+                       f"larger than max_entry_size ({rules.max_entry_size} bytes)")
     # Ages are taken as of the scan, not of this examination, which may come later.
     age = (cutoff or time.time()) - file.stat.st_mtime
     try:
@@ -135,6 +135,12 @@ def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | N
         problem = ("; ".join(event.problems) or "incomplete entry") if event.incomplete else None
     except ParseError as exc:
         problem = str(exc)
+    if problem is None and index is None and proof < Proof.CLOSED \
+            and not file.data.endswith(b"\n"):
+        # ModSecurity ends every entry with a newline, its last write: without the close or
+        # the index line to prove the writer done, a Z boundary without it is a file read
+        # one write too early (taking it would archive it, and its final form, twice).
+        problem = "entry does not end with its newline (still being written)"
     if problem is not None:
         final = index is not None or proof == Proof.CLOSED or age >= rules.quarantine_after
         return Outcome(ref, Decision.QUARANTINE if final else Decision.WAIT, problem)
