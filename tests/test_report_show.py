@@ -82,9 +82,10 @@ def test_request_bytes_never_reach_a_terminal(ingested):
     assert b"\x1b" not in piped[:piped.index(b"archived entry:")]   # never in the fields
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "modsec_tools.cli", "show", "--config",
-                               str(sb.config), uid], cwd=REPO, env=cli_env(),
-                              stdout=secondary, stderr=subprocess.PIPE, timeout=120)
+        # read while it writes: a pty holds a few KB, and a full one blocks the writer
+        proc = subprocess.Popen([sys.executable, "-m", "modsec_tools.cli", "show", "--config",
+                                 str(sb.config), uid], cwd=REPO, env=cli_env(),
+                                stdout=secondary, stderr=subprocess.PIPE)
         os.close(secondary)
         seen = b""
         while True:
@@ -95,9 +96,10 @@ def test_request_bytes_never_reach_a_terminal(ingested):
             if not chunk:
                 break
             seen += chunk
+        stderr = proc.communicate(timeout=120)[1]
     finally:
         os.close(primary)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, stderr
     assert b"\x1b" not in seen and b"\\x1b]0;owned" in seen
     assert b"control characters shown as \\xNN" in seen
 
