@@ -1,50 +1,48 @@
 #!/usr/bin/env python3
-"""Detection -> ban latency, end to end, with every real part, in a private network namespace.
+"""Attack -> kernel ban, end to end: modsec-tools against fail2ban's stock way, side by side.
 
-Apache 2.4 + mod_security2 + OWASP CRS (tests/realparts) serve 127.0.0.1:PORT inside a
-network namespace this script creates (mt-e2e-*) and write a Concurrent audit storage tree;
-`modsec-tools watch` turns each entry into an event-log line; a real fail2ban-server in the
-namespace runs our filter (fail2ban/filter.d/modsec.conf) in a jail with maxretry = 1,
-findtime 60, bantime 600, backend pyinotify and the action
-modsec-block.py[backend=nftables, port=PORT].
+Each pipeline ("row") gets a private network namespace (mt-e2e-*) with its own Apache 2.4 +
+mod_security2 + OWASP CRS (tests/realparts) listening on 198.19.255.254:PORT, and its own
+fail2ban-server (tests/f2b_harness), both jails with maxretry 2, findtime 60, bantime 600,
+backend pyinotify:
 
-Load: an open-loop generator inside the namespace sends attack requests (GET /?id=1' or
-'1'='1, CRS 942100 -> 403) at each --rates value for --duration seconds, every request from
-its own source address in 127.1.0.0/16 (bound on the namespace's lo: 127.0.0.0/8 there
-answers for every 127.x address, which the script verifies first), so each request is a
-first offence and must produce one ban.
+  stock         the stock `apache-modsecurity` filter on Apache's error log, the stock
+                `iptables-ipset-proto6` action; no modsec-tools
+  ours          `modsec-tools watch` -> event log -> our `modsec` filter -> modsec-block
+                (nftables, fast ban path on)
+  ours-nofast   the same with `fastban = false`: fail2ban's own schedule
+  ours-upstream the same, fastban off, on a copy of this machine's fail2ban with the
+                --upstream-patch changes applied (docs/upstream/): what fail2ban could do
 
-Latency of one attack = kernel time - close time, where
-  close   the audit entry file's IN_CLOSE_WRITE, seen by the script's own inotify watch on
-          the storage tree (time.time() when read); the file is mapped to its client by its
-          section A (or, when watch already deleted it, by its unique id in Apache's access
-          log); a file found by a directory scan instead (new minute directory) uses mtime;
-  kernel  the address appearing in the kernel: `nft monitor` streamed inside the namespace
-          (each "add element" / "insert rule" line stamped when read).  With --observe
-          both a poller also runs `nft -j list set` (ours) / `iptables -S f2b-<jail>`
-          (baseline) every --poll-ms and reports its own figures (it costs CPU).
-Stages, from the same observer: close -> event-log line (watch), -> fail2ban's "Ban" notice
-in its log (filter + fail2ban's actions thread), -> kernel (the action: batching + nft).
+Attackers bind addresses of 198.18.0.0/15 (a local route on the namespace's lo makes the
+whole range theirs; never loopback, which the action refuses to block) and send
+`GET /?id=1' or '1'='1` (CRS 942100: 403), one connection a request.  Measured per row:
 
-Baseline in the same run (--baseline, default on): fail2ban's usual way, the stock
-apache-modsecurity filter reading Apache's error log with the stock iptables-multiport
-action (one `iptables -I` per ban, forked by fail2ban), no modsec-tools; same load, same
-jail timings, from the same file close to the address appearing in chain f2b-<jail>.
+  single   --runs attackers in turn at each --rates rate (requests/s, open loop), runs of the
+           rows interleaved: from the client's receipt of the 2nd 403 (maxretry) to the
+           address in the kernel set, and how many requests were answered after that 2nd
+           403's request (0 = banned before the next request)
+  flood    --flood addresses at once, each sending requests back to back: the same two
+           figures per address
+  idle     --idle seconds with nothing to ban: CPU of the threads that wake the bans
 
-Every process runs in the namespace except watch; all traffic is loopback inside it; loops
-and waits are bounded; on exit (also Ctrl-C / TERM) every process is killed, the namespace
-deleted (with its firewall) and the work directory removed (unless --keep).  Needs root,
-apache2 + libapache2-mod-security2 + modsecurity-crs, fail2ban, nftables, iptables.
+(How many bans a second fail2ban applies through the filter is bench/ban.py's, with no
+observer beside it.)
 
-Diagnostics: --pipeline-nice N renices watch and fail2ban-server (CPU priority against
-Apache's worker threads), --watch-workers N sets watch's worker processes, --tmp /dev/shm
-puts the storage tree and watch's sinks on tmpfs (no fsync cost).  Per phase the bench also
-reports, from /proc, the CPU time of Apache, watch and fail2ban-server and how long their
-threads waited, runnable, for a CPU (schedstat: starvation).
+Kernel times: `nft monitor` streamed in the namespace (nftables set, ours) or an `ipset -`
+process testing the attacker every 2 ms (the stock action's ipset), stamped when read.
+Stages from the same observer: the audit entry's IN_CLOSE_WRITE, the event-log line (ours)
+or error-log line (stock), fail2ban's `Found` and `Ban` lines, the kernel.
 
-usage: python3 bench/e2e.py [--rates 100,1000] [--duration 5] [--observe monitor|both]
-                            [--pipeline-nice N] [--watch-workers N] [--tmp DIR]
-                            [--no-baseline] [--results bench/RESULTS.md] [--quick]
+Every process runs in the namespaces except watch; all traffic stays inside them; on exit
+(also Ctrl-C / TERM) everything is killed, the namespaces deleted (with their firewalls) and
+the work directory removed (unless --keep).  Needs root, apache2 + libapache2-mod-security2 +
+modsecurity-crs, fail2ban, nftables, ipset, iptables, and an interpreter with modsec-tools'
+dependencies for watch (./run-tests makes one: .venv/bin/python).
+
+usage: .venv/bin/python bench/e2e.py [--rows stock,ours] [--runs 20] [--rates 20,200] [--flood 200]
+                                     [--idle 30] [--upstream-patch PATCH]
+                                     [--results bench/RESULTS.md] [--quick]
 """
 from __future__ import annotations
 
@@ -57,7 +55,6 @@ import json
 import os
 import platform
 import re
-import resource
 import select
 import selectors
 import shlex
@@ -70,26 +67,36 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SELF = Path(__file__).resolve()
 
-JAIL_OURS = "modsec"
-JAIL_STOCK = "apache-modsecurity"
-NFT_TABLE = f"mt-{JAIL_OURS}"                   # modsec-block's objects for the jail
-ATTACK_URI = "/?id=1'%20or%20'1'='1"            # CRS 942100 & co: 403 at paranoia level 1
-FIRST_SOURCE = int(ipaddress.IPv4Address("127.1.0.1"))
-LAST_SOURCE = int(ipaddress.IPv4Address("127.1.255.254"))
-PROBE_SOURCE = "127.1.255.254"                  # the binding check (benign, never banned)
-TARGETS = {"p50": 0.300, "p99": 1.0}            # seconds
+JAIL_OURS, JAIL_STOCK = "modsec", "apache-modsecurity"
+NFT_TABLE = f"mt-{JAIL_OURS}"                    # modsec-block's objects for the jail
+STOCK_SET = f"f2b-{JAIL_STOCK}"                  # iptables-ipset-proto6's set
+MAXRETRY = 2
+SERVER = "198.19.255.254"                       # Apache, inside the attackers' local range
+SOURCES = ipaddress.IPv4Network("198.18.0.0/15")
+ATTACK_URI = "/?id=1'%20or%20'1'='1"
+# the issue's goals (#16)
+GOALS = {"p50": 0.015, "p99": 0.040, "flood_p99": 0.100, "idle_cpu": 0.005,
+         "zero_after_share": 0.95, "max_after_fast": 1}
+UPSTREAM_PATCHES = ("wake-actions-on-ticket.patch", "pyinotify-filter-read-at-once.patch")
+ROW_LABELS = {
+    "stock": "stock jail (apache-modsecurity on error.log) + iptables-ipset-proto6",
+    "ours": "modsec-tools: watch → modsec jail → modsec-block (nftables, fast ban path)",
+    "ours-nofast": "modsec-tools, fastban = false (fail2ban's own schedule)",
+    "ours-upstream": "modsec-tools, fastban = false, fail2ban + docs/upstream patches",
+}
 
 
 # =============================================================================================
-# helper processes (run as `python3 bench/e2e.py _observe|_poll|_loadgen ...` in the netns)
+# helper processes (run as `python3 bench/e2e.py _observe|_attack ...` inside a namespace)
 
 _IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x8, 0x80, 0x100
-_IN_Q_OVERFLOW, _IN_IGNORED, _IN_ISDIR = 0x4000, 0x8000, 0x40000000
+_IN_Q_OVERFLOW, _IN_ISDIR = 0x4000, 0x40000000
 _EVENT = struct.Struct("iIII")
 
 
@@ -125,34 +132,95 @@ class _Inotify:
 
 _SECTION_A = re.compile(rb"-A--\n\[[^\]]*\] (\S+) (\S+) \d+ ")
 _LOG_PATTERNS = {
-    "E": re.compile(r" client=(\S+) verdict=blocked "),                        # event log
-    "R": re.compile(r"\[client ([0-9.]+):\d+\].*ModSecurity: Access denied"),  # Apache error log
-    "B": re.compile(r"\] Ban ([0-9a-f.:]+)\s*$"),                              # fail2ban.log
+    "E": re.compile(r" client=(\S+) verdict=blocked "),                          # event log
+    "R": re.compile(r"\[client ([0-9.]+):\d+\].*ModSecurity: Access denied"),    # Apache error log
+    "F": re.compile(r"\] Found ([0-9a-f.:]+)"),                                  # fail2ban.log
+    "B": re.compile(r"\] Ban ([0-9a-f.:]+)\s*$"),
 }
-_MONITOR = re.compile(r"^(?:add element inet \S+ v4|(?:add|insert) rule ip filter f2b-)")
+_NFT_ADD = re.compile(r"^add element inet \S+ v4 ")
 _IPV4 = re.compile(r"\b(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})\b")
 
 
+class _Tail:
+    """New lines of one file, each matched against the patterns of its kinds."""
+
+    def __init__(self, kinds: str, path: str) -> None:
+        self.kinds, self.path = kinds, path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self.partial = b""
+
+    def read(self) -> list[tuple[str, str]]:
+        """(kind, client) of each new matching line."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        found = []
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            for kind in self.kinds:
+                match = _LOG_PATTERNS[kind].search(line)
+                if match:
+                    found.append((kind, match.group(1)))
+                    break
+        return found
+
+
+class _IpsetProbe:
+    """An `ipset -` process testing addresses against a set; answers come on its stderr."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(["ipset", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, bufsize=0)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        self.partial = b""
+
+    def ask(self, addresses: set[str]) -> None:
+        self.proc.stdin.write("".join(f"test {self.name} {a}\n" for a in addresses).encode())
+
+    def answers(self) -> list[str]:
+        """Addresses reported in the set since the last call."""
+        try:
+            chunk = os.read(self.proc.stderr.fileno(), 1 << 16)
+        except BlockingIOError:
+            return []
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        return [m.group(1) for line in lines
+                for m in [re.match(r"Warning: (\S+) is in set", line.decode(errors="replace"))] if m]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+
 def observe_main(argv: list[str]) -> int:
-    """Stamp, with time.time(): entry files closing in the storage tree (C, or F when found
-    by a scan: mtime), new lines of the tailed logs (E/R/B) and kernel additions streamed by
-    `nft monitor` (S).  One record a line in --out; "ready" on stdout once watching."""
+    """Stamp, with time.time(): entry files closing in the storage tree (C <name> <client>),
+    matched lines of the tailed logs (E/R/F/B <client>) and addresses reaching the kernel
+    (S <address>): from `nft monitor`, or by testing the addresses given on stdin against an
+    ipset every 2 ms.  One record a line in --out; "ready" on stdout once watching."""
     p = argparse.ArgumentParser(prog="e2e.py _observe")
     p.add_argument("--storage", required=True)
-    p.add_argument("--tail", action="append", default=[], metavar="KIND=PATH")
+    p.add_argument("--tail", action="append", default=[], metavar="KINDS=PATH")
+    p.add_argument("--ipset", help="test the addresses given on stdin against this set")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
         os.nice(-10)            # stamps must not wait behind the load being measured
     except OSError:
         pass
-    stop = []
+    stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    out = open(args.out, "w", buffering=1 << 20)
+    out = open(args.out, "w", buffering=1 << 16)
     ino = _Inotify()
     dirs: dict[int, str] = {}
-    seen_files: set[str] = set()
 
     def emit(kind: str, stamp: float, *fields: str) -> None:
         out.write(f"{kind} {stamp:.6f} {' '.join(fields)}\n")
@@ -163,10 +231,9 @@ def observe_main(argv: list[str]) -> int:
                 match = _SECTION_A.search(handle.read(1024))
             return match.group(2).decode() if match else "-"
         except OSError:
-            return "-"              # already taken (and deleted) by watch: mapped later
+            return "-"              # already taken by watch (and deleted)
 
     def adopt(path: str) -> None:
-        """Watch a directory, then whatever it already holds (made before the watch)."""
         try:
             dirs[ino.add(path, _IN_CREATE | _IN_CLOSE_WRITE | _IN_MOVED_TO)] = path
             listing = list(os.scandir(path))
@@ -175,229 +242,170 @@ def observe_main(argv: list[str]) -> int:
         for entry in listing:
             if entry.is_dir(follow_symlinks=False):
                 adopt(entry.path)
-            elif entry.is_file(follow_symlinks=False) and entry.name not in seen_files:
-                try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                except OSError:
-                    continue
-                emit("F", mtime, entry.name, client_of(entry.path))
 
     adopt(args.storage)
-    tails: dict[int, list] = {}            # wd -> [(basename, kind, path, offset, partial)]
+    tails: dict[int, list[_Tail]] = {}
     for spec in args.tail:
         kind, path = spec.split("=", 1)
-        wd = ino.add(os.path.dirname(path), _IN_MODIFY | _IN_CREATE)
-        tails.setdefault(wd, []).append([os.path.basename(path), kind, path,
-                                         os.path.getsize(path) if os.path.exists(path) else 0, b""])
-
-    monitor = subprocess.Popen(["nft", "monitor"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, bufsize=0)
-    os.set_blocking(monitor.stdout.fileno(), False)
-    mon_partial = b""
+        tails.setdefault(ino.add(os.path.dirname(path), _IN_MODIFY | _IN_CREATE), []).append(_Tail(kind, path))
     poller = select.poll()
     poller.register(ino.fd, select.POLLIN)
-    poller.register(monitor.stdout.fileno(), select.POLLIN)
-    time.sleep(0.3)                        # let nft subscribe before we say ready
+    monitor = probe = None
+    watched: set[str] = set()
+    if args.ipset:
+        probe = _IpsetProbe(args.ipset)
+        poller.register(probe.proc.stderr.fileno(), select.POLLIN)
+        os.set_blocking(sys.stdin.fileno(), False)
+        poller.register(sys.stdin.fileno(), select.POLLIN)
+    else:
+        monitor = subprocess.Popen(["nft", "monitor"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   bufsize=0)
+        os.set_blocking(monitor.stdout.fileno(), False)
+        poller.register(monitor.stdout.fileno(), select.POLLIN)
+    mon_partial, stdin_partial = b"", b""
+    time.sleep(0.3)                        # let nft subscribe before saying ready
     print("ready", flush=True)
-
-    def read_tail(item: list, stamp: float) -> None:
-        _base, kind, path, offset, partial = item
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-        except OSError:
-            return
-        item[3] = offset + len(data)
-        lines = (partial + data).split(b"\n")
-        item[4] = lines.pop()
-        pattern = _LOG_PATTERNS[kind]
-        for raw in lines:
-            match = pattern.search(raw.decode("utf-8", "replace"))
-            if match:
-                emit(kind, stamp, match.group(1))
-
-    flushed = time.time()
+    asked = 0.0
     while not stop:
         try:
-            ready = poller.poll(200)
+            ready = poller.poll(2 if watched else 200)
         except InterruptedError:
             continue
         stamp = time.time()
-        if stamp - flushed > 0.25:          # the bench reads the file while waiting for bans
-            out.flush()
-            flushed = stamp
         for fd, _ in ready:
             if fd == ino.fd:
                 for wd, mask, name in ino.read():
                     if mask & _IN_Q_OVERFLOW:
                         emit("X", stamp, "overflow")
-                        continue
-                    if wd in tails:
-                        for item in tails[wd]:
-                            if item[0] == name:
-                                read_tail(item, stamp)
-                        continue
-                    parent = dirs.get(wd)
-                    if parent is None or not name:
-                        continue
-                    path = os.path.join(parent, name)
-                    if mask & _IN_ISDIR:
-                        if mask & (_IN_CREATE | _IN_MOVED_TO):
-                            adopt(path)
-                    elif mask & _IN_CLOSE_WRITE:
-                        seen_files.add(name)
-                        emit("C", stamp, name, client_of(path))
-            else:
-                try:
-                    chunk = os.read(fd, 1 << 20)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    poller.unregister(fd)
-                    continue
+                    elif wd in tails:
+                        for tail in tails[wd]:
+                            if os.path.basename(tail.path) == name:
+                                for kind, client in tail.read():
+                                    emit(kind, stamp, client)
+                    elif wd in dirs and name:
+                        path = os.path.join(dirs[wd], name)
+                        if mask & _IN_ISDIR:
+                            if mask & (_IN_CREATE | _IN_MOVED_TO):
+                                adopt(path)
+                        elif mask & _IN_CLOSE_WRITE:
+                            emit("C", stamp, name, client_of(path))
+            elif monitor is not None and fd == monitor.stdout.fileno():
+                chunk = os.read(fd, 1 << 20)
                 lines = (mon_partial + chunk).split(b"\n")
                 mon_partial = lines.pop()
                 for raw in lines:
                     line = raw.decode("utf-8", "replace")
-                    if _MONITOR.match(line):
+                    if _NFT_ADD.match(line):
                         for address in _IPV4.findall(line.split("{", 1)[-1]):
                             emit("S", stamp, address)
-    monitor.terminate()
-    monitor.wait(5)
+                out.flush()
+            elif probe is not None and fd == probe.proc.stderr.fileno():
+                for address in probe.answers():
+                    if address in watched:
+                        watched.discard(address)
+                        emit("S", stamp, address)
+                out.flush()
+            elif fd == sys.stdin.fileno():
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                lines = (stdin_partial + chunk).split(b"\n")
+                stdin_partial = lines.pop()
+                watched.update(line.decode().strip() for line in lines if line.strip())
+        # one attacker at a time is tested every 2 ms; a crowd (a flood) every 50 ms
+        if probe is not None and watched and stamp - asked >= (0.002 if len(watched) <= 5 else 0.05):
+            probe.ask(watched)
+            asked = stamp
+    for helper in (monitor, probe):
+        if isinstance(helper, _IpsetProbe):
+            helper.close()
+        elif helper is not None:
+            helper.terminate()
+            helper.wait(5)
     out.close()
     return 0
 
 
-def poll_main(argv: list[str]) -> int:
-    """Poll the kernel every --interval-ms: P <time the listing returned> <address> for each
-    new address; Q <seconds the listing took> per poll."""
-    p = argparse.ArgumentParser(prog="e2e.py _poll")
-    p.add_argument("--kind", choices=("nft", "iptables"), required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--interval-ms", type=float, default=10.0)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    try:
-        os.nice(-10)
-    except OSError:
-        pass
-    if args.kind == "nft":
-        cmd = ["nft", "-j", "list", "set", "inet", args.name, "v4"]
-    else:
-        cmd = ["iptables", "-w", "-S", args.name]
-    known: set[str] = set()
-    out = open(args.out, "w", buffering=1 << 20)
-    print("ready", flush=True)
-    while not stop:
-        began = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        done = time.time()
-        found: set[str] = set()
-        if proc.returncode == 0:
-            if args.kind == "nft":
-                for item in json.loads(proc.stdout)["nftables"]:
-                    for elem in item.get("set", {}).get("elem", []):
-                        found.add(elem["elem"]["val"] if isinstance(elem, dict) else elem)
-            else:
-                found = set(re.findall(r"-s (\d+\.\d+\.\d+\.\d+)/32", proc.stdout))
-        for address in found - known:
-            out.write(f"P {done:.6f} {address}\n")
-        known |= found
-        out.write(f"Q {done - began:.6f}\n")
-        out.flush()
-        time.sleep(max(0.0, args.interval_ms / 1000 - (time.time() - began)))
-    out.close()
-    return 0
-
-
-def loadgen_main(argv: list[str]) -> int:
-    """Open-loop attack load: request i is due at t0 + i/rate from its own source address;
-    issued on time unless --max-inflight requests are open (then late); none is issued after
-    the window.  Writes a JSON summary with one row per request to --out."""
-    p = argparse.ArgumentParser(prog="e2e.py _loadgen")
-    p.add_argument("--rate", type=float, required=True)
-    p.add_argument("--duration", type=float, required=True)
-    p.add_argument("--first", type=int, required=True, help="index of the first source")
+def attack_main(argv: list[str]) -> int:
+    """Attack requests from each --source: open loop at --rate for --duration (single runs),
+    or back to back, --count each (flood).  One connection a request; none takes longer than
+    --timeout (a banned address's packets are dropped).  JSON rows [source, sent, done,
+    status or null] to --out."""
+    p = argparse.ArgumentParser(prog="e2e.py _attack")
+    p.add_argument("--sources", required=True, help="comma separated")
+    p.add_argument("--rate", type=float, help="requests/s per source (open loop)")
+    p.add_argument("--duration", type=float, default=2.0)
+    p.add_argument("--count", type=int, help="requests per source, back to back (closed loop)")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--max-inflight", type=int, default=1000)
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     payload = (f"GET {ATTACK_URI} HTTP/1.1\r\nHost: www.example.test\r\n"
-               "User-Agent: modsec-tools-bench/1.0\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-               ).encode()
-    count = int(round(args.rate * args.duration))
+               "User-Agent: modsec-tools-bench/1.0\r\nAccept: */*\r\nConnection: close\r\n\r\n").encode()
+    sources = args.sources.split(",")
     sel = selectors.DefaultSelector()
-    rows: list[list] = []                 # [source, due, started, done, status]
-    open_: dict[int, tuple[socket.socket, list, bytearray]] = {}
-    t0 = time.time() + 0.05
-    window_end = t0 + args.duration
-    nxt = 0
-    checked = t0
+    rows: list[list] = []
+    live: dict[int, tuple[socket.socket, list, bytearray]] = {}
+    t0 = time.time() + 0.02
+    end = t0 + args.duration
+    due = {s: t0 for s in sources}                         # next send time per source
+    left = {s: (args.count or 10 ** 9) for s in sources}
+    busy: set[str] = set()
+
+    def launch(source: str, now: float) -> None:
+        row = [source, now, None, None]
+        rows.append(row)
+        left[source] -= 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.bind((source, 0))
+            code = sock.connect_ex((SERVER, args.port))
+        except OSError:
+            sock.close()
+            row[2] = time.time()
+            return
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            row[2] = time.time()
+            return
+        live[sock.fileno()] = (sock, row, bytearray())
+        busy.add(source)
+        sel.register(sock, selectors.EVENT_WRITE)
 
     def finish(fd: int, status: int | None) -> None:
-        sock, row, _buf = open_.pop(fd)
-        try:
-            sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
+        sock, row, _ = live.pop(fd)
+        sel.unregister(sock)
         sock.close()
-        row[3], row[4] = time.time(), status
+        row[2], row[3] = time.time(), status
+        busy.discard(row[0])
+        if args.count:
+            due[row[0]] = row[2]
 
-    while not stop:
+    while True:
         now = time.time()
-        while nxt < count and t0 + nxt / args.rate <= now and len(open_) < args.max_inflight \
-                and now < window_end:
-            source = str(ipaddress.IPv4Address(FIRST_SOURCE + args.first + nxt))
-            row = [source, t0 + nxt / args.rate, now, None, None]
-            rows.append(row)
-            nxt += 1
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.bind((source, 0))
-                code = sock.connect_ex(("127.0.0.1", args.port))
-            except OSError:
-                sock.close()
-                row[3] = time.time()
-                continue
-            if code not in (0, errno.EINPROGRESS):
-                sock.close()
-                row[3] = time.time()
-                continue
-            open_[sock.fileno()] = (sock, row, bytearray())
-            sel.register(sock, selectors.EVENT_WRITE)
-        if (nxt >= count or now >= window_end) and not open_:
+        for source in sources:
+            if left[source] > 0 and now >= due[source] and now < end and (args.rate or source not in busy):
+                launch(source, now)
+                if args.rate:
+                    due[source] += 1 / args.rate
+        if now >= end and not live:
             break
-        if now > window_end + args.timeout:
-            for fd in list(open_):
-                finish(fd, None)
+        if all(v <= 0 for v in left.values()) and not live:
             break
         wait = 0.05
-        if nxt < count and now < window_end:
-            wait = max(0.0, min(wait, t0 + nxt / args.rate - now))
+        if args.rate and now < end:
+            wait = max(0.0, min(wait, min(due.values()) - now))
         for key, mask in sel.select(wait):
-            sock = key.fileobj
-            fd = sock.fileno()
-            if fd not in open_:
-                continue
-            _sock, row, buf = open_[fd]
+            fd = key.fileobj.fileno()
+            sock, row, buf = live[fd]
             try:
                 if mask & selectors.EVENT_WRITE:
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                         finish(fd, None)
                         continue
-                    sock.send(payload)     # small: one segment
+                    sock.send(payload)
                     sel.modify(sock, selectors.EVENT_READ)
                     continue
                 chunk = sock.recv(65536)
@@ -405,19 +413,14 @@ def loadgen_main(argv: list[str]) -> int:
                 finish(fd, None)
                 continue
             if chunk:
-                if len(buf) < 64:
-                    buf += chunk[:64]
+                buf += chunk[:64 - len(buf)] if len(buf) < 64 else b""
                 continue
             match = re.match(rb"HTTP/\d\.\d (\d{3})", bytes(buf))
             finish(fd, int(match.group(1)) if match else None)
         now = time.time()
-        if now - checked > 0.1:
-            checked = now
-            for fd in [fd for fd, (_s, row, _b) in open_.items() if now - row[2] > args.timeout]:
-                finish(fd, None)
-    for fd in list(open_):
-        finish(fd, None)
-    Path(args.out).write_text(json.dumps({"t0": t0, "count": count, "rows": rows}))
+        for fd in [fd for fd, (_, row, _) in live.items() if now - row[1] > args.timeout]:
+            finish(fd, None)
+    Path(args.out).write_text(json.dumps(rows))
     return 0
 
 
@@ -426,95 +429,6 @@ def loadgen_main(argv: list[str]) -> int:
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def cpu_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds of pid and its live descendants."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-            parts = stat.rsplit(")", 1)[1].split()
-            total += (int(parts[11]) + int(parts[12])) / tick
-            for task in os.listdir(f"/proc/{current}/task"):
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-                stack.extend(int(c) for c in children)
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-def work_fs(path: Path) -> str:
-    """'on <fstype> (<device>)' for the mount holding path."""
-    best = ("?", "?", "")
-    for line in Path("/proc/mounts").read_text().splitlines():
-        device, mount, fstype = line.split()[:3]
-        if str(path).startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[2]):
-            best = (device, fstype, mount)
-    return f"on {best[1]} ({best[0]})"
-
-
-def fsync_probe(directory: Path, samples: int = 20) -> tuple[float, float]:
-    """(median, max) seconds of one 4 KiB append + fdatasync in ``directory``: what each of
-    watch's per-batch syncs costs on this disk right now."""
-    path = directory / "fsync-probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    times = []
-    try:
-        for _ in range(samples):
-            began = time.perf_counter()
-            os.write(fd, b"x" * 4096)
-            os.fdatasync(fd)
-            times.append(time.perf_counter() - began)
-            time.sleep(0.02)
-    finally:
-        os.close(fd)
-        path.unlink()
-    times.sort()
-    return times[len(times) // 2], times[-1]
-
-
-def proc_sched(pid: int) -> tuple[float, float]:
-    """(seconds on CPU, seconds runnable but waiting for a CPU) of every thread of pid and of
-    its live descendants, from /proc/<tid>/schedstat: the wait is CPU starvation."""
-    ran = waited = 0.0
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                fields = Path(f"/proc/{current}/task/{task}/schedstat").read_text().split()
-                ran += int(fields[0]) / 1e9
-                waited += int(fields[1]) / 1e9
-                stack.extend(int(c) for c in
-                             Path(f"/proc/{current}/task/{task}/children").read_text().split())
-        except (OSError, ValueError, IndexError):
-            continue
-    return ran, waited
-
-
-def renice_all(pid: int, nice: int) -> None:
-    """Set the nice value of every thread of pid and of its live descendants (Linux: per
-    thread; threads made later inherit it from their creator)."""
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                os.setpriority(os.PRIO_PROCESS, int(task), nice)
-                stack.extend(int(c) for c in
-                             Path(f"/proc/{current}/task/{task}/children").read_text().split())
-        except (OSError, ValueError):
-            continue
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -527,273 +441,273 @@ def percentile(values: list[float], q: float) -> float:
 
 def fmt_ms(value: float | None) -> str:
     if value is None or value != value:
-        return "-"
+        return "–"
     if value == float("inf"):
         return "never"
-    return f"{value * 1000:.0f}"
+    return f"{value * 1000:.0f}" if abs(value) >= 0.0095 else f"{value * 1000:.1f}"
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """Thread name -> seconds on CPU (schedstat, ns resolution) for every thread of pid."""
+    found: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+            ran = int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+        found[name] = found.get(name, 0.0) + ran
+    return found
+
+
+@dataclass
+class Row:
+    """One pipeline: its namespace, Apache, fail2ban, watch (ours) and observer."""
+    name: str
+    work: Path
+    netns: object = None
+    ns: object = None
+    web: object = None
+    server: object = None
+    watch: subprocess.Popen | None = None
+    observer: subprocess.Popen | None = None
+    obs_out: Path | None = None
+    results: dict = field(default_factory=dict)
+
+    @property
+    def ours(self) -> bool:
+        return self.name.startswith("ours")
+
+    def observed(self) -> list[list[str]]:
+        try:
+            return [line.split() for line in self.obs_out.read_text().splitlines()]
+        except FileNotFoundError:
+            return []
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.next_source = 0
+        self.next_source = 1
         self.procs: list[subprocess.Popen] = []
 
-    # -- processes ---------------------------------------------------------------------------
-    def helper(self, netns, mode: str, *argv: str, stdout=subprocess.PIPE) -> subprocess.Popen:
-        from tests.realparts._util import die_with_parent
-        proc = subprocess.Popen(netns.wrap([sys.executable, str(SELF), mode, *argv]),
-                                stdout=stdout, stderr=None, text=True, preexec_fn=die_with_parent)
-        self.procs.append(proc)
-        return proc
-
-    def stop_helper(self, proc: subprocess.Popen, timeout: float = 20) -> None:
-        from tests.realparts._util import stop_process
-        stop_process(proc, signal.SIGTERM, timeout)
-
-    def start_watch(self, work: Path, storage: Path, event_log: Path) -> subprocess.Popen:
-        from tests.f2b_harness import wait_for
-        from tests.realparts._util import die_with_parent
-        config = work / "modsec-tools.conf"
-        config.write_text(
-            "[modsec-tools]\n"
-            f"storage_dir = {storage}\n"
-            f"archive = {work / 'archive.log'}\n"
-            f"event_log = {event_log}\n"
-            f"db = sqlite:///{work / 'events.db'}\n"
-            f"state_dir = {work / 'state'}\n"
-            f"quarantine_dir = {work / 'quarantine'}\n"
-            "node = bench\n"
-            + (f"workers = {self.args.watch_workers}\n" if self.args.watch_workers else ""))
-        log = open(work / "watch.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "modsec_tools.cli", "watch", "--foreground",
-                                 "--config", str(config), "--flush-ms", str(self.args.flush_ms)],
-                                cwd=REPO, stdout=log, stderr=log, preexec_fn=die_with_parent)
-        self.procs.append(proc)
-        wait_for(lambda: (work / "state" / "status.json").exists() or proc.poll() is not None,
-                 timeout=60)
-        if proc.poll() is not None:
-            raise RuntimeError(f"watch exited:\n{(work / 'watch.log').read_text()[-3000:]}")
-        return proc
-
-    # -- checks ------------------------------------------------------------------------------
-    def check_sources(self, netns, web) -> str:
-        """127.1.x.y is bindable inside the namespace with no address added, and Apache sees it."""
-        addrs = netns.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"]).stdout.split()
-        cidrs = [addrs[i + 1] for i, word in enumerate(addrs) if word == "inet"]
-        if cidrs != ["127.0.0.1/8"]:
-            raise RuntimeError(f"unexpected addresses on lo: {cidrs}")
-        route = netns.run(["ip", "route", "get", PROBE_SOURCE]).stdout.split("\n")[0]
-        before = web.access_log.read_text() if web.access_log.exists() else ""
-        status = web.request("/", source_ip=PROBE_SOURCE, host="www.example.test", timeout=5)
-        from tests.f2b_harness import wait_for
-        wait_for(lambda: web.access_log.exists() and len(web.access_log.read_text()) > len(before),
-                 timeout=5)
-        line = web.access_log.read_text()[len(before):].strip().split("\n")[-1]
-        if status != 200 or f" {PROBE_SOURCE} " not in f" {line} ":
-            raise RuntimeError(f"binding {PROBE_SOURCE}: status {status}, access log {line!r}")
-        return (f"lo holds only {cidrs[0]}; `ip route get {PROBE_SOURCE}`: {route.strip()}; a "
-                f"request bound to {PROBE_SOURCE} got {status} and Apache logged that client")
-
-    # -- one phase ---------------------------------------------------------------------------
-    def phase(self, *, kind: str, rate: float, netns, web, server, work: Path,
-              watch: subprocess.Popen | None) -> dict:
-        args = self.args
-        count = int(round(rate * args.duration))
+    def sources(self, count: int) -> list[str]:
         first = self.next_source
         self.next_source += count
-        if FIRST_SOURCE + self.next_source > LAST_SOURCE:
-            raise SystemExit("out of 127.1.0.0/16 source addresses: lower --rates/--duration")
-        tag = f"{kind}-{rate:g}"
-        obs_out, poll_out, load_out = (work / f"{tag}.{x}" for x in ("observe", "poll", "load"))
-        tails = [f"B={server.log}"]
-        tails.append(f"E={server.root / 'events.log'}" if kind == "ours"
-                     else f"R={web.error_log}")
-        observer = self.helper(netns, "_observe", "--storage", str(web.storage_dir),
-                               "--out", str(obs_out), *[a for t in tails for a in ("--tail", t)])
-        if observer.stdout.readline().strip() != "ready":
+        if self.next_source >= SOURCES.num_addresses - 2:
+            raise SystemExit("out of source addresses: fewer runs or a smaller flood")
+        return [str(SOURCES.network_address + first + n) for n in range(count)]
+
+    # -- processes ---------------------------------------------------------------------------
+    def helper(self, netns, mode: str, *argv: str, stdout=subprocess.PIPE,
+               stdin=None) -> subprocess.Popen:
+        from tests.realparts._util import die_with_parent
+        proc = subprocess.Popen(netns.wrap([sys.executable, str(SELF), mode, *argv]), stdout=stdout,
+                                stdin=stdin, stderr=None, text=True, preexec_fn=die_with_parent)
+        self.procs.append(proc)
+        return proc
+
+    def start_watch(self, row: Row) -> subprocess.Popen:
+        from tests.f2b_harness import wait_for
+        from tests.realparts._util import die_with_parent
+        config = row.work / "modsec-tools.conf"
+        config.write_text(
+            "[modsec-tools]\n"
+            f"storage_dir = {row.web.storage_dir}\n"
+            f"archive = {row.work / 'archive.log'}\n"
+            f"event_log = {row.server.root / 'events.log'}\n"
+            f"db = sqlite:///{row.work / 'events.db'}\n"
+            f"state_dir = {row.work / 'state'}\n"
+            f"quarantine_dir = {row.work / 'quarantine'}\n"
+            "node = bench\n"
+            + (f"workers = {self.args.watch_workers}\n" if self.args.watch_workers is not None else ""))
+        log = open(row.work / "watch.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "modsec_tools.cli", "watch", "--foreground",
+                                 "--config", str(config)], cwd=REPO, stdout=log, stderr=log,
+                                preexec_fn=die_with_parent)
+        self.procs.append(proc)
+        wait_for(lambda: (row.work / "state" / "status.json").exists() or proc.poll() is not None, timeout=60)
+        if proc.poll() is not None:
+            raise RuntimeError(f"watch exited:\n{(row.work / 'watch.log').read_text()[-3000:]}")
+        return proc
+
+    def open_row(self, stack: ExitStack, name: str) -> Row:
+        from tests import f2b_harness as f2b
+        from tests.realparts import ApacheModSec, NetNS
+        row = Row(name, Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work)))
+        row.work.chmod(0o755)                              # www-data must reach the storage tree
+        row.netns = stack.enter_context(NetNS(f"mt-e2e-{os.urandom(4).hex()}"))
+        row.netns.run(["ip", "route", "add", "local", str(SOURCES), "dev", "lo"])
+        row.ns = f2b.Netns(row.netns.name)
+        row.web = stack.enter_context(ApacheModSec(row.work / "web", netns=row.netns,
+                                                   listen=[(SERVER, self.args.port)]))
+        release = None
+        if name == "ours-upstream":
+            release = patched_fail2ban(self.args.upstream_patch, row.work / "fail2ban")
+        jail = jail_stock(self.args.port, row.web.error_log) if name == "stock" else \
+            jail_ours(self.args.port, fastban=name == "ours")
+        row.server = stack.enter_context(f2b.fail2ban_server(row.ns, jail, with_bundle_jails=name != "stock",
+                                                             release=release))
+        if row.ours:
+            row.watch = self.start_watch(row)
+        row.obs_out = row.work / "observe"
+        tails = [f"FB={row.server.log}"]
+        tails.append(f"E={row.server.root / 'events.log'}" if row.ours else f"R={row.web.error_log}")
+        row.observer = self.helper(row.netns, "_observe", "--storage", str(row.web.storage_dir),
+                                   "--out", str(row.obs_out), *[a for t in tails for a in ("--tail", t)],
+                                   *(["--ipset", STOCK_SET] if name == "stock" else []),
+                                   stdin=subprocess.PIPE)
+        if row.observer.stdout.readline().strip() != "ready":
             raise RuntimeError("observer did not start")
-        poller = None
-        if args.observe == "both":
-            name = NFT_TABLE if kind == "ours" else f"f2b-{JAIL_STOCK}"
-            poller = self.helper(netns, "_poll", "--kind", "nft" if kind == "ours" else "iptables",
-                                 "--name", name, "--interval-ms", str(args.poll_ms),
-                                 "--out", str(poll_out))
-            if poller.stdout.readline().strip() != "ready":
-                raise RuntimeError("poller did not start")
-        if args.pipeline_nice:
-            renice_all(server.proc.pid, args.pipeline_nice)
-            if watch:
-                renice_all(watch.pid, args.pipeline_nice)
-        time.sleep(0.5)
-        cpu0 = cpu_busy()
-        f2b_cpu0 = proc_cpu(server.proc.pid)
-        f2b_sched0 = proc_sched(server.proc.pid)
-        watch_sched0 = proc_sched(watch.pid) if watch else (0.0, 0.0)
-        apache_cpu0 = proc_cpu(web.pid)
-        watch_cpu0 = proc_cpu(watch.pid) if watch else 0.0
-        load_avg0 = os.getloadavg()[0]
-        _log(f"{tag}: {count} attack requests at {rate:g}/s from distinct addresses")
+        if name == "stock":                                # the action makes its set at the first ban
+            row.server.banip(JAIL_STOCK, "192.0.2.1")
+            row.server.unbanip(JAIL_STOCK, "192.0.2.1")
+        _log(f"{name}: ready ({row.netns.name})")
+        return row
+
+    def kernel_times(self, row: Row) -> dict[str, float]:
+        seen: dict[str, float] = {}
+        for parts in row.observed():
+            if parts[0] == "S":
+                seen.setdefault(parts[2], float(parts[1]))
+        return seen
+
+    def attack(self, row: Row, sources: list[str], **opts) -> list[list]:
+        """Run the attack helper in the row's namespace; its rows once every source is in the
+        kernel (or --ban-timeout passed)."""
+        if row.name == "stock":
+            row.observer.stdin.write("".join(f"{s}\n" for s in sources))
+            row.observer.stdin.flush()
+        out = row.work / f"attack-{sources[0]}"
+        argv = ["--sources", ",".join(sources), "--port", str(self.args.port), "--out", str(out)]
+        for key, value in opts.items():
+            argv += [f"--{key}", str(value)]
+        proc = self.helper(row.netns, "_attack", *argv, stdout=subprocess.DEVNULL)
+        proc.wait(120)
+        deadline = time.time() + self.args.ban_timeout
+        while time.time() < deadline and not set(sources) <= set(self.kernel_times(row)):
+            time.sleep(0.05)
+        return json.loads(out.read_text())
+
+    # -- the scenarios -------------------------------------------------------------------------
+    def single_runs(self, rows: list[Row]) -> None:
+        for rate in self.args.rates:
+            duration = max(1.0, 30 / rate)                  # at least 30 requests, at least 1 s
+            for n in range(self.args.runs):
+                for row in rows[n % len(rows):] + rows[:n % len(rows)]:     # rotate who goes first
+                    (source,) = self.sources(1)
+                    requests = self.attack(row, [source], rate=rate, duration=duration)
+                    row.results.setdefault(f"single-{rate:g}", []).append((source, requests))
+                    time.sleep(self.args.pause)
+            _log(f"single runs at {rate:g}/s done")
+
+    def flood(self, row: Row) -> None:
+        sources = self.sources(self.args.flood)
         began = time.time()
-        loadgen = self.helper(netns, "_loadgen", "--rate", str(rate), "--duration",
-                              str(args.duration), "--first", str(first), "--port", str(args.port),
-                              "--max-inflight", str(args.max_inflight), "--out", str(load_out),
-                              stdout=subprocess.DEVNULL)
-        loadgen.wait(args.duration + 60)
-        cpu1 = cpu_busy()
-        apache_cpu = proc_cpu(web.pid) - apache_cpu0
-        load = json.loads(load_out.read_text())
-        # the attackers: every 403, and every issued source whose entry was written anyway
-        # (a request the generator gave up on may still have been served and logged)
-        issued = {row[0] for row in load["rows"]}
-        attackers = {row[0] for row in load["rows"] if row[4] == 403}
-        attackers |= {line.split()[3] for line in _read_lines(obs_out)
-                      if line[:1] in "CF" and line.split()[3] in issued}
-        # wait for the bans: all attackers in the kernel, or no progress / the deadline
-        deadline = time.time() + (args.drain_timeout if kind == "ours" else args.baseline_drain)
-        last_count, last_change = -1, time.time()
-        while time.time() < deadline:
-            banned = set()
-            for line in _read_lines(obs_out):
-                if line.startswith("S "):
-                    banned.add(line.split()[2])
-            if attackers <= banned:
-                break
-            seen = len(banned & attackers)
-            if seen != last_count:
-                last_count, last_change = seen, time.time()
-            elif time.time() - last_change > args.stall:
-                _log(f"{tag}: no new ban for {args.stall:g} s; stop waiting")
-                break
-            time.sleep(0.5)
-        drained = time.time()
-        time.sleep(0.3)
-        f2b_cpu = proc_cpu(server.proc.pid) - f2b_cpu0
-        f2b_wait = proc_sched(server.proc.pid)[1] - f2b_sched0[1]
-        watch_wait = (proc_sched(watch.pid)[1] - watch_sched0[1]) if watch else None
-        watch_cpu = (proc_cpu(watch.pid) - watch_cpu0) if watch else None
-        self.stop_helper(observer)
-        if poller:
-            self.stop_helper(poller)
-        if kind == "ours":
-            held = netns.run(["nft", "-j", "list", "set", "inet", NFT_TABLE, "v4"]).stdout
-            in_kernel = {e["elem"]["val"] if isinstance(e, dict) else e
-                         for item in json.loads(held)["nftables"]
-                         for e in item.get("set", {}).get("elem", [])}
-        else:
-            held = netns.run(["iptables", "-w", "-S", f"f2b-{JAIL_STOCK}"]).stdout
-            in_kernel = set(re.findall(r"-s (\d+\.\d+\.\d+\.\d+)/32", held))
-        return analyse(tag=tag, kind=kind, rate=rate, load=load, attackers=attackers,
-                       obs=_read_lines(obs_out),
-                       poll=_read_lines(poll_out) if poller else None,
-                       access_log=web.access_log, in_kernel=in_kernel,
-                       busy=(cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1]),
-                       load_avg=(load_avg0, os.getloadavg()[0]), f2b_cpu=f2b_cpu,
-                       watch_cpu=watch_cpu, apache_cpu=apache_cpu, wait=drained - began,
-                       f2b_wait=f2b_wait, watch_wait=watch_wait)
+        requests = self.attack(row, sources, count=MAXRETRY + 2, duration=30)
+        row.results["flood"] = (sources, requests, began)
+        _log(f"{row.name}: flood of {len(sources)} addresses done")
+
+    def idle(self, rows: list[Row]) -> None:
+        for row in rows:                   # the database writes of the floods end first
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                used = sum(thread_cpu(row.server.proc.pid).values())
+                time.sleep(2)
+                if sum(thread_cpu(row.server.proc.pid).values()) - used < 0.01:
+                    break
+        before = {row.name: thread_cpu(row.server.proc.pid) for row in rows}
+        time.sleep(self.args.idle)
+        for row in rows:
+            after = thread_cpu(row.server.proc.pid)
+            row.results["idle"] = {name: (after[name] - before[row.name].get(name, 0.0)) / self.args.idle
+                                   for name in after}
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> dict:
-        from tests import f2b_harness as f2b
-        from tests.realparts import ApacheModSec, NetNS
         args = self.args
         res: dict = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                     "machine": f"{os.cpu_count()} CPUs, {platform.release()}",
-                     "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                     "phases": []}
+                     "machine": f"{os.cpu_count()} CPUs, Linux {platform.release()}",
+                     "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
         started = time.monotonic()
-        parent = Path(args.tmp) if args.tmp else Path(tempfile.gettempdir())
-        work = Path(tempfile.mkdtemp(prefix="mt-bench-e2e-", dir=parent))
-        work.chmod(0o755)                  # www-data must reach the storage tree
-        res["work"] = str(work)
-        res["fsync"] = fsync_probe(work)
-        res["work_fs"] = work_fs(work)
+        self.work = Path(tempfile.mkdtemp(prefix="mt-bench-e2e-", dir=args.tmp))
+        self.work.chmod(0o755)
         try:
             with ExitStack() as stack:
-                netns = stack.enter_context(NetNS(f"mt-e2e-{os.urandom(4).hex()}"))
-                ns = f2b.Netns(netns.name)
-                web = stack.enter_context(ApacheModSec(work / "web", netns=netns,
-                                                       listen=[("127.0.0.1", args.port)]))
-                stack.callback(lambda: [self.stop_helper(p, 5) for p in self.procs])
-                res["sources"] = self.check_sources(netns, web)
-                _log(res["sources"])
+                stack.callback(lambda: [stop(p) for p in self.procs])
+                rows = [self.open_row(stack, name) for name in args.rows]
                 res["versions"] = versions()
-                if not args.no_ours:
-                    jail = jail_ours(args.port)
-                    with f2b.fail2ban_server(ns, jail) as server:
-                        watch = self.start_watch(work, web.storage_dir, server.root / "events.log")
-                        try:
-                            for rate in args.rates:
-                                res["phases"].append(self.phase(kind="ours", rate=rate,
-                                                                netns=netns, web=web,
-                                                                server=server, work=work,
-                                                                watch=watch))
-                                print_phase(res["phases"][-1])
-                                time.sleep(args.pause)
-                        finally:
-                            self.stop_helper(watch, 30)
-                    netns.run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
-                if args.baseline:
-                    jail = jail_stock(args.port, web.error_log)
-                    with f2b.fail2ban_server(ns, jail, with_bundle_jails=False) as server:
-                        for rate in args.rates:
-                            res["phases"].append(self.phase(kind="stock", rate=rate, netns=netns,
-                                                            web=web, server=server, work=work,
-                                                            watch=None))
-                            print_phase(res["phases"][-1])
-                            time.sleep(args.pause)
+                time.sleep(1)
+                self.single_runs(rows)
+                for row in rows:
+                    self.flood(row)
+                    time.sleep(args.pause)
+                self.idle(rows)
+                res["rows"] = {row.name: analyse(row) for row in rows}
         finally:
             if args.keep:
-                _log(f"kept {work}")
+                _log(f"kept {self.work}")
             else:
-                shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(self.work, ignore_errors=True)
         res["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         res["minutes"] = (time.monotonic() - started) / 60
         return res
 
 
-def jail_ours(port: int) -> str:
-    """Our jail as the brief fixes it ({root}: the harness's server directory)."""
+def stop(proc: subprocess.Popen) -> None:
+    from tests.realparts._util import stop_process
+    stop_process(proc, signal.SIGTERM, 10)
+
+
+def jail_ours(port: int, fastban: bool) -> str:
     return f"""
 [{JAIL_OURS}]
 enabled = true
 logpath = {{root}}/events.log
 backend = pyinotify
-maxretry = 1
+maxretry = {MAXRETRY}
 findtime = 60
 bantime = 600
 ignoreself = false
-ignoreip = 127.0.0.1
+ignoreip = 127.0.0.1/8 {SERVER}
 port = {port}
-action = modsec-block.py[backend=nftables, port="{port}"]
+action = modsec-block.py[backend=nftables, port="{port}", fastban={str(fastban).lower()}]
 """
 
 
 def jail_stock(port: int, error_log: Path) -> str:
-    """fail2ban's usual way: the stock filter on Apache's error log, the stock action.
-    ``tail``: start at the end, or the earlier phases' attacks would be banned first."""
+    """fail2ban's usual way: the stock filter on Apache's error log, the stock ipset action."""
     return f"""
 [{JAIL_STOCK}]
 enabled = true
 filter = apache-modsecurity
-logpath = {error_log} tail
+logpath = {error_log}
 backend = pyinotify
-maxretry = 1
+maxretry = {MAXRETRY}
 findtime = 60
 bantime = 600
 ignoreself = false
-ignoreip = 127.0.0.1
+ignoreip = 127.0.0.1/8 {SERVER}
 port = {port}
 protocol = tcp
-action = iptables-multiport[name={JAIL_STOCK}, port="{port}", protocol=tcp]
+action = iptables-ipset-proto6[name={JAIL_STOCK}, port="{port}", protocol=tcp]
 """
 
 
-def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+def patched_fail2ban(patches: list[Path], where: Path):
+    """This machine's fail2ban, copied, with the server parts of `patches` applied in order."""
+    from tests.f2b_harness import DEBIAN, Release
+    lib = where / "lib"
+    shutil.copytree(DEBIAN.lib / "fail2ban", lib / "fail2ban", ignore=shutil.ignore_patterns("__pycache__"))
+    (lib / "pyinotify.py").symlink_to(DEBIAN.lib / "pyinotify.py")
+    for patch in patches:
+        parts = re.split(r"(?m)^(?=diff --git )", patch.read_text())
+        server = "".join(part for part in parts if part.startswith("diff --git a/fail2ban/server/"))
+        proc = subprocess.run(["patch", "-p1", "-d", str(lib)], input=server, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{patch} does not apply to fail2ban {DEBIAN.version}: {proc.stdout}{proc.stderr}")
+    return Release(f"{DEBIAN.version} + {', '.join(p.name for p in patches)}", DEBIAN.python, lib,
+                   DEBIAN.bin, DEBIAN.conf)
 
 
 def versions() -> str:
@@ -803,281 +717,219 @@ def versions() -> str:
         except OSError:
             return "?"
     apache = first_line(["/usr/sbin/apache2", "-v"]).replace("Server version: ", "")
-    return (f"{apache}; mod_security2 "
-            f"{first_line(['dpkg-query', '-W', '-f=${Version}', 'libapache2-mod-security2'])}; "
+    f2b_python = first_line(["/usr/bin/python3", "-V"])
+    return (f"{apache}; mod_security2 {first_line(['dpkg-query', '-W', '-f=${Version}', 'libapache2-mod-security2'])}; "
             f"CRS {first_line(['dpkg-query', '-W', '-f=${Version}', 'modsecurity-crs'])}; "
-            f"fail2ban {first_line(['fail2ban-server', '-V'])}; "
-            f"{first_line(['nft', '-v'])}; {first_line(['iptables', '-V'])}")
+            f"fail2ban {first_line(['fail2ban-server', '-V'])} on {f2b_python} (/usr/bin/python3); "
+            f"watch and the bench on Python {platform.python_version()} ({sys.executable}); {first_line(['nft', '-v'])}; "
+            f"{first_line(['ipset', '-v'])}; {first_line(['iptables', '-V'])}")
 
 
 # =============================================================================================
 # analysis
 
-def analyse(*, tag: str, kind: str, rate: float, load: dict, attackers: set[str],
-            obs: list[str], poll: list[str] | None, access_log: Path, in_kernel: set[str],
-            busy: float, load_avg: tuple[float, float], f2b_cpu: float,
-            watch_cpu: float | None, apache_cpu: float, wait: float, f2b_wait: float,
-            watch_wait: float | None) -> dict:
-    rows = load["rows"]
-    issued = len(rows)
-    statuses: dict[str, int] = {}
-    for row in rows:
-        statuses[str(row[4])] = statuses.get(str(row[4]), 0) + 1
-    answered = [row for row in rows if row[4] is not None]
-    span = (max(r[3] for r in answered) - min(r[2] for r in rows)) if answered else 0.0
-    issue_span = (rows[-1][2] - rows[0][2]) if len(rows) > 1 else 0.0
-    late = [row[2] - row[1] for row in rows]
-    late.sort()
+def _attempt(source: str, requests: list[list], kernel: float | None) -> dict:
+    """One attacker: 2nd 403 received -> kernel, and the requests answered after the one that
+    reached maxretry."""
+    mine = sorted((r for r in requests if r[0] == source), key=lambda r: r[1])
+    blocked = [r for r in mine if r[3] == 403]
+    if len(blocked) < MAXRETRY:
+        return {"valid": False, "sent": len(mine), "blocked": len(blocked)}
+    deciding = blocked[MAXRETRY - 1]
+    after = [r for r in mine if r[1] > deciding[1] and r[3] is not None]
+    return {"valid": True, "latency": (kernel - deciding[2]) if kernel is not None else float("inf"),
+            "after": len(after), "second": deciding[2], "sent": len(mine)}
 
-    # close times per client: IN_CLOSE_WRITE first, else a scan find (mtime)
-    by_uid: dict[str, str] = {}
-    unresolved: list[tuple[str, float, str]] = []
-    close: dict[str, float] = {}
-    close_how: dict[str, str] = {}
-    first: dict[str, dict[str, float]] = {"E": {}, "R": {}, "B": {}, "S": {}}
-    overflow = 0
-    for line in obs:
-        parts = line.split()
-        kind_, stamp = parts[0], float(parts[1])
-        if kind_ in ("C", "F"):
-            name, client = parts[2], parts[3]
-            if client == "-":
-                unresolved.append((kind_, stamp, name))
-                continue
-            if client not in close or (kind_ == "C" and close_how[client][0] == "F"):
-                close[client], close_how[client] = stamp, kind_ + "a"
-        elif kind_ == "X":
-            overflow += 1
-        elif kind_ in first:
-            first[kind_].setdefault(parts[2], stamp)
-    if unresolved:                   # watch took the file first: its unique id -> access log
-        for line in access_log.read_text(errors="replace").splitlines():
-            words = line.split()
-            if len(words) > 1:
-                by_uid[words[0]] = words[1]
-        for kind_, stamp, name in unresolved:
-            client = by_uid.get(name.split("-", 2)[-1])     # YYYYmmdd-HHMMSS-<unique id>
-            if client and (client not in close or (kind_ == "C" and close_how[client][0] == "F")):
-                close[client], close_how[client] = stamp, kind_ + "u"
-    polled: dict[str, float] = {}
-    poll_periods: list[float] = []
-    if poll is not None:
-        for line in poll:
-            parts = line.split()
-            if parts[0] == "P":
-                polled.setdefault(parts[2], float(parts[1]))
-            elif parts[0] == "Q":
-                poll_periods.append(float(parts[1]))
 
-    def dist(values: list[float], total: int) -> dict:
-        values = sorted(values) + [float("inf")] * max(0, total - len(values))
-        return {q: percentile(values, q) for q in (50, 90, 99, 100)}
+def _stages(observed: list[list[str]], source: str, second: float) -> dict[str, float]:
+    """Per-stage stamps of the deciding failure: the maxretry-th close, log line and Found,
+    then the Ban and the kernel."""
+    stamps: dict[str, list[float]] = {}
+    for parts in observed:
+        kind = parts[0]
+        client = parts[3] if kind == "C" else parts[2] if len(parts) > 2 else None
+        if client == source:
+            stamps.setdefault(kind, []).append(float(parts[1]))
+    got = {}
+    for kind in ("C", "E", "R", "F"):
+        if len(stamps.get(kind, [])) >= MAXRETRY:
+            got[kind] = sorted(stamps[kind])[MAXRETRY - 1]
+    for kind in ("B", "S"):
+        if stamps.get(kind):
+            got[kind] = min(stamps[kind])
+    got["2nd 403"] = second
+    return got
 
-    with_close = [c for c in attackers if c in close]
-    latency = [first["S"][c] - close[c] for c in with_close if c in first["S"]]
-    stage_keys = ("E", "B", "S") if kind == "ours" else ("R", "B", "S")
-    stages = {}
-    prev = "close"
-    for key in stage_keys:
-        diffs = []
-        for c in with_close:
-            a = close[c] if prev == "close" else first[prev].get(c)
-            b = first[key].get(c)
-            if a is not None and b is not None:
-                diffs.append(b - a)
-        stages[f"{prev}->{key}"] = dist(diffs, len(diffs))
-        prev = key
-    # the observer reads a burst of event-log lines at once: one burst ~ one watch batch
-    bursts: dict[float, int] = {}
-    for client, stamp in first["E"].items():
-        if client in attackers:
-            bursts[stamp] = bursts.get(stamp, 0) + 1
-    gaps = sorted(b - a for a, b in zip(sorted(bursts), sorted(bursts)[1:]))
-    result = {
-        "bursts": len(bursts), "burst_max": max(bursts.values(), default=0),
-        "burst_gap_max": gaps[-1] if gaps else 0.0,
-        "tag": tag, "kind": kind, "rate": rate, "count": load["count"], "issued": issued,
-        "statuses": statuses, "issue_rate": (issued - 1) / issue_span if issue_span else 0.0,
-        "answered_rate": len(answered) / span if span else 0.0,
-        "late_p50": percentile(late, 50) if late else 0.0,
-        "late_max": late[-1] if late else 0.0,
-        "attackers": len(attackers), "closes": len(with_close),
-        "close_how": {h: sum(1 for c in with_close if close_how[c] == h)
-                      for h in ("Ca", "Cu", "Fa", "Fu")},
-        "events": len(set(first["E"]) & attackers), "errorlog": len(set(first["R"]) & attackers),
-        "ban_notices": len(set(first["B"]) & attackers),
-        "kernel_seen": len(set(first["S"]) & attackers),
-        "in_kernel_end": len(in_kernel & attackers),
-        "latency": dist(latency, len(with_close)),
-        "stages": stages, "overflow": overflow,
-        "busy": busy, "load_avg": load_avg, "f2b_cpu": f2b_cpu, "watch_cpu": watch_cpu,
-        "apache_cpu": apache_cpu, "wait": wait, "f2b_wait": f2b_wait, "watch_wait": watch_wait, "no_close": len(attackers) - len(with_close),
-    }
-    if poll is not None:
-        result["poll_latency"] = dist([polled[c] - close[c] for c in with_close if c in polled],
-                                      len(with_close))
-        poll_periods.sort()
-        result["poll_period"] = (percentile(poll_periods, 50), percentile(poll_periods, 100)) \
-            if poll_periods else None
-    return result
+
+STAGES = [("C", "E", "audit entry closed → event-log line (watch)"),
+          ("E", "F", "event-log line → fail2ban Found (filter)"),
+          ("R", "F", "error-log line → fail2ban Found (filter)"),
+          ("F", "B", "Found → Ban (fail2ban: ticket → ban check)"),
+          ("B", "S", "Ban → kernel (action)")]
+
+
+def _stage_dists(row: Row, attempts: list[tuple[str, dict]]) -> dict[str, dict]:
+    """Each stage's distribution over the valid attempts (source, _attempt())."""
+    observed = row.observed()
+    values: dict[str, list[float]] = {}
+    for source, attempt in attempts:
+        if not attempt["valid"]:
+            continue
+        stamps = _stages(observed, source, attempt["second"])
+        for a, b, label in STAGES:
+            if a in stamps and b in stamps:
+                values.setdefault(label, []).append(stamps[b] - stamps[a])
+    return {label: _dist(v) for label, v in values.items()}
+
+
+def _dist(values: list[float]) -> dict:
+    values = sorted(values)
+    return {q: percentile(values, q) for q in (50, 90, 99, 100)}
+
+
+def analyse(row: Row) -> dict:
+    kernel = {}
+    for parts in row.observed():
+        if parts[0] == "S":
+            kernel.setdefault(parts[2], float(parts[1]))
+    out: dict = {"label": ROW_LABELS[row.name]}
+    for key, runs in row.results.items():
+        if not key.startswith("single-"):
+            continue
+        attempts = [_attempt(source, requests, kernel.get(source)) for source, requests in runs]
+        valid = [a for a in attempts if a["valid"]]
+        out[key] = {"runs": len(attempts), "valid": len(valid),
+                    "latency": _dist([a["latency"] for a in valid]),
+                    "after": sorted(a["after"] for a in valid),
+                    "stages": _stage_dists(row, [(source, a) for (source, _), a in zip(runs, attempts)])}
+    if "flood" in row.results:
+        sources, requests, began = row.results["flood"]
+        attempts = [_attempt(s, requests, kernel.get(s)) for s in sources]
+        valid = [a for a in attempts if a["valid"]]
+        done = [kernel[s] for s in sources if s in kernel]
+        out["flood"] = {"addresses": len(sources), "valid": len(valid),
+                        "latency": _dist([a["latency"] for a in valid]),
+                        "after": sorted(a["after"] for a in valid),
+                        "banned": len(done), "span": (max(done) - began) if done else float("inf"),
+                        "stages": _stage_dists(row, [(s, a) for s, a in zip(sources, attempts)])}
+    if "idle" in row.results:
+        idle = row.results["idle"]
+        jail = JAIL_OURS if row.ours else JAIL_STOCK
+        # thread names are cut to 15 bytes by the kernel
+        out["idle"] = {"waker": idle.get(f"f2b/w.{jail}"[:15]), "actions": idle.get(f"f2b/a.{jail}"[:15]),
+                       "filter": idle.get(f"f2b/f.{jail}"[:15]), "process": sum(idle.values())}
+    return out
 
 
 # =============================================================================================
 # reporting
 
-def phase_row(r: dict) -> str:
-    lat = r["latency"]
-    verdict = []
-    for q, limit in (("p50", TARGETS["p50"]), ("p99", TARGETS["p99"])):
-        value = lat[int(q[1:])]
-        verdict.append(f"{q} {'ok' if value <= limit else 'MISSED'}")
-    what = "modsec-tools (watch + modsec filter + modsec-block nftables)" if r["kind"] == "ours" \
-        else "stock (apache-modsecurity on error.log + iptables-multiport)"
-    return (f"| {what} | {r['rate']:g} | {r['issue_rate']:.0f} | {r['answered_rate']:.0f} "
-            f"| {r['statuses'].get('403', 0)} | {r['closes']} | {r['ban_notices']} "
-            f"| {r['kernel_seen']} | {fmt_ms(lat[50])} | {fmt_ms(lat[90])} | {fmt_ms(lat[99])} "
-            f"| {fmt_ms(lat[100])} | {', '.join(verdict)} |")
+def _share_zero(after: list[int]) -> str:
+    if not after:
+        return "–"
+    return f"{sum(1 for a in after if a == 0)}/{len(after)}"
 
 
-TABLE_HEAD = ("| pipeline | offered/s | issued/s | answered/s | 403s | entries (closes) "
-              "| Ban notices | in kernel | p50 ms | p90 ms | p99 ms | max ms | target |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+def _pair(dist: dict) -> str:
+    return f"{fmt_ms(dist[50])} / {fmt_ms(dist[99])}"
 
 
-def stage_rows(r: dict) -> list[str]:
-    names = {"close->E": "close → event-log line (watch)",
-             "E->B": "event line → fail2ban Ban notice (filter + actions thread)",
-             "B->S": "Ban notice → kernel (action)",
-             "close->R": "close → error-log line (negative: written before the entry)",
-             "R->B": "error-log line → fail2ban Ban notice",
-             "B->S_stock": "Ban notice → kernel (forked iptables)"}
-    lines = []
-    for key, d in r["stages"].items():
-        label = names.get(key + ("_stock" if r["kind"] == "stock" and key == "B->S" else ""), key)
-        lines.append(f"| {r['tag']} | {label} | {fmt_ms(d[50])} | {fmt_ms(d[90])} "
-                     f"| {fmt_ms(d[99])} | {fmt_ms(d[100])} |")
+def table(res: dict, rates: list[float]) -> list[str]:
+    low, high = (f"single-{r:g}" for r in (rates[0], rates[-1]))
+    head = (f"| pipeline | {rates[0]:g}/s: 2nd 403 → kernel, p50 / p99 ms | {rates[0]:g}/s: runs with no "
+            f"request answered after maxretry | {rates[-1]:g}/s: p50 / p99 ms | {rates[-1]:g}/s: answered "
+            f"after maxretry: median / max, runs with ≤ 1 | flood of {res['flood']} addresses: p50 / p99 ms "
+            f"| idle CPU, % of a core: what wakes the bans; the filter thread |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res["rows"].items():
+        idle = r.get("idle", {})
+        waker = idle.get("waker") if name == "ours" else idle.get("actions")
+        what = "waker" if name == "ours" else "actions thread"
+        lines.append(
+            f"| {r['label']} | {_pair(r[low]['latency'])} | {_share_zero(r[low]['after'])} "
+            f"| {_pair(r[high]['latency'])} | {percentile(r[high]['after'], 50) if r[high]['after'] else '–'} / "
+            f"{max(r[high]['after'], default='–')}, {sum(a <= 1 for a in r[high]['after'])}/{len(r[high]['after'])} "
+            f"| {_pair(r['flood']['latency'])} "
+            f"| {what} {100 * (waker or 0):.3f}; {100 * (idle.get('filter') or 0):.3f} |")
+    lines.append(f"| goal (#16) | ≤ {GOALS['p50'] * 1000:.0f} / ≤ {GOALS['p99'] * 1000:.0f} | ≥ 95 % "
+                 f"| | ≤ {GOALS['max_after_fast']} | – / ≤ {GOALS['flood_p99'] * 1000:.0f} "
+                 f"| ≤ {GOALS['idle_cpu'] * 100:.1f} together |")
     return lines
 
 
-def detail_line(r: dict) -> str:
-    how = r["close_how"]
-    text = (f"{r['tag']}: {r['issued']} of {r['count']} requests issued (late p50 "
-            f"{r['late_p50'] * 1000:.0f} ms, max {r['late_max'] * 1000:.0f} ms), statuses "
-            f"{r['statuses']}; close times: {how['Ca'] + how['Cu']} IN_CLOSE_WRITE "
-            f"({how['Cu']} mapped by access log), {how['Fa'] + how['Fu']} scan/mtime; "
-            f"{r['no_close']} attackers without one; {r['in_kernel_end']} attackers in the "
-            f"kernel at the end; CPU busy {r['busy'] * 100:.0f} % during the load; Apache "
-            f"{r['apache_cpu']:.1f} CPU s ({1000 * r['apache_cpu'] / max(1, r['issued']):.1f} ms "
-            f"a request), fail2ban-server {r['f2b_cpu']:.1f} CPU s (its threads waited "
-            f"{r['f2b_wait']:.1f} s for a CPU)")
-    if r["watch_cpu"] is not None:
-        text += (f", watch {r['watch_cpu']:.1f} CPU s (waited {r['watch_wait']:.1f} s for a "
-                 f"CPU, over the {r['wait']:.0f} s from the first request to the last ban); "
-                 f"event lines came in {r['bursts']} "
-                 f"bursts (≈ watch batches), the largest {r['burst_max']}, the longest gap "
-                 f"{r['burst_gap_max'] * 1000:.0f} ms")
-    text += f"; load average {r['load_avg'][0]:.1f} → {r['load_avg'][1]:.1f}"
-    if r["overflow"]:
-        text += f"; {r['overflow']} observer queue overflows"
-    if "poll_latency" in r:
-        p = r["poll_latency"]
-        period = r["poll_period"]
-        text += (f"; by polling: p50 {fmt_ms(p[50])} / p90 {fmt_ms(p[90])} / p99 "
-                 f"{fmt_ms(p[99])} / max {fmt_ms(p[100])} ms (one listing took "
-                 f"{period[0] * 1000:.0f} ms median, {period[1] * 1000:.0f} ms max)"
-                 if period else "; poller recorded nothing")
-    return text
+def stage_table(res: dict, rates: list[float]) -> list[str]:
+    lines = ["| pipeline | load | stage | p50 ms | p90 ms | p99 ms | max ms |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for name, r in res["rows"].items():
+        for what, stages in [(f"{rate:g}/s", r[f"single-{rate:g}"]["stages"]) for rate in rates] + \
+                [(f"flood {res['flood']}", r["flood"]["stages"])]:
+            for label, d in stages.items():
+                lines.append(f"| {name} | {what} | {label} | {fmt_ms(d[50])} | {fmt_ms(d[90])} "
+                             f"| {fmt_ms(d[99])} | {fmt_ms(d[100])} |")
+    return lines
 
 
-def print_phase(r: dict) -> None:
-    print(TABLE_HEAD)
-    print(phase_row(r))
-    print("| phase | stage | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|---:|")
-    print("\n".join(stage_rows(r)))
-    print(detail_line(r), flush=True)
+def verdict(res: dict, rates: list[float]) -> list[str]:
+    """The goals of #16, checked on the `ours` row of this run."""
+    ours, stock = res["rows"].get("ours"), res["rows"].get("stock")
+    if ours is None:
+        return []
+    low, high = (ours[f"single-{r:g}"] for r in (rates[0], rates[-1]))
+    checks = [
+        (f"p50 ≤ 15 ms at {rates[0]:g}/s", low["latency"][50] <= GOALS["p50"]),
+        (f"p99 ≤ 40 ms at {rates[0]:g}/s", low["latency"][99] <= GOALS["p99"]),
+        (f"no request answered after maxretry in ≥ 95 % of runs at {rates[0]:g}/s",
+         bool(low["after"]) and sum(a == 0 for a in low["after"]) >= GOALS["zero_after_share"] * len(low["after"])),
+        (f"at most 1 answered at {rates[-1]:g}/s", bool(high["after"]) and max(high["after"]) <= GOALS["max_after_fast"]),
+        ("flood p99 ≤ 100 ms", ours["flood"]["latency"][99] <= GOALS["flood_p99"]),
+        ("idle ≤ 0.5 % of a core", (ours["idle"]["waker"] or 0) + (ours["idle"]["filter"] or 0) <= GOALS["idle_cpu"]),
+    ]
+    if stock is not None:
+        ratio = stock[f"single-{rates[0]:g}"]["latency"][50] / max(low["latency"][50], 1e-9)
+        checks.append((f"≥ 10× below the stock p50 (here {ratio:.0f}×)", ratio >= 10))
+    return [f"Goals: {', '.join(f'{text} {chr(10003) if ok else chr(10007)}' for text, ok in checks)}."]
 
 
-INTRO = [
-    "## bench/e2e.py", "",
-    "Detection → ban latency, end to end (Apache + mod_security2 + CRS, `modsec-tools watch`, "
-    "fail2ban-server, kernel, all in a private network namespace; `python3 bench/e2e.py "
-    "--help`). Latency = from the audit entry file's IN_CLOSE_WRITE (the bench's own inotify "
-    "watch on the storage tree, time.time(); file → client by its section A) to the address in "
-    "the kernel, seen by streaming `nft monitor` inside the namespace (stamped when read: "
-    "`add element inet mt-modsec v4` for ours, `insert rule ip filter f2b-apache-modsecurity` "
-    "for the stock iptables-multiport action, iptables being the nf_tables flavour here). One "
-    "attack request (`GET /?id=1' or '1'='1`, 403) per source address in 127.1.0.0/16, bound "
-    "on the namespace's lo without adding it (127.0.0.1/8 there makes every 127.x local; the "
-    "bench checks it), so every request is a first offence. Jails: maxretry 1, findtime 60, "
-    "bantime 600, backend pyinotify; ours: our filter on watch's event log, "
-    "`modsec-block.py[backend=nftables, port=8080]`; stock: `apache-modsecurity` on Apache's "
-    "error log (`tail`), `iptables-multiport`, no modsec-tools running. `never`: not in the "
-    "kernel when the bench stopped waiting (counted as infinitely late). Targets: p50 ≤ 300 "
-    "ms, p99 ≤ 1 s. `issued/s`: what the open-loop generator managed to send (it stops at "
-    "the end of the window and holds at most --max-inflight connections); `answered/s`: "
-    "responses over the time from the first request to the last response.", "",
-    "Mechanisms behind the stages (read in the sources of the versions used):", "",
-    "* fail2ban 1.0.2's actions thread is not woken by a new ticket: it polls the jail's "
-    "queue (`Utils.wait_for`: sleeps of 0.2, 0.4, 0.6 s … within each 1 s round), so in a "
-    "quiet jail a first ticket waits 0–0.6 s for its Ban; in a flood it takes 10 tickets at "
-    "a time (banPrecedence) between unban checks. Both pipelines pay this in the "
-    "line → Ban stage.",
-    "* watch appends a batch's event lines after the journal's fsync and the archive's "
-    "fdatasync, and takes the next batch only after the whole chain (event-log fdatasync, "
-    "SQLite commit, journal `done` fsync, unlink of every file), so a batch holds what closed "
-    "during the previous one (at most batch_size = 500). A batch of 128+ entries is examined "
-    "in worker processes (workers = auto), spawned (fresh interpreters) at the first such "
-    "batch.",
-    "* modsec-block queues the ban and applies a batch with one `nft -f -` (2 ms gathering "
-    "after a quiet spell, at most one transaction per 50 ms in a flood). The stock action "
-    "forks `iptables -w -I f2b-<jail> 1 -s IP -j REJECT` per ban, one after another in the "
-    "actions thread.",
-    "* The stock path reads Apache's error log, whose `Access denied` line is written in "
-    "phase 2, before the audit entry (logging phase): its first stage is negative, a head "
-    "start of a few ms for the baseline.",
-    ""]
-
-
-def run_section(res: dict, command: str) -> str:
-    """One run's figures: a '### `command`' subsection (replaced when the same command runs
-    again; other commands' subsections and hand-written ones are kept)."""
+def section(res: dict, command: str, rates: list[float]) -> str:
+    rows = res["rows"]
     lines = [
-        f"### `{command}`", "",
-        f"Run {res['date']} on {res['machine']}; load average {res['load_before']} before, "
-        f"{res['load_after']} after (the VM is shared with other sessions' runs: figures are "
-        f"noisy). Took {res['minutes']:.1f} min. {res['versions']}. Work directory "
-        f"{res['work_fs']}; a 4 KiB append + fdatasync there took {res['fsync'][0] * 1000:.1f} "
-        f"ms median, {res['fsync'][1] * 1000:.1f} ms max (20 samples before the run). "
-        f"Sources: {res['sources']}.", "",
-        TABLE_HEAD]
-    lines += [phase_row(r) for r in res["phases"]]
-    lines += ["", "Where the time goes (per banned address; stamps of the same observer):", "",
-              "| phase | stage | p50 ms | p90 ms | p99 ms | max ms |",
-              "|---|---|---:|---:|---:|---:|"]
-    for r in res["phases"]:
-        lines += stage_rows(r)
-    lines += [""] + [f"* {detail_line(r)}" for r in res["phases"]]
+        "## bench/e2e.py", "",
+        f"`{command}` — {res['date']}, {res['machine']} (load average {res['load_before']} before, "
+        f"{res['load_after']} after; the VM is shared), {res['minutes']:.1f} min. {res['versions']}.", "",
+        "Each pipeline in its own network namespace with its own Apache + mod_security2 + CRS; jails "
+        f"maxretry {MAXRETRY}, pyinotify; attackers on 198.18.0.0/15, `GET /?id=1' or '1'='1` (403). "
+        f"Latency: the client's receipt of its 2nd 403 → the address in the kernel set (`nft monitor` / "
+        f"`ipset test` every 2 ms); {res['runs']} attackers per rate, runs of the pipelines interleaved. "
+        f"Flood: {res['flood']} addresses at once, requests back to back. Idle: {res['idle']} s, CPU of the "
+        "thread that wakes "
+        "the bans (ours: the fast path's, blocked on an event; the others: fail2ban's actions thread, "
+        "which polls) and of the jail's filter thread (ours goes round its wait twice a second "
+        "instead of sleeping).", ""]
+    lines += table(res, rates) + [""] + verdict(res, rates) + [""]
+    lines += ["Where the time goes (the deciding failure, stamps of one observer):", ""]
+    lines += stage_table(res, rates) + [""]
+    for name, r in rows.items():
+        flood, idle = r["flood"], r["idle"]
+        lines.append(f"* {name}: {sum(r[f'single-{x:g}']['valid'] for x in rates)} valid runs of "
+                     f"{sum(r[f'single-{x:g}']['runs'] for x in rates)}; flood: {flood['banned']} of "
+                     f"{flood['addresses']} banned within {fmt_ms(flood['span'])} ms of its start, "
+                     f"answered after maxretry: median {percentile(flood['after'], 50) if flood['after'] else '–'}, "
+                     f"max {max(flood['after'], default='–')}; idle: whole fail2ban-server "
+                     f"{100 * idle['process']:.3f} % of a core, its actions thread "
+                     f"{100 * (idle['actions'] or 0):.3f} %"
+                     + (f", the fast path's waker {100 * (idle['waker'] or 0):.4f} %" if idle["waker"] is not None else ""))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_results(path: Path, run: str, command: str) -> None:
-    """Update only the '## bench/e2e.py' section of ``path``: its introduction, and the
-    subsection of this command (added if new); other sections and subsections are kept."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
+def write_results(path: Path, text: str) -> None:
+    """Replace the '## bench/e2e.py' section of ``path`` (the others are kept)."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(r"^## bench/e2e\.py\n.*?(?=^## |\Z)", re.S | re.M)
-    match = pattern.search(text)
-    subsections = re.split(r"(?m)^(?=### )", match.group(0))[1:] if match else []
-    header = f"### `{command}`\n"
-    subsections = [run + "\n" if sub.startswith(header) else sub for sub in subsections]
-    if not any(sub.startswith(header) for sub in subsections):
-        subsections.insert(0, run + "\n")
-    section = "\n".join(INTRO) + "\n" + "".join(subsections)
-    section = section.rstrip("\n") + "\n\n"
-    if match:
-        text = text[:match.start()] + section + text[match.end():]
+    if pattern.search(old):
+        new = pattern.sub(lambda _m: text + "\n", old, count=1)
     else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new.rstrip("\n") + "\n")
 
 
 # =============================================================================================
@@ -1087,60 +939,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="bench/e2e.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1].rsplit("\nusage:", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="100,1000",
-                        help="offered loads, attack requests/s, comma separated, run in this "
-                        "order (default: 100,1000)")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds of load per rate (default: 5); rate x duration distinct "
-                        "addresses each, 65,534 in all")
-    parser.add_argument("--port", type=int, default=8080, help="Apache's port in the namespace "
-                        "(default: 8080)")
-    parser.add_argument("--flush-ms", type=float, default=0.0,
-                        help="watch --flush-ms (default: 0, watch's own default: group "
-                        "commit)")
+    parser.add_argument("--rows", default="stock,ours",
+                        help=f"pipelines, in order: {', '.join(ROW_LABELS)} (default: stock,ours)")
+    parser.add_argument("--runs", type=int, default=20, help="attackers per rate and pipeline (default: 20)")
+    parser.add_argument("--rates", default="20,200", help="attack requests/s of one attacker (default: 20,200)")
+    parser.add_argument("--flood", type=int, default=200, help="addresses attacking at once (default: 200)")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measurement (default: 30)")
     parser.add_argument("--watch-workers", metavar="N",
-                        help="watch's `workers` setting (default: its own, auto = one per CPU; "
-                        "batches of 128+ entries go to these spawned processes, started at "
-                        "the first such batch; 0 examines everything in-process)")
-    parser.add_argument("--pipeline-nice", type=int, default=0, metavar="N",
-                        help="nice value for every thread of watch and fail2ban-server "
-                        "(default: 0, as deployed; e.g. -10 shows what CPU priority buys when "
-                        "Apache's worker threads saturate the CPU)")
-    parser.add_argument("--observe", choices=("monitor", "both"), default="monitor",
-                        help="how the kernel is watched: monitor = stream `nft monitor` inside "
-                        "the namespace (default; exact stamps, nearly free); both = also poll "
-                        "`nft -j list set` (ours) / `iptables -S f2b-<jail>` (stock) every "
-                        "--poll-ms and report those figures too (the poller costs CPU that the "
-                        "pipeline then lacks)")
-    parser.add_argument("--poll-ms", type=float, default=10.0,
-                        help="polling period with --observe both (default: 10)")
-    parser.add_argument("--max-inflight", type=int, default=1000,
-                        help="the generator's open-connection cap; beyond it requests go out "
-                        "late (default: 1000)")
-    parser.add_argument("--drain-timeout", type=float, default=60.0,
-                        help="seconds after the load starts to wait for all bans, ours "
-                        "(default: 60)")
-    parser.add_argument("--baseline-drain", type=float, default=300.0,
-                        help="the same for the stock baseline (default: 300)")
-    parser.add_argument("--stall", type=float, default=20.0,
-                        help="stop waiting for bans after this many seconds without a new one "
-                        "(default: 20)")
-    parser.add_argument("--pause", type=float, default=3.0,
-                        help="seconds of quiet between phases (default: 3)")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="skip the stock apache-modsecurity + iptables-multiport baseline")
-    parser.add_argument("--no-ours", action="store_true", help="run only the baseline")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: --rates 20,100 --duration 2")
-    parser.add_argument("--tmp", metavar="DIR", help="parent of the work directory (default: "
-                        "the system temp dir; /dev/shm puts the storage tree on tmpfs)")
+                        help="watch's `workers` setting (default: its own, auto: batches of 128+ "
+                        "entries go to worker processes it spawns at the first such batch)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds between runs (default: 0.3)")
+    parser.add_argument("--ban-timeout", type=float, default=5.0,
+                        help="seconds after an attack to wait for its bans (default: 5)")
+    parser.add_argument("--upstream-patch", type=Path, action="append", metavar="PATCH",
+                        help="a fail2ban change the ours-upstream row runs with, applied in order "
+                        "(default: docs/upstream/wake-actions-on-ticket.patch, then "
+                        "pyinotify-filter-read-at-once.patch)")
+    parser.add_argument("--tmp", metavar="DIR", help="parent of the work directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--results", type=Path, metavar="PATH",
-                        help="write the figures to the '## bench/e2e.py' section of PATH "
-                        "(e.g. bench/RESULTS.md); other sections are kept")
+                        help="replace the '## bench/e2e.py' section of PATH (e.g. bench/RESULTS.md)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 runs, flood 20, idle 5 s")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rates, args.duration = "20,100", 2.0
+        args.runs, args.flood, args.idle = 3, 20, 5.0
+    args.upstream_patch = args.upstream_patch or [REPO / "docs" / "upstream" / name for name in
+                                                  UPSTREAM_PATCHES]
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not args.rows or any(r not in ROW_LABELS for r in args.rows):
+        parser.error(f"--rows: some of {', '.join(ROW_LABELS)}")
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     if not args.rates or any(r <= 0 for r in args.rates):
         parser.error("--rates: positive numbers")
@@ -1150,16 +978,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_observe"]:
         return observe_main(argv[1:])
-    if argv[:1] == ["_poll"]:
-        return poll_main(argv[1:])
-    if argv[:1] == ["_loadgen"]:
-        return loadgen_main(argv[1:])
+    if argv[:1] == ["_attack"]:
+        return attack_main(argv[1:])
     args = parse_args(argv)
     if os.geteuid() != 0:
-        print("bench/e2e.py needs root (network namespace, fail2ban, firewall)", file=sys.stderr)
+        print("bench/e2e.py needs root (network namespaces, fail2ban, firewall)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
-    command = "python3 bench/e2e.py " + " ".join(shlex.quote(a) for a in argv)
+    python = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(f"{REPO}/") else "python3"
+    command = f"{python} bench/e2e.py " + " ".join(shlex.quote(a) for a in argv)
     print(f"command: {command}", flush=True)
 
     def interrupted(signum, _frame):
@@ -1171,11 +998,13 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted: everything was stopped and removed", file=sys.stderr)
         return 130
-    run = run_section(res, command)
+    res.update(runs=args.runs, flood=args.flood, idle=args.idle)
+    text = section(res, command, args.rates)
     print()
-    print(run)
+    print(text)
+    (Path(tempfile.gettempdir()) / "mt-bench-e2e-last.json").write_text(json.dumps(res, default=str))
     if args.results:
-        write_results(args.results, run, command)
+        write_results(args.results, text)
         print(f"updated the '## bench/e2e.py' section of {args.results}")
     return 0
 

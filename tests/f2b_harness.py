@@ -16,6 +16,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import datetime as dt
+import glob
 import json
 import os
 import re
@@ -274,6 +275,107 @@ def iptables_flavour() -> str:
 # ---------------------------------------------------------------------------------------
 # fail2ban-server inside a namespace
 
+# ---------------------------------------------------------------------------------------
+# fail2ban releases: Debian's installed one, and others unpacked from Debian's archive
+
+@dataclass(frozen=True)
+class Release:
+    """A fail2ban to run: its interpreter, the directory its Python package is imported from,
+    its scripts and its stock configuration."""
+    version: str
+    python: str
+    lib: Path                 # holds fail2ban/ (and pyinotify.py)
+    bin: Path                 # fail2ban-server, fail2ban-client
+    conf: Path                # its stock /etc/fail2ban
+    system: bool = False      # Debian's own: its scripts run as they are
+
+    def interpreter(self) -> list[str]:
+        """argv of its interpreter with its fail2ban importable: only its lib on the path
+        (another interpreter must not import Debian's modules, built for Debian's Python)."""
+        if self.system:
+            return [self.python]
+        return ["env", f"PYTHONPATH={self.lib}", "PYTHONDONTWRITEBYTECODE=1", self.python]
+
+    def command(self, script: str) -> list[str]:
+        """argv running one of its scripts (Debian's own: as they are)."""
+        return [str(self.bin / script)] if self.system else [*self.interpreter(), str(self.bin / script)]
+
+    def on(self, python: str, lib: Path) -> Release:
+        """The same fail2ban run by another interpreter, e.g. the Python 3.6 of RHEL 8's fail2ban;
+        ``lib`` (created) gets links to fail2ban and pyinotify."""
+        lib.mkdir(parents=True, exist_ok=True)
+        for name, source in (("fail2ban", self.lib / "fail2ban"), ("pyinotify.py", PYINOTIFY)):
+            if not (lib / name).exists():
+                (lib / name).symlink_to(source)
+        return Release(self.version, python, lib, self.bin, self.conf)
+
+
+def _version(lib: Path) -> str:
+    """fail2ban's version, as its package under ``lib`` states it."""
+    text = (lib / "fail2ban" / "version.py").read_text()
+    return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+
+
+PYINOTIFY = Path("/usr/lib/python3/dist-packages/pyinotify.py")        # Debian 12's, any Python 3
+DEBIAN = Release(version=_version(Path("/usr/lib/python3/dist-packages")), python=PYTHON,
+                 lib=Path("/usr/lib/python3/dist-packages"), bin=Path(FAIL2BAN_SERVER).parent,
+                 conf=SYSTEM_CONF, system=True)
+DEBIAN_ARCHIVE = os.environ.get("MT_DEBIAN_ARCHIVE", "http://deb.debian.org/debian")
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def debian_release(suite: str, python: str, work: Path) -> Release:
+    """fail2ban as Debian ``suite`` (bullseye, trixie...) ships it, unpacked into ``work``.
+
+    apt-get downloads it with a sources list, package lists and caches of its own under
+    ``work`` (the host's sources, lists, caches and preferences are neither used nor
+    written); dpkg-deb unpacks it there; nothing is installed.
+    """
+    apt = work / "apt"
+    for sub in ("lists/partial", "cache/archives/partial", "parts", "preferences.d"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_ARCHIVE} {suite} main\n")
+    options = [f"-oDir::Etc::SourceList={apt / 'sources.list'}", f"-oDir::Etc::SourceParts={apt / 'parts'}",
+               f"-oDir::Etc::Preferences={apt / 'preferences'}", f"-oDir::Etc::PreferencesParts={apt / 'preferences.d'}",
+               f"-oDir::State::Lists={apt / 'lists'}", f"-oDir::Cache={apt / 'cache'}",
+               "-oAPT::Sandbox::User=root", "-qq"]
+    for argv in (["apt-get", *options, "update"], ["apt-get", *options, "download", f"fail2ban/{suite}"]):
+        proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    (deb,) = work.glob("fail2ban_*.deb")
+    tree = work / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True, capture_output=True)
+    lib = tree / "usr/lib/python3/dist-packages"
+    (lib / "pyinotify.py").symlink_to(PYINOTIFY)
+    return Release(_version(lib), python, lib, tree / "usr/bin", tree / "etc/fail2ban")
+
+
+def pyenv_python(version: str) -> str | None:
+    """A CPython ``version`` (e.g. "3.6") on PATH, or one pyenv built."""
+    found = shutil.which(f"python{version}")
+    if found and "/shims/" not in found:      # a pyenv shim runs only the selected version
+        return found
+    pyenv = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+    return next(iter(sorted(glob.glob(f"{pyenv}/versions/{version}.*/bin/python3"))), None)
+
+
+def apt_state() -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime) of the host's apt configuration, lists and caches: a fetch of
+    another release must leave them as they were."""
+    state = {}
+    for top in ("/etc/apt", "/var/lib/apt", "/var/cache/apt"):
+        for directory, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                state[path] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
 # stock files a minimal configuration needs (the rest of /etc/fail2ban is copied too, but
 # jail.d, *.local and fail2ban.d are left out so the host's own jails never start here)
 _SKIP_CONF = ("jail.d", "fail2ban.d", "jail.local", "fail2ban.local")
@@ -281,17 +383,18 @@ _SKIP_CONF = ("jail.d", "fail2ban.d", "jail.local", "fail2ban.local")
 
 def make_confdir(root: Path, jails: str, *, server_options: dict[str, str] | None = None,
                  extra: dict[str, str] | None = None, with_bundle_jails: bool = True,
-                 bundle: Path = BUNDLE) -> Path:
+                 bundle: Path = BUNDLE, stock: Path = SYSTEM_CONF) -> Path:
     """A private fail2ban configuration: stock base files, our bundle, a jail.local.
 
     ``jails`` becomes jail.local (it may enable/override our jail.d/modsec.conf);
     ``server_options`` override fail2ban.local's [Definition] (loglevel, dbpurgeage...);
     ``extra`` maps relative paths to file contents (e.g. a test filter); ``bundle``: the
-    fail2ban/ directory of another tree (a benchmark comparing two versions).
+    fail2ban/ directory of another tree (a benchmark comparing two versions); ``stock``: the
+    stock configuration of the fail2ban release that will read it.
     """
     conf = root / "conf"
-    shutil.copytree(SYSTEM_CONF, conf, ignore=lambda d, names: [n for n in names if n in _SKIP_CONF
-                                                                and Path(d) == SYSTEM_CONF])
+    shutil.copytree(stock, conf, ignore=lambda d, names: [n for n in names if n in _SKIP_CONF
+                                                          and Path(d) == stock])
     (conf / "jail.d").mkdir()
     (conf / "fail2ban.d").mkdir()
     for sub in ("filter.d", "action.d"):
@@ -318,8 +421,9 @@ def make_confdir(root: Path, jails: str, *, server_options: dict[str, str] | Non
 class Fail2Ban:
     """A fail2ban-server running in the foreground inside ``ns`` (we own its pid)."""
 
-    def __init__(self, ns: Netns, root: Path, conf: Path, python: str | None = None):
-        self.ns, self.root, self.conf, self.python = ns, root, conf, python
+    def __init__(self, ns: Netns, root: Path, conf: Path, release: Release | None = None):
+        self.ns, self.root, self.conf = ns, root, conf
+        self.release = release or DEBIAN
         self.sock = root / "fail2ban.sock"
         self.log = root / "fail2ban.log"
         self.proc: subprocess.Popen | None = None
@@ -327,25 +431,11 @@ class Fail2Ban:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 30) -> None:
         self.proc = self.ns.popen(
-            *self._interpreter(), FAIL2BAN_SERVER, "-f", "-x", "-c", str(self.conf),
+            *self.release.command("fail2ban-server"), "-f", "-x", "-c", str(self.conf),
             "-s", str(self.sock), "-p", str(self.root / "fail2ban.pid"),
             "--logtarget", str(self.log),
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.stderr", "ab"))
         self.wait_ready(timeout)
-
-    def _interpreter(self) -> list[str]:
-        """Debian's fail2ban package (its Python code) run by another interpreter, e.g. the
-        Python 3.6 of RHEL 8's fail2ban: only the fail2ban and pyinotify modules are put on
-        its path (Debian's other modules are built for Debian's Python). [] for Debian's."""
-        if self.python is None:
-            return []
-        path = self.root / "python-path"
-        path.mkdir(exist_ok=True)
-        for name in ("fail2ban", "pyinotify.py"):
-            link = path / name
-            if not link.exists():
-                link.symlink_to(Path("/usr/lib/python3/dist-packages") / name)
-        return ["env", f"PYTHONPATH={path}", "PYTHONDONTWRITEBYTECODE=1", self.python]
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Wait until the server answers and every configured jail runs."""
@@ -383,7 +473,7 @@ class Fail2Ban:
     def _client(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         # -c: "reload" makes the client read the configuration and send it to the server
         # (the client runs on the server's interpreter: they exchange pickles)
-        proc = subprocess.run([*self._interpreter(), FAIL2BAN_CLIENT, "-c", str(self.conf),
+        proc = subprocess.run([*self.release.command("fail2ban-client"), "-c", str(self.conf),
                                "-s", str(self.sock), *args],
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
@@ -438,7 +528,7 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
                     extra: dict[str, str] | None = None,
                     with_bundle_jails: bool = True, root: Path | None = None,
                     graceful_exit: bool = False, python: str | None = None,
-                    bundle: Path = BUNDLE) -> Iterator[Fail2Ban]:
+                    bundle: Path = BUNDLE, release: Release | None = None) -> Iterator[Fail2Ban]:
     """Start fail2ban-server in ``ns`` with ``jails`` as jail.local; stop it afterwards.
 
     ``jails`` becomes jail.local (after dedent) on top of the stock jail.conf and our
@@ -451,19 +541,23 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
 
     On exit the server is killed (the namespace, deleted by its own context manager, takes
     the firewall objects with it; an orderly stop costs about 2 s) unless graceful_exit.
-    ``python``: run the server with that interpreter instead of Debian's.
+    ``python``: run Debian's fail2ban with that interpreter instead of Debian's;
+    ``release``: run that fail2ban (debian_release()) with its own stock configuration.
     """
     own = root is None
     base = Path(tempfile.mkdtemp(prefix="mt-f2b-")) if own else root
     try:
         # logpath globs are expanded when the configuration is read, possibly before the
-        # server opened its own log: create both (recidive jails read fail2ban.log)
-        for name in ("events.log", "fail2ban.log"):
+        # server opened its own log: create them (recidive jails read fail2ban.log)
+        for name in {"events.log", "fail2ban.log", *re.findall(r"\{root\}/([\w.-]+\.log)\b", jails)}:
             (base / name).touch()
         jails = textwrap.dedent(jails).replace("{root}", str(base))
+        if python is not None:
+            release = DEBIAN.on(python, base / "python-path")
+        release = release or DEBIAN
         conf = make_confdir(base, jails, server_options=server_options, extra=extra,
-                            with_bundle_jails=with_bundle_jails, bundle=bundle)
-        f2b = Fail2Ban(ns, base, conf, python)
+                            with_bundle_jails=with_bundle_jails, bundle=bundle, stock=release.conf)
+        f2b = Fail2Ban(ns, base, conf, release)
         try:
             f2b.start()  # (a server that never got ready is killed too)
             yield f2b

@@ -5,9 +5,7 @@ firewall; traffic only flows between addresses of that namespace.
 """
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
 import time
 
@@ -15,7 +13,8 @@ import pytest
 
 from tests.f2b_harness import (BUNDLE, PYTHON, add_addresses, append_events, event_line, fail2ban_server,
                                firewall_snapshot, iptables_flavour, kernel_bans, legacy_rules,
-                               listener, netns, populate_host_firewall, tcp_probes, wait_for)
+                               listener, netns, populate_host_firewall, pyenv_python, tcp_probes,
+                               wait_for)
 
 pytestmark = pytest.mark.root
 
@@ -57,21 +56,12 @@ def test_ban_unban_reload_stop(backend):
     _ban_unban_reload_stop(backend)
 
 
-def python36() -> str | None:
-    """A Python 3.6 (what RHEL 8's fail2ban runs on): on PATH, or one pyenv built."""
-    found = shutil.which("python3.6")
-    if found and "/shims/" not in found:      # a pyenv shim runs only the selected version
-        return found
-    pyenv = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
-    return next(iter(sorted(glob.glob(f"{pyenv}/versions/3.6*/bin/python3"))), None)
-
-
 @pytest.mark.parametrize("backend", ("nftables", "ipset"))
 def test_action_runs_in_fail2ban_on_python_36(backend):
     """RHEL 8's fail2ban (EPEL) runs on the platform Python 3.6 and its iptables is nf_tables:
     the same fail2ban code (Debian's) on a Python 3.6 loads the action and drives both set
     backends through the whole cycle."""
-    python = python36()
+    python = pyenv_python("3.6")
     if python is None:
         pytest.skip("no Python 3.6 on this machine (python3.6 on PATH or pyenv)")
     _ban_unban_reload_stop(backend, python=python)

@@ -10,8 +10,11 @@ DESCRIPTION
     by the package beside it, modsec_blocker/ (installed with it, found through this file's
     own directory).
 
-    ban() and unban() queue the change; a worker thread applies the queue to the kernel in
-    one transaction per batch.  Each kernel entry expires when fail2ban will unban it (the
+    When the jail's filter queues a ticket, the jail's own ban check runs at once instead of
+    at its actions thread's next look (0.2-0.8 s later): the ban reaches the kernel before
+    the attacker's next request (modsec_blocker/fastban.py; fail2ban stays the authority).
+    ban() and unban() queue the change; a worker thread applies the queue to the kernel: a
+    lone ban at once, a flood in a few transactions.  Each kernel entry expires when fail2ban will unban it (the
     ticket's time plus its possibly escalated bantime: prolong() moves it), so bans end even
     if fail2ban dies.  start() and stop() are idempotent; start() keeps the entries a crashed
     process left and removes those fail2ban's database does not hold.
@@ -29,6 +32,7 @@ OPTIONS
     maxelem        ipset maxelem (default 1048576)
     batchdelay, batchinterval, batchmax
                    batching of kernel transactions
+    fastban        true (default) | false: wake the jail's ban check when a ticket is queued
 
     Addresses a kernel set cannot or must not hold (subnets, scoped IPv6, loopback,
     multicast, broadcast, unspecified) are refused one by one, each logged once at ERROR.
@@ -82,6 +86,7 @@ _load_package()
 from modsec_blocker.addresses import Key, Refusals, Unbannable, kernel_key  # noqa: E402
 from modsec_blocker.backends import backend_class, detect_backend  # noqa: E402
 from modsec_blocker.batcher import REMOVE, Batcher  # noqa: E402
+from modsec_blocker.fastban import attach  # noqa: E402
 from modsec_blocker.options import Settings  # noqa: E402
 
 
@@ -98,6 +103,9 @@ class ModsecBlock(ActionBase):
 
     # fail2ban compares action.banEpoch with tickets' epochs to decide on rebans.
     banEpoch = 0
+    # ban() never blocks (it queues or applies one kernel change): the fast ban path may run
+    # the jail's ban check in the filter's own thread
+    fastban_inline = True
 
     def __init__(self, jail, name, **opts):
         super().__init__(jail, name)
@@ -107,6 +115,7 @@ class ModsecBlock(ActionBase):
         self._refuse = Refusals(lambda address, reason: self._logSys.error(
             "modsec-block: %s not blocked: %s (fail2ban lists it as banned)", address, reason))
         self._backend, self._batcher = self._make(self._settings)
+        self._waker = None                                      # the fast ban path, once attached
 
     def _make(self, settings: Settings):
         kind = settings.backend if settings.backend != "auto" else detect_backend()
@@ -127,6 +136,15 @@ class ModsecBlock(ActionBase):
         self._logSys.info("modsec-block: %s backend (%s), objects %r, %s on %s", self._backend.kind,
                           self._backend.how, s.name, s.blocktype,
                           "all ports" if s.ports is None else f"{s.protocol} {s.port_list(':')}")
+        self._fast_path(s.fastban)
+
+    def _fast_path(self, wanted: bool) -> None:
+        """Attach (or detach) the jail's fast ban path, once per action."""
+        if wanted and self._waker is None:
+            self._waker = attach(self._jail, self._logSys)
+        elif not wanted and self._waker is not None:
+            self._waker.detach()
+            self._waker = None
 
     def _drop_unlisted(self, inherited: Set[Key]) -> None:
         """Remove the kernel entries left by an earlier fail2ban process that fail2ban will not
@@ -161,6 +179,7 @@ class ModsecBlock(ActionBase):
         return keys
 
     def stop(self) -> None:
+        self._fast_path(False)
         self._batcher.close()
         self._batcher.discard_all()
         with self._lock:
@@ -182,7 +201,9 @@ class ModsecBlock(ActionBase):
     def reload(self, **opts) -> None:
         """Keep the bans; re-create the kernel objects only if the options changed."""
         settings = Settings.parse(self._jail.name, dict(opts))
-        if settings == self._settings:
+        self._fast_path(settings.fastban)
+        if settings._replace(fastban=self._settings.fastban) == self._settings:
+            self._settings = settings
             return
         self._logSys.info("modsec-block: options changed, re-creating kernel objects")
         self._batcher.close()
@@ -192,8 +213,9 @@ class ModsecBlock(ActionBase):
         self._backend.setup()
         self._batcher.start()
         with self._lock:
-            for key, end in self._bans.items():
-                self._batcher.put(key, end)
+            bans = list(self._bans.items())
+        for key, end in bans:
+            self._batcher.put(key, end)
 
     # -- bans -----------------------------------------------------------------------------
     def _kernel_refused(self, key: Key, reason: str) -> None:

@@ -1,7 +1,10 @@
 """The coalescing queue and worker thread between fail2ban's calls and the kernel.
 
-ban() and unban() only queue the change; the worker applies what is queued in one kernel
-transaction, so a flood is applied in a few large transactions.
+After a quiet spell a change is applied at once, by the caller (fail2ban's thread that
+bans): a lone ban is in the kernel when ban() returns, without a hand-over to another
+thread.  While changes keep coming they are queued, and the worker thread applies the queue
+in one kernel transaction at most every `interval`: a flood goes in a few large
+transactions.
 """
 import math
 import threading
@@ -13,6 +16,12 @@ from .addresses import Key
 # A queued change: the ban's end (epoch seconds; None = permanent) or REMOVE.
 REMOVE = "remove"
 Change = Union[float, None, str]
+# The least time between two transactions in a flood when the options leave it to the backend:
+# one that runs a program forks fail2ban's process, which stalls its other threads (its own
+# ban handling included), and libiptc re-commits the whole table, so such transactions must be
+# rare; libnftables inside the process only costs its own time, which is small.
+INTERVAL_COSTLY = 0.2
+INTERVAL_CHEAP = 0.01
 
 
 class Batcher:
@@ -28,11 +37,14 @@ class Batcher:
     # rather than one bad element's: splitting further would only multiply the failures
     MAX_FAILED_IN_A_ROW = 32
 
-    def __init__(self, backend, delay: float, interval: float, batchmax: int, log,
+    def __init__(self, backend, delay: float, interval: Optional[float], batchmax: int, log,
                  refused: Callable[[Key, str], None]) -> None:
-        self.backend, self.delay, self.interval, self.batchmax, self.log = backend, delay, interval, batchmax, log
+        self.backend, self.delay, self.batchmax, self.log = backend, delay, batchmax, log
+        if interval is None:
+            interval = INTERVAL_CHEAP if backend.cheap else INTERVAL_COSTLY
+        self.interval = interval
         self.refused = refused                     # called with a ban the kernel refused on its own
-        self.last_apply = 0.0                      # monotonic start of the last transaction
+        self.last_apply = -math.inf                # monotonic start of the last transaction
         self.cond = threading.Condition()
         self.pending: Dict[Key, Change] = {}
         self.long: Dict[Key, float] = {}           # bans beyond max_timeout -> end
@@ -53,11 +65,24 @@ class Batcher:
             self.thread.start()
 
     def put(self, key: Key, change: Change) -> None:
-        """Queue a change; applied once start() ran (fail2ban may ban before the action started)."""
+        """Apply a change now if the kernel has been quiet for `interval`, else queue it;
+        applied once start() ran (fail2ban may ban before the action started)."""
         with self.cond:
-            self.pending.pop(key, None)             # re-insert: keeps arrival order roughly
-            self.pending[key] = change
-            self.cond.notify()
+            now = time.monotonic()
+            if (self.thread is None or self.busy or self.pending or self.delay > 0
+                    or now < self.last_apply + self.interval):
+                self.pending.pop(key, None)         # re-insert: keeps arrival order roughly
+                self.pending[key] = change
+                self.cond.notify()
+                return
+            self.busy = True                        # the worker waits for this transaction
+            self.last_apply = now
+        try:
+            self._apply({key: change})
+        finally:
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
 
     def discard_all(self) -> None:
         with self.cond:
@@ -82,13 +107,17 @@ class Batcher:
             self.cond.notify_all()
         if self.thread is not None:
             self.thread.join(30)
-        self.thread = None
+        with self.cond:
+            self.thread = None
+            deadline = time.monotonic() + 30
+            while self.busy and time.monotonic() < deadline:      # a change being applied by put()
+                self.cond.wait(1)
 
     # -- worker ---------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self.pending and not self.closing and time.time() < self.next_refresh:
+                while not self.closing and (self.busy or (not self.pending and time.time() < self.next_refresh)):
                     self.cond.wait(min(60.0, max(0.01, self.next_refresh - time.time())))
                 if self.closing:
                     self.cond.notify_all()
@@ -109,24 +138,18 @@ class Batcher:
                     self.cond.notify_all()
 
     def _gather(self) -> None:
-        """Let a burst pile up before a transaction.
-
-        The first change after a quiet spell waits `delay` (2 ms).  While changes keep
-        arriving, transactions start at most every `interval` (0.2 s), so the kernel tools
-        run a few times a second instead of once per handful of bans (fail2ban itself hands
-        bans to actions 0.2-0.8 s after the failure) -- but a big waiting batch goes at
-        once, and so does the tail of a burst once nothing new arrived for 10 ms.
-        """
-        time.sleep(self.delay)
-        big = max(1, self.batchmax // 20)
+        """Wait, if at all, before the next transaction: not after a quiet spell (only `delay`,
+        0 by default), else until `interval` after the previous one started, unless a big
+        batch (a twentieth of batchmax) is already waiting."""
+        if self.delay > 0:
+            time.sleep(self.delay)
         deadline = self.last_apply + self.interval
-        seen = len(self.pending)
-        while seen < big and time.monotonic() < deadline:
-            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
-            now_pending = len(self.pending)
-            if now_pending == seen:
-                return                              # the burst is over
-            seen = now_pending
+        big = max(1, self.batchmax // 20)
+        while len(self.pending) < big:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.01, left))
 
     def _queue_refreshes(self) -> None:
         """(under cond) Re-queue long bans when their shortened kernel timeout runs low."""

@@ -8,7 +8,7 @@ from .backends import BACKENDS
 
 IPSET_MAX_TIMEOUT = 2147483          # ipset's own limit (seconds)
 OPTIONS = ("backend", "blocktype", "port", "protocol", "rawdrop", "chain", "name", "maxtimeout",
-           "maxelem", "batchdelay", "batchinterval", "batchmax")
+           "maxelem", "batchdelay", "batchinterval", "batchmax", "fastban")
 PortRanges = Optional[Tuple[Tuple[int, int], ...]]      # None: every port and protocol
 
 
@@ -50,6 +50,13 @@ def object_name(base: str) -> str:
     return name
 
 
+def _interval(text: Optional[str]) -> Optional[float]:
+    """batchinterval: seconds, or None for auto (the batcher's default for the backend)."""
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return None
+    return float(text)
+
+
 class Settings(NamedTuple):
     backend: str
     blocktype: str
@@ -61,8 +68,9 @@ class Settings(NamedTuple):
     maxtimeout: int
     maxelem: int
     batchdelay: float
-    batchinterval: float
+    batchinterval: Optional[float]
     batchmax: int
+    fastban: bool
 
     @classmethod
     def parse(cls, jail_name: str, opts: Dict[str, str]) -> "Settings":
@@ -89,8 +97,9 @@ class Settings(NamedTuple):
             protocol=protocol, rawdrop=rawdrop, chain=chain,
             name=object_name(str(opts.get("name") or f"mt-{jail_name}")),
             maxtimeout=max(1, min(int(opts.get("maxtimeout", IPSET_MAX_TIMEOUT)), IPSET_MAX_TIMEOUT)),
-            maxelem=int(opts.get("maxelem", 1048576)), batchdelay=float(opts.get("batchdelay", 0.002)),
-            batchinterval=float(opts.get("batchinterval", 0.2)), batchmax=max(1, int(opts.get("batchmax", 20000))))
+            maxelem=int(opts.get("maxelem", 1048576)), batchdelay=float(opts.get("batchdelay", 0)),
+            batchinterval=_interval(opts.get("batchinterval")), batchmax=max(1, int(opts.get("batchmax", 20000))),
+            fastban=as_bool(opts.get("fastban", "true")))
 
     def port_list(self, range_sep: str, sep: str = ",") -> str:
         """The ports as each tool spells them: '80,443,8000:8100' (iptables) or '80, 8000-8100' (nft)."""

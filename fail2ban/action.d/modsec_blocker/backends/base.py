@@ -31,6 +31,13 @@ class Backend(ABC):
         self.s = settings
 
     @property
+    def cheap(self) -> bool:
+        """Whether a transaction costs little whatever the number of bans: not a program run
+        (a fork of fail2ban's process) nor a whole table re-committed (libiptc).  The batcher
+        spaces the other kind more."""
+        return False
+
+    @property
     def max_timeout(self) -> Optional[int]:
         """Longest timeout the kernel takes for an entry; None: any."""
         return self.s.maxtimeout

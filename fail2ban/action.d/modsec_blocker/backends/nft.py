@@ -62,6 +62,10 @@ class NftBackend(Backend):
     def how(self) -> str:
         return self.nft.how
 
+    @property
+    def cheap(self) -> bool:
+        return isinstance(self.nft, _Library)
+
     def _match(self, family: int) -> str:
         addr = f"{'ip' if family == 4 else 'ip6'} saddr @{self.SETS[family]}"
         if self.s.ports is None:
