@@ -1002,7 +1002,6 @@ def main(argv: list[str]) -> int:
     text = section(res, command, args.rates)
     print()
     print(text)
-    (Path(tempfile.gettempdir()) / "mt-bench-e2e-last.json").write_text(json.dumps(res, default=str))
     if args.results:
         write_results(args.results, text)
         print(f"updated the '## bench/e2e.py' section of {args.results}")
