@@ -126,6 +126,8 @@ def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | N
     if file.truncated:
         return Outcome(ref, Decision.QUARANTINE,
                        f"larger than max_entry_size ({rules.max_entry_size} bytes)")
+    if not file.settled:  # its writer is still at it: what was read matches no stat of it
+        return Outcome(ref, Decision.WAIT, "changed while it was read")
     # Ages are taken as of the scan, not of this examination, which may come later.
     age = (cutoff or time.time()) - file.stat.st_mtime
     try:

@@ -26,6 +26,7 @@ class FileData:
     data: bytes
     stat: os.stat_result
     truncated: bool      # the file is larger than the cap: data holds at most its first bytes
+    settled: bool = True  # unchanged while it was read: ``stat`` describes ``data``
 
 
 def read_file_at(dir_fd: int | None, name: str, max_size: int,
@@ -60,9 +61,15 @@ def read_file_at(dir_fd: int | None, name: str, max_size: int,
             remaining -= len(chunk)
         data = b"".join(chunks)
         truncated = len(data) > max_size
-        return FileData(data[:max_size], info, truncated)
+        after = os.fstat(fd)
+        settled = _stamp(after) == _stamp(info)
+        return FileData(data[:max_size], info, truncated, settled)
     finally:
         os.close(fd)
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def open_dir_at(dir_fd: int | None, name: str) -> int:
