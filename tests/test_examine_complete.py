@@ -35,3 +35,26 @@ def test_an_entry_without_its_last_newline_waits_for_its_close(tmp_path, proof, 
     outcome = examine(tree, _one_write_early(tmp_path), proof, None, SETTINGS)
     tree.release()
     assert outcome.decision is decision, outcome.reason
+
+
+def test_an_entry_written_to_while_it_is_read_waits(tmp_path, monkeypatch):
+    """Its stat, journaled for the delete's check, must be the one of the bytes taken."""
+    from modsec_tools import safefs
+    (uid, data), = ih.plant_data_entries(tmp_path, ["ReadMidWrite"]).items()
+    path = next(tmp_path.rglob(f"*-{uid}"))
+    real_read = safefs.os.read
+    calls = []
+
+    def read_then_write(fd, size):
+        chunk = real_read(fd, size)
+        if not calls:                       # the writer adds a byte between two reads
+            with open(path, "ab") as writer:
+                writer.write(b"\n")
+        calls.append(len(chunk))
+        return chunk
+    monkeypatch.setattr(safefs.os, "read", read_then_write)
+    tree = StorageTree(str(tmp_path))
+    ref = EntryRef.from_relpath("/" + str(path.relative_to(tmp_path)))
+    outcome = examine(tree, ref, Proof.CLOSED, None, SETTINGS)
+    tree.release()
+    assert outcome.decision is Decision.WAIT, outcome.reason
