@@ -148,7 +148,10 @@ def child(checkout: str, settings: str) -> None:
     """The measured run of ours (--child): nothing of this process's start-up counted."""
     sys.path.insert(0, checkout)
     from modsec_tools import config
-    from modsec_tools.ingest import Pipeline
+    try:
+        from modsec_tools.pipeline.ingest import Pipeline
+    except ImportError:  # a checkout from before the sub-packages
+        from modsec_tools.ingest import Pipeline  # type: ignore[no-redef]
     used, main = own_cpu(), time.process_time()
     started = time.perf_counter()
     with Pipeline(config.build({}, json.loads(settings))) as pipeline:

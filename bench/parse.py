@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modsec_tools.entry import parse_entry  # noqa: E402
-from modsec_tools.messages import keep_messages  # noqa: E402
-from modsec_tools.serial import split_serial  # noqa: E402
+from modsec_tools.audit.entry import parse_entry  # noqa: E402
+from modsec_tools.audit.messages import keep_messages  # noqa: E402
+from modsec_tools.audit.serial import split_serial  # noqa: E402
 
 # The fields the original tool stored, one regex each, searched over the whole entry.
 NAIVE_FIELDS = [re.compile(p) for p in (

@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 # the writer processes inherit it
 os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 
-from modsec_tools.watch import WORKERS_IDLE_SECONDS  # noqa: E402
+from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402
 from tests import watch_helpers as wh  # noqa: E402
 
 #: Offered load one writer process is asked for at most: file creation costs ~0.4-1 ms of

@@ -11,12 +11,12 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, config
-from .entry import parse_entry
-from .errors import ParseError
+from .audit.entry import parse_entry
+from .audit.errors import ParseError
 from .eventline import format_event
 from .jsonout import dumps
-from .sources import RawEntry, ReadFailure, iter_path
-from .verdict import VerdictPolicy
+from .tree.sources import RawEntry, ReadFailure, iter_path
+from .audit.verdict import VerdictPolicy
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -308,8 +308,8 @@ def cmd_parse(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
-    from .ingest import Pipeline
-    from .lock import AlreadyRunning, InstanceLock
+    from .pipeline.ingest import Pipeline
+    from .pipeline.lock import AlreadyRunning, InstanceLock
     try:
         lock = InstanceLock(settings.state_dir).acquire()
     except AlreadyRunning as exc:
@@ -331,8 +331,8 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
     from .configcheck import tree_problems
-    from .daemon import Readiness, bound_malloc, detach, setup_logging
-    from .dirperms import DirPolicy
+    from .daemon.process import Readiness, bound_malloc, detach, setup_logging
+    from .tree.dirperms import DirPolicy
     # Checked here, where the admin sees the answer: a detached daemon's stderr is gone.
     errors = [text for level, text in tree_problems(settings) if level == "error"]
     try:
@@ -361,9 +361,9 @@ def cmd_watch(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _watch_locked(args: argparse.Namespace, settings: config.Settings, on_ready) -> int:
-    from .daemon import Signals
-    from .lock import AlreadyRunning, InstanceLock
-    from .watch import WatchLimit, WatchOptions
+    from .daemon.process import Signals
+    from .pipeline.lock import AlreadyRunning, InstanceLock
+    from .daemon.watch import WatchLimit, WatchOptions
     try:
         lock = InstanceLock(settings.state_dir).acquire()
     except AlreadyRunning as exc:
@@ -395,8 +395,8 @@ def _watch(settings: config.Settings, options, signals, on_ready) -> int:
     frees space. Each attempt builds the pipeline anew: its start-up completes the batch
     the error interrupted from the journal, as after a crash, so nothing is lost or
     written twice meanwhile (the entries wait in the storage tree)."""
-    from .daemon import sd_notify
-    from .watch import Watcher
+    from .daemon.process import sd_notify
+    from .daemon.watch import Watcher
     delay, waiting_since = RETRY_FIRST, None
     started = False
 
@@ -508,7 +508,7 @@ def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def _replay_rejected(db, settings: config.Settings) -> int:
     from .sinks.database import REJECTED, replay_rejected
-    from .lock import AlreadyRunning, InstanceLock
+    from .pipeline.lock import AlreadyRunning, InstanceLock
     path = os.path.join(settings.state_dir, REJECTED)
     if not os.path.exists(path):
         print(f"{path}: nothing to replay")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .clientip import DEFAULT_HEADER, Proxies, parse_header_name, parse_networks
-from .event import SEVERITY_RANK
+from .audit.clientip import DEFAULT_HEADER, Proxies, parse_header_name, parse_networks
+from .audit.event import SEVERITY_RANK
 from .eventline import NODE
 from .fleet.settings import parse_bool, parse_duration
 from .fleet.validate import parse_max_prefix

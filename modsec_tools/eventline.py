@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .clientip import NO_ADDRESS, normalize_ip
-from .event import Event, raw
+from .audit.clientip import NO_ADDRESS, normalize_ip
+from .audit.event import Event, raw
 
 CAPS = {"method": 32, "host": 255, "uri": 2048, "ua": 512}
 ID_CAP = 64     # raw bytes; mod_unique_id writes 24 or 27 characters, the database keeps 64

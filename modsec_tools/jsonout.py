@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .event import Event, Message
+from .audit.event import Event, Message
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:

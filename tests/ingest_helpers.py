@@ -1,6 +1,6 @@
 """Helpers for the ``modsec-tools ingest`` tests: a sandbox (storage tree, sinks, state,
 config file) driven through the real command line, and readers that check every sink
-independently of the pipeline (archive by ``modsec_tools.sources``, event log by
+independently of the pipeline (archive by ``modsec_tools.tree.sources``, event log by
 ``modsec_tools.eventline.parse_line``, database by plain SQL).
 
 Entries come from the corpus (``tests.corpus``); ``replicate`` makes many valid
@@ -31,13 +31,13 @@ from typing import Callable
 import pytest
 
 from modsec_tools.db import open_database, parse_target
-from modsec_tools.derive import decisive_message
-from modsec_tools.entry import parse_entry
-from modsec_tools.event import Event, raw
+from modsec_tools.audit.derive import decisive_message
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.event import Event, raw
 from modsec_tools.eventline import CAPS
-from modsec_tools.indexlog import IndexLine, parse_index_line
+from modsec_tools.audit.indexlog import IndexLine, parse_index_line
 from modsec_tools.jsonout import event_to_dict
-from modsec_tools.verdict import VerdictPolicy
+from modsec_tools.audit.verdict import VerdictPolicy
 
 from tests import corpus
 
@@ -281,9 +281,9 @@ def md5(data: bytes) -> str:
 
 # -- sinks, read independently ------------------------------------------------------------------
 def archive_entries(path: Path) -> list[bytes]:
-    """The archive split into entries by ``modsec_tools.sources.iter_path`` (a Serial log);
+    """The archive split into entries by ``modsec_tools.tree.sources.iter_path`` (a Serial log);
     every piece must be a whole entry."""
-    from modsec_tools.sources import RawEntry, iter_path
+    from modsec_tools.tree.sources import RawEntry, iter_path
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return []
     pieces = []

@@ -28,7 +28,7 @@ APPENDED = b"--appended-after-the-read--\n"
 #: before deleting anything, leaving the delete to the next run's recovery.
 ATTACKED = ("-c", f"""
 import os, subprocess, sys
-from modsec_tools import ingest
+from modsec_tools.pipeline import ingest
 deleting = ingest.Pipeline._remove_later
 def attacked(self, seq, entries):
     for ref, *_ in entries:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.event import raw
+from modsec_tools.audit.event import raw
 from modsec_tools.eventline import format_line, parse_line
 from tests import corpus
 from tests.test_parse_support import REPO_ROOT, fixture, native

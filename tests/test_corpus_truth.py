@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.event import Event, raw
-from modsec_tools.sources import RawEntry, iter_path
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.event import Event, raw
+from modsec_tools.tree.sources import RawEntry, iter_path
 from tests import corpus
 
 

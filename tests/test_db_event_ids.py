@@ -12,7 +12,7 @@ import pytest
 from modsec_tools.db import Database, SchemaError, open_database, parse_target, schema
 from modsec_tools.db import mysql as mysql_db_module
 from modsec_tools.db.rows import Row, event_row
-from modsec_tools.entry import parse_entry
+from modsec_tools.audit.entry import parse_entry
 from modsec_tools.sinks.database import DatabaseSink
 from tests import corpus
 from tests.ingest_helpers import mysql_db, tree_files_from_tar  # noqa: F401  (fixture)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from modsec_tools.db import DatabaseError, open_database, parse_target
 from modsec_tools.db import mysql as mysql_dialect
 from modsec_tools.db.rows import EVENT_COLUMNS, MATCH_COLUMNS, Row, upgraded_match
-from modsec_tools.event import printable, raw
+from modsec_tools.audit.event import printable, raw
 from tests.ingest_helpers import mysql_db  # noqa: F401  (fixture)
 
 HOSTILE_TEXT = [

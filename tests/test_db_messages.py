@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from modsec_tools.db import Database, DatabaseError, open_database, parse_target
 from modsec_tools.db.rows import (LINK_COLUMNS, MESSAGE_COLUMNS, Row, event_row, message_id,
                                   scores_json)
-from modsec_tools.entry import parse_entry
+from modsec_tools.audit.entry import parse_entry
 from modsec_tools.sinks.database import DatabaseSink, _encode
 from tests import corpus
 from tests.ingest_helpers import fast_tmp, tree_files_from_tar  # noqa: F401  (fixture)

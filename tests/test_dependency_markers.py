@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 SMOKE = """
 import os, sys, tempfile
 import asyncore, pyinotify
-from modsec_tools.watch import WATCH_MASK, read_inotify_events
+from modsec_tools.daemon.watch import WATCH_MASK, read_inotify_events
 wm = pyinotify.WatchManager()
 with tempfile.TemporaryDirectory() as tmp:
     wm.add_watch(tmp, WATCH_MASK)

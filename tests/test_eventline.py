@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from modsec_tools.clientip import Proxies, parse_networks
-from modsec_tools.entry import parse_entry
-from modsec_tools.event import Event, raw
+from modsec_tools.audit.clientip import Proxies, parse_networks
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.event import Event, raw
 from modsec_tools.eventline import (CAPS, ID_CAP, QUOTED, EventLine, escape_bare,
                                     escape_quoted, format_event, format_line, from_event,
                                     parse_line)
@@ -423,7 +423,7 @@ def test_json_lone_surrogate_gives_a_readable_line(patch: dict) -> None:
 
 
 def test_lone_surrogates_become_their_utf8_style_bytes() -> None:
-    from modsec_tools.event import raw
+    from modsec_tools.audit.event import raw
     assert raw("\ud800") == b"\xed\xa0\x80" and raw("a\udcff") == b"a\xff"
     assert parse_line(format_event(event(uri="/\ud800"), "n", "p")).uri == b"/\xed\xa0\x80"
 

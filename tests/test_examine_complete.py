@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from modsec_tools.clientip import Proxies
-from modsec_tools.examine import Decision, ExamineSettings, Proof, examine
-from modsec_tools.storage import EntryRef, StorageTree
-from modsec_tools.verdict import VerdictPolicy
+from modsec_tools.audit.clientip import Proxies
+from modsec_tools.pipeline.examine import Decision, ExamineSettings, Proof, examine
+from modsec_tools.tree.storage import EntryRef, StorageTree
+from modsec_tools.audit.verdict import VerdictPolicy
 from tests import ingest_helpers as ih
 
 SETTINGS = ExamineSettings("n", VerdictPolicy(), Proxies(), 1 << 20, 0.0, 3600.0, False, ())
@@ -39,7 +39,7 @@ def test_an_entry_without_its_last_newline_waits_for_its_close(tmp_path, proof, 
 
 def test_an_entry_written_to_while_it_is_read_waits(tmp_path, monkeypatch):
     """Its stat, journaled for the delete's check, must be the one of the bytes taken."""
-    from modsec_tools import safefs
+    from modsec_tools.tree import safefs
     (uid, data), = ih.plant_data_entries(tmp_path, ["ReadMidWrite"]).items()
     path = next(tmp_path.rglob(f"*-{uid}"))
     real_read = safefs.os.read

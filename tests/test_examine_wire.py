@@ -5,14 +5,14 @@ import os
 import pickle
 
 
-from modsec_tools.clientip import Proxies
-from modsec_tools.examine import Decision, ExamineSettings, Outcome, Proof, examine
+from modsec_tools.audit.clientip import Proxies
+from modsec_tools.pipeline.examine import Decision, ExamineSettings, Outcome, Proof, examine
 from modsec_tools.sinks.archive import ArchiveEntry
 from modsec_tools.sinks.database import EventRow
 from modsec_tools.sinks.eventlog import EventLine
 from modsec_tools.sinks.jsonlines import JsonLine
-from modsec_tools.storage import EntryRef, StorageTree
-from modsec_tools.verdict import VerdictPolicy
+from modsec_tools.tree.storage import EntryRef, StorageTree
+from modsec_tools.audit.verdict import VerdictPolicy
 
 from tests import corpus
 from tests.ingest_helpers import tree_files_from_tar
@@ -48,7 +48,8 @@ def test_a_worker_keeps_more_parsed_messages_than_the_daemon(tmp_path, monkeypat
     """A scanner cycling through its payloads makes more distinct messages than the daemon's
     cache holds (1,024), and an LRU cache smaller than the cycle hits nothing: a worker
     keeps WORKER_MESSAGES."""
-    from modsec_tools import examine as examine_module, messages
+    from modsec_tools.pipeline import examine as examine_module
+    from modsec_tools.audit import messages
     texts = [f'Warning. Match of "x{n}" [file "f"] [id "{n}"]' for n in range(1500)]
     messages.keep_messages(1024)  # the daemon's, empty
     monkeypatch.setattr(examine_module, "_die_with_parent", lambda: None)  # not pytest's

@@ -111,7 +111,7 @@ def test_writer_output_with_hostile_request_data_bans_only_the_real_client(mode,
 
 def test_a_megabyte_unique_id_is_matched_with_its_cut_id(tmp_path):
     """Today's main handed fail2ban a 1 MB line (and a 1 MB F-UNIQUEID)."""
-    from modsec_tools.event import Event
+    from modsec_tools.audit.event import Event
     from modsec_tools.eventline import ID_CAP, format_event
     stamp = dt.datetime(2026, 11, 28, 16, 26, 42, tzinfo=dt.timezone.utc)
     event = Event(unique_id="U" * (1 << 20), timestamp=stamp, client_ip="192.0.2.77",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools import configcheck, serverconf
+from modsec_tools import configcheck
+from modsec_tools import serverconf
 from modsec_tools.config import load
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,13 +28,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.errors import ParseError
-from modsec_tools.event import Event, raw
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.errors import ParseError
+from modsec_tools.audit.event import Event, raw
 from modsec_tools.eventline import ID_CAP, format_event, format_line, parse_line
 from modsec_tools.jsonout import dumps as event_json
-from modsec_tools.serial import split_serial
-from modsec_tools.verdict import VerdictPolicy
+from modsec_tools.audit.serial import split_serial
+from modsec_tools.audit.verdict import VerdictPolicy
 from tests import corpus
 from tests.test_parse_support import DATA, REPO_ROOT
 
@@ -388,7 +388,7 @@ def message_texts(draw) -> str:
 def test_message_fields_fast_path_equals_the_regex(text: str) -> None:
     """``_split_fields`` (which uses a simpler pattern when there is no backslash) must find
     exactly the fields the regex (the definition) finds."""
-    from modsec_tools.messages import _FIELD, _split_fields
+    from modsec_tools.audit.messages import _FIELD, _split_fields
     start = text.find(' [')
     if start != -1:
         assert _split_fields(text, start) == _FIELD.findall(text, start)

@@ -12,7 +12,7 @@ import pytest
 
 from modsec_tools.db import Database, open_database, parse_target, schema
 from modsec_tools.db.rows import EVENT_COLUMNS, MATCH_COLUMNS, Row, upgraded_match
-from modsec_tools.ingest import Stats
+from modsec_tools.pipeline.ingest import Stats
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)

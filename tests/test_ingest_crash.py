@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.entry import parse_entry
+from modsec_tools.audit.entry import parse_entry
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
@@ -292,7 +292,7 @@ def _sqlite(tmp_path: Path):
 
 
 #: The CLI with the journal compacted at 16 KB instead of 4 MB (every few batches).
-SMALL_JOURNAL = ("-c", "import sys; import modsec_tools.journal as j; j.COMPACT_AT = 16384; "
+SMALL_JOURNAL = ("-c", "import sys; import modsec_tools.pipeline.journal as j; j.COMPACT_AT = 16384; "
                  "from modsec_tools.cli import main; sys.argv[0] = 'modsec-tools'; "
                  "sys.exit(main())")
 

@@ -403,7 +403,9 @@ def test_a_row_the_database_refuses_shows_in_the_exit_status(fast_tmp, mariadb, 
 # -- races: names swapped while ingest works ----------------------------------------------------
 SWAPPER = r"""
 import os, sys
-from modsec_tools import config, ingest, storage
+from modsec_tools import config
+from modsec_tools.pipeline import ingest
+from modsec_tools.tree import storage
 settings = config.load(sys.argv[1])
 real, moved, victim, hook = sys.argv[2:6]
 original = getattr(storage.StorageTree, hook)

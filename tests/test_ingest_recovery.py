@@ -15,8 +15,8 @@ import pytest
 
 from modsec_tools import config
 from modsec_tools.appendfile import AppendFile
-from modsec_tools.ingest import PARALLEL_SINKS_FROM, Pipeline
-from modsec_tools.journal import Journal
+from modsec_tools.pipeline.ingest import PARALLEL_SINKS_FROM, Pipeline
+from modsec_tools.pipeline.journal import Journal
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
@@ -30,7 +30,8 @@ COPIES = corpus.copies_for(RUN, 184)
 #: first write to the named sink.
 CRASHER = r"""
 import os, sys
-from modsec_tools import config, ingest
+from modsec_tools import config
+from modsec_tools.pipeline import ingest
 from modsec_tools.appendfile import AppendFile
 settings = config.load(sys.argv[1])
 sink = {"archive": settings.archive, "events": settings.event_log,
@@ -149,7 +150,9 @@ def test_recovery_never_deletes_an_entry_it_skipped(fast_tmp, sink, change):
 #: Runs start-up recovery only, and dies at its first unlink (after the done record).
 CRASH_AT_FIRST_UNLINK = r"""
 import os, sys
-from modsec_tools import config, ingest, storage
+from modsec_tools import config
+from modsec_tools.pipeline import ingest
+from modsec_tools.tree import storage
 settings = config.load(sys.argv[1])
 def remove(self, entries):
     os._exit(9)
@@ -267,7 +270,9 @@ def rerun_completes(sb: ih.Sandbox, made: dict[str, ih.Copy], batch: int) -> Non
 #: as ``leaving``.
 CRASH_WHILE_LEAVING = r"""
 import os, sys, threading
-from modsec_tools import config, ingest, removal
+from modsec_tools import config
+from modsec_tools.pipeline import ingest
+from modsec_tools.tree import removal
 from modsec_tools.appendfile import AppendFile
 settings = config.load(sys.argv[1])
 removal.Removal._remove_all = staticmethod(lambda tree, entries: threading.Event().wait())

@@ -1,7 +1,7 @@
 """``modsec-tools ingest`` over real corpus trees into every sink, SQLite and MariaDB.
 
 Each sink is read back independently of the pipeline: the archive with the Serial reader
-(``modsec_tools.sources``), the event log with ``parse_line``, the database with plain SQL,
+(``modsec_tools.tree.sources``), the event log with ``parse_line``, the database with plain SQL,
 and compared with ``parse_entry`` of the original files (and, for status, rule ids and
 client, with the corpus truth derived from Apache's own logs).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.event import raw
+from modsec_tools.audit.event import raw
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)

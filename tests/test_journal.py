@@ -1,7 +1,7 @@
 """The ingest journal: what it keeps in memory, and what a reopen finds."""
 from __future__ import annotations
 
-from modsec_tools.journal import Journal
+from modsec_tools.pipeline.journal import Journal
 
 
 def _batch(journal: Journal, files: int, index: list[int] | None = None,

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.errors import IntegrityError, ParseError
-from modsec_tools.event import Event, raw
-from modsec_tools.native import BODY_CAP
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.errors import IntegrityError, ParseError
+from modsec_tools.audit.event import Event, raw
+from modsec_tools.audit.native import BODY_CAP
 from tests.test_parse_support import (REPO_ROOT, SECTION_A, dumps, fixture, json_entry, message,
                                       native, trailer)
 
@@ -66,7 +66,7 @@ def test_integrity_error_is_a_parse_error() -> None:
 
 
 def test_index_line_with_another_id_is_refused() -> None:
-    from modsec_tools.indexlog import parse_index_line
+    from modsec_tools.audit.indexlog import parse_index_line
     index = parse_index_line(fixture("native_detectiononly_http09.index").decode())
     with pytest.raises(ParseError, match="differs from the index"):
         parse_entry(fixture("native_http09_blocked.log"), "x", index=index)
@@ -215,8 +215,8 @@ def _bounded_parse(expression: str, wall: float = WALL) -> tuple[str, float | No
     code = textwrap.dedent(f"""
         import sys, time
         from tests.test_parse_support import *
-        from modsec_tools.entry import parse_entry
-        from modsec_tools.errors import ParseError
+        from modsec_tools.audit.entry import parse_entry
+        from modsec_tools.audit.errors import ParseError
         data = {expression}
         print("ready", len(data), flush=True)
         started = time.process_time()

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.clientip import (Client, Proxies, normalize_ip, parse_header_name,
+from modsec_tools.audit.clientip import (Client, Proxies, normalize_ip, parse_header_name,
                                    parse_networks, resolve_client)
 from modsec_tools.config import ConfigError, build
-from modsec_tools.entry import parse_entry
-from modsec_tools.event import Event
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.event import Event
 from modsec_tools.eventline import format_event, parse_line
-from modsec_tools.sources import RawEntry, iter_index_log
+from modsec_tools.tree.sources import RawEntry, iter_index_log
 from tests import corpus
 from tests.f2b_harness import filter_spec, run_fail2ban_regex
 from tests.test_parse_support import REPO_ROOT, SECTION_A, dumps, json_entry, native

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.clientip import normalize_ip
-from modsec_tools.errors import IntegrityError, ParseError
-from modsec_tools.indexlog import IndexLine, parse_index_line, verify
-from modsec_tools.layout import relpath_is_layout
-from modsec_tools.sources import RawEntry, ReadFailure, iter_index_log, read_indexed_entry
+from modsec_tools.audit.clientip import normalize_ip
+from modsec_tools.audit.errors import IntegrityError, ParseError
+from modsec_tools.audit.indexlog import IndexLine, parse_index_line, verify
+from modsec_tools.tree.layout import relpath_is_layout
+from modsec_tools.tree.sources import RawEntry, ReadFailure, iter_index_log, read_indexed_entry
 from tests import corpus
 from tests.test_parse_support import fixture
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.errors import ParseError
-from modsec_tools.event import Event, raw
-from modsec_tools.jsonformat import parse_json
-from modsec_tools.native import BODY_CAP
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.errors import ParseError
+from modsec_tools.audit.event import Event, raw
+from modsec_tools.audit.jsonformat import parse_json
+from modsec_tools.audit.native import BODY_CAP
 from tests.test_parse_support import denial, dumps, fixture, json_entry, message
 
 MINUS_FIVE = dt.timezone(-dt.timedelta(hours=5))

@@ -9,11 +9,11 @@ import datetime as dt
 
 import pytest
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.errors import ParseError
-from modsec_tools.event import Event, raw
-from modsec_tools.indexlog import parse_index_line
-from modsec_tools.native import BODY_CAP, parse_native, split_sections
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.errors import ParseError
+from modsec_tools.audit.event import Event, raw
+from modsec_tools.audit.indexlog import parse_index_line
+from modsec_tools.audit.native import BODY_CAP, parse_native, split_sections
 from tests.test_parse_support import (BOUNDARY, REQUEST_HEAD, TRAILER_TAIL, UNIQUE_ID,
                                       denial, fixture, message, native, trailer)
 

@@ -1,4 +1,4 @@
-"""Cutting Serial logs into entries (modsec_tools.serial.split_serial), native and JSON."""
+"""Cutting Serial logs into entries (modsec_tools.audit.serial.split_serial), native and JSON."""
 from __future__ import annotations
 
 import io
@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.errors import ParseError
-from modsec_tools.serial import SerialSplitter, split_serial
-from modsec_tools.sources import iter_log_stream
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.errors import ParseError
+from modsec_tools.audit.serial import SerialSplitter, split_serial
+from modsec_tools.tree.sources import iter_log_stream
 from tests import corpus
 from tests.test_parse_support import denial, dumps, fixture, json_entry, native, trailer
 

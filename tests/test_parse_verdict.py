@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.entry import parse_entry
-from modsec_tools.event import SEVERITIES, Event, Message
-from modsec_tools.sources import RawEntry, iter_index_log
-from modsec_tools.verdict import BLOCKED, DETECTED, PASSED, VerdictPolicy
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.audit.event import SEVERITIES, Event, Message
+from modsec_tools.tree.sources import RawEntry, iter_index_log
+from modsec_tools.audit.verdict import BLOCKED, DETECTED, PASSED, VerdictPolicy
 from tests import corpus
 from tests.test_parse_support import fixture
 

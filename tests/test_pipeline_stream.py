@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from modsec_tools import config
-from modsec_tools.examine import Proof
-from modsec_tools.ingest import Pipeline
-from modsec_tools.removal import Removal
+from modsec_tools.pipeline.examine import Proof
+from modsec_tools.pipeline.ingest import Pipeline
+from modsec_tools.tree.removal import Removal
 
 from tests import corpus
 from tests import ingest_helpers as ih

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools import storage
-from modsec_tools.storage import EntryRef, StorageTree
+from modsec_tools.tree import storage
+from modsec_tools.tree.storage import EntryRef, StorageTree
 from tests import ingest_helpers as ih
 
 pytestmark = pytest.mark.root

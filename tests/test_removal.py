@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools import removal
-from modsec_tools.removal import Removal, empty_old_trash
-from modsec_tools.storage import EntryRef, StorageTree
+from modsec_tools.tree import removal
+from modsec_tools.tree.removal import Removal, empty_old_trash
+from modsec_tools.tree.storage import EntryRef, StorageTree
 
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from modsec_tools.db.rows import event_row
-from modsec_tools.entry import parse_entry
-from modsec_tools.sources import RawEntry, iter_path
-from modsec_tools.verdict import VerdictPolicy
+from modsec_tools.audit.entry import parse_entry
+from modsec_tools.tree.sources import RawEntry, iter_path
+from modsec_tools.audit.verdict import VerdictPolicy
 from tests import corpus
 from tests.ingest_helpers import tree_files_from_tar
 

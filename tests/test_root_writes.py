@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools import daemon
+from modsec_tools.daemon import process as daemon
 from modsec_tools.owned import OwnedDir, UnsafePath
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (a fixture)

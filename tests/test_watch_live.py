@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from modsec_tools.entry import parse_entry
+from modsec_tools.audit.entry import parse_entry
 from modsec_tools.eventline import format_event
-from modsec_tools.verdict import VerdictPolicy
+from modsec_tools.audit.verdict import VerdictPolicy
 from tests import corpus
 from tests import watch_helpers as wh
 
@@ -363,7 +363,7 @@ def _in_process_watcher(tmp_path: Path):
     """A Watcher of ``tmp_path/storage`` in this process (for what only its internals show),
     no database, no worker processes, no periodic rescan."""
     from modsec_tools import config
-    from modsec_tools.watch import Watcher, WatchOptions
+    from modsec_tools.daemon.watch import Watcher, WatchOptions
     settings = config.build({
         "storage_dir": str(tmp_path / "storage"), "archive": str(tmp_path / "archive.log"),
         "event_log": str(tmp_path / "events.log"), "db": "none",
@@ -406,7 +406,7 @@ def test_minute_directories_report_closes_only(tmp_path):
     """In-process: a minute directory's watch delivers one event per entry (its close),
     not its creation too (half the events of a flood); directories above still report
     the directories created in them."""
-    from modsec_tools.watch import read_inotify_events
+    from modsec_tools.daemon.watch import read_inotify_events
     minute = tmp_path / "storage" / "www-data" / "20310101" / "20310101-0000"
     minute.mkdir(parents=True)
     watcher = _in_process_watcher(tmp_path)

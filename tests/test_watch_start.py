@@ -149,7 +149,7 @@ def test_the_detached_daemon_reports_ready_and_works(setup):
 def test_no_syslog_socket_is_said_before_detaching(setup):
     """Logging to syslog where nothing listens would log nothing at all."""
     setup.storage.mkdir()
-    script = ("import sys; from modsec_tools import daemon, cli; "
+    script = ("import sys; from modsec_tools import cli; from modsec_tools.daemon import process as daemon; "
               "daemon.SYSLOG_SOCKET = sys.argv.pop(1); sys.exit(cli.main())")
     done = ih.run_cli([sys.executable, "-c", script, str(setup.root / "no-log-socket"),
                        "watch", "--config", str(setup.config)])

@@ -589,7 +589,7 @@ def archive_entries(path: str | os.PathLike,
 
 
 def entry_files(storage: str | os.PathLike) -> list[str]:
-    from modsec_tools.layout import ENTRY_NAME
+    from modsec_tools.tree.layout import ENTRY_NAME
     found = []
     for dirpath, _dirs, files in os.walk(storage):
         found += [os.path.join(dirpath, f) for f in files if ENTRY_NAME.fullmatch(f)]

@@ -17,8 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..derive import decisive_message
-from ..event import Event, Message, printable, raw
+from ..audit.derive import decisive_message
+from ..audit.event import Event, Message, printable, raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..clientip import Network, unbannable
+from ..audit.clientip import Network, unbannable
 from ..eventline import NODE
 from .rows import BAN, FLEET_JAILS, UNBAN, FleetBan, SharedRow
 

@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..entry import parse_entry
-from ..errors import ParseError
+from ..audit.entry import parse_entry
+from ..audit.errors import ParseError
 
 _A_LINE = re.compile(rb"--([0-9a-fA-F]{8,32})-A--\r?\n")
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")

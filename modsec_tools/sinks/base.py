@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ..config import Settings
-from ..event import Event
+from ..audit.event import Event
 
 #: One entry's piece for a sink (bytes for a file, a row for a database) and its
 #: journaled length, for recovery; the piece is None when it cannot be rendered again.

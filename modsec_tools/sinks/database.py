@@ -12,7 +12,7 @@ from ..config import Settings
 from ..db import (Database, DatabaseError, SchemaError, UnusableError, open_database,
                   parse_target)
 from ..db.rows import Row, event_row, upgraded_match
-from ..journal import RecordLog
+from ..pipeline.journal import RecordLog
 from .base import Region, Rendering, Sink
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .errors import ParseError
+from ..audit.errors import ParseError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY

@@ -4,7 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .owned import OwnedDir
+from ..owned import OwnedDir
 
 
 class AlreadyRunning(RuntimeError):

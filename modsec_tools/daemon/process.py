@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 
-from .owned import OwnedDir
+from ..owned import OwnedDir
 
 # glibc mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .owned import OwnedDir
+from ..owned import OwnedDir
 
 MAGIC = b"MTJ1"
 HEADER = struct.Struct("<4sII")

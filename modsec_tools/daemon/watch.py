@@ -28,14 +28,14 @@ from dataclasses import dataclass
 
 import pyinotify
 
-from . import dirperms
-from .config import Settings
-from .daemon import Signals, describe_status, sd_notify, write_status
-from .examine import Proof
-from .ingest import Pipeline
-from .layout import EntryRef, is_entry, is_layout_dir, is_minute_dir, walk
-from .metrics import Metrics
-from .safefs import open_dir_path
+from ..tree import dirperms
+from ..config import Settings
+from .process import Signals, describe_status, sd_notify, write_status
+from ..pipeline.examine import Proof
+from ..pipeline.ingest import Pipeline
+from ..tree.layout import EntryRef, is_entry, is_layout_dir, is_minute_dir, walk
+from ..metrics import Metrics
+from ..tree.safefs import open_dir_path
 
 log = logging.getLogger(__name__)
 

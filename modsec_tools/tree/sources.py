@@ -12,11 +12,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import IntegrityError, ParseError
-from .indexlog import IndexLine, parse_index_line, verify
+from ..audit.errors import IntegrityError, ParseError
+from ..audit.indexlog import IndexLine, parse_index_line, verify
 from .layout import ENTRY_NAME, EntryRef, is_minute_dir, position_of, walk
 from .safefs import open_dir_path, read_file_at
-from .serial import split_serial
+from ..audit.serial import split_serial
 
 MAX_ENTRY = 64 * 1024 * 1024
 _INDEX_HINT = re.compile(rb'^\S+ \S+ \S+ \S+ \[[^\]]+\] "')

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .layout import (DAY_DIR, ENTRY_NAME, MINUTE_DIR, Dirs, EntryRef, Listing, is_layout_dir,
                      is_minute_dir, walk)
-from .owned import OwnedDir
+from ..owned import OwnedDir
 from .safefs import FILE_FLAGS, open_dir_at, open_dir_path, read_file_at
 
 __all__ = ["EntryRef", "Candidate", "Oddity", "StorageTree", "GONE", "REPLACED", "CHANGED"]

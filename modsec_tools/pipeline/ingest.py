@@ -25,16 +25,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .config import Settings
-from .entry import parse_entry
-from .errors import ParseError
+from ..config import Settings
+from ..audit.entry import parse_entry
+from ..audit.errors import ParseError
 from .examine import Decision, ExamineSettings, ExaminerPool, Outcome, Proof, examine, render
-from .indexlog import IndexLine, parse_index_line
+from ..audit.indexlog import IndexLine, parse_index_line
 from .journal import COMPACT_AT, Journal, JournaledEntry, batch_entries, batch_marks
-from .removal import Leaving, Removal, empty_old_trash
-from .sinks import Sink, open_sinks
-from .storage import EntryRef, Oddity, StorageTree
-from .verdict import VerdictPolicy
+from ..tree.removal import Leaving, Removal, empty_old_trash
+from ..sinks import Sink, open_sinks
+from ..tree.storage import EntryRef, Oddity, StorageTree
+from ..audit.verdict import VerdictPolicy
 
 __all__ = ["Pipeline", "Proof", "Stats"]
 

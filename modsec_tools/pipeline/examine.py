@@ -17,16 +17,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
-from .clientip import Proxies
-from .entry import parse_entry
-from .errors import ParseError
-from .event import Event
-from .indexlog import IndexLine, verify
-from .messages import keep_messages
-from .safefs import UnsafeFile
-from .sinks import Renderer, Rendering
-from .storage import EntryRef, StorageTree
-from .verdict import VerdictPolicy
+from ..audit.clientip import Proxies
+from ..audit.entry import parse_entry
+from ..audit.errors import ParseError
+from ..audit.event import Event
+from ..audit.indexlog import IndexLine, verify
+from ..audit.messages import keep_messages
+from ..tree.safefs import UnsafeFile
+from ..sinks import Renderer, Rendering
+from ..tree.storage import EntryRef, StorageTree
+from ..audit.verdict import VerdictPolicy
 
 class Decision(Enum):
     """What is to be done with an entry file."""

@@ -1,0 +1,1 @@
+"""ModSecurity's audit log formats: bytes of one entry -> Event. Pure: no I/O."""

@@ -1,0 +1,1 @@
+"""``modsec-tools watch``: inotify, the daemon's plumbing."""

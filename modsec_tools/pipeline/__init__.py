@@ -1,0 +1,1 @@
+"""The ingest pipeline: examine entries, commit batches exactly once, recover."""

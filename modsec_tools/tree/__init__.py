@@ -1,0 +1,1 @@
+"""The Concurrent storage tree on disk: its layout, safe reads, deletes, quarantine."""
