@@ -80,7 +80,7 @@ def cmd_fleet(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _run(fleet: Any, target: Any, verbosity: int) -> int:
-    from .. import daemon
+    from ..daemon import process as daemon
     from .f2bsocket import Fail2BanError
     from .node import AlreadyRunning, run
     daemon.setup_logging("stderr", verbosity)

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from .. import daemon
+from ..daemon import process as daemon
 from ..owned import OwnedDir
 from .apply import Applier
 from .f2bdb import Fail2BanDb
