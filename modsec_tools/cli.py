@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="check the configuration", parents=[verbosity],
         description="'config check' validates every setting, the directories and their "
         "permissions (including whether Apache's user can reach the storage tree), and "
-        "connects to the database, and reports every problem at once (exit 2 when a "
+        "connects to the database (and, with fleet = yes, to the fleet's as this node's "
+        "user), and reports every problem at once (exit 2 when a "
         "setting cannot be used, 1 for any other error); 'config show' prints the "
         "settings as a configuration file that loads back to them (a database password "
         "shows as ***). Both create and change nothing (a database that does not exist "

@@ -10,6 +10,7 @@ import stat
 from . import serverconf
 from .config import Settings
 from .db import DatabaseError, Target, open_database, parse_target
+from .fleet import check as fleet_check
 
 
 def _directory(path: str, what: str, must_write: bool) -> list[tuple[str, str]]:
@@ -156,6 +157,7 @@ def check(settings: Settings) -> list[tuple[str, str]]:
     # Our paths can all be right while Apache's ModSecurity makes banning impossible.
     problems += [(finding.level, finding.text) for finding in serverconf.findings(
         serverconf.read_apache(), serverconf.read_jails(), settings.storage_dir)]
+    problems += fleet_check.problems(settings)
     try:
         target = parse_target(settings.db, settings.db_option_file)
     except ValueError as exc:

@@ -91,23 +91,13 @@ def _run(fleet: Any, target: Any, verbosity: int) -> int:
         return EXIT_FAILED
 
 
-def _connect(target: Any) -> Any:
-    import pymysql
-    errors = []
-    for host, port in target.places():
-        try:
-            return pymysql.connect(**target.connect_args(host, port))
-        except pymysql.err.MySQLError as exc:
-            errors.append(f"{target.unix_socket or f'{host}:{port}'}: {exc}")
-    raise ConnectionError("; ".join(errors))
-
-
 def _status(target: Any, state_dir: str, as_json: bool) -> int:
     import pymysql
     from . import status
+    from .target import connect
     shared, error = None, ""
     try:
-        conn = _connect(target)
+        conn = connect(target)
         try:
             shared = status.read(conn)
         finally:
@@ -125,8 +115,9 @@ def _status(target: Any, state_dir: str, as_json: bool) -> int:
 def _migrate(target: Any) -> int:
     import pymysql
     from .schema import CODE_SCHEMA, SchemaError, migrate
+    from .target import connect
     try:
-        conn = _connect(target)
+        conn = connect(target)
         try:
             before, after = migrate(conn, CODE_SCHEMA)
         finally:

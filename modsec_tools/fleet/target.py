@@ -69,6 +69,19 @@ class Target:
         return args
 
 
+def connect(target: Target) -> Any:
+    """A PyMySQL connection to the first place that answers; ConnectionError names each
+    place's refusal."""
+    import pymysql
+    errors = []
+    for host, port in target.places():
+        try:
+            return pymysql.connect(**target.connect_args(host, port))
+        except pymysql.err.MySQLError as exc:
+            errors.append(f"{target.unix_socket or f'{host}:{port}'}: {exc}")
+    raise ConnectionError("; ".join(errors))
+
+
 def parse(url: str, option_file: str = "") -> Target:
     """Read and check ``fleet_db`` with its option file; TargetError says what is wrong."""
     options = _option_file(option_file)
