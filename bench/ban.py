@@ -20,9 +20,10 @@ fail2ban-server (tests/f2b_harness.py), and never touches the host's firewall.
 3. Log-to-kernel latency of the jail's backend: 10 blocked lines for a fresh address are
    appended to the event log; time until the kernel blocks it (pyinotify vs polling).
 
-With --against DIR (the fail2ban/ directory of another tree, e.g. the previous commit's from
-`git archive`), step 1 also bans through that tree's action, in the same interleaved rounds:
-the two versions side by side.  --throughput-only skips steps 2 and 3 and the stock actions.
+With --against DIR (the fail2ban/ directory of another tree, e.g. an earlier commit's from
+`git archive` into a directory named after the commit), step 1 also bans through that tree's
+action, in the same interleaved rounds, and drives it alone: the two versions side by side,
+the table's third column named after DIR's parent.  --throughput-only skips steps 2 and 3 and the stock actions.
 
 usage: python3 bench/ban.py [--count N] [--stock-count N] [--packet-bans N] [--rounds N]
                             [--connects N] [--against DIR] [--throughput-only]
@@ -50,6 +51,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.runinfo import code_version, machine  # noqa: E402
 from tests.f2b_harness import (BUNDLE, PYTHON, Fail2Ban, Netns, append_events, event_line,  # noqa: E402
                                fail2ban_server, iptables_flavour, listener, netns)
 
@@ -226,7 +228,7 @@ print(json.dumps({"seconds": done - started, "queue_seconds": queued - started, 
 """
 
 
-def action_alone(backend: str, ips: list[str], bundle: Path = BUNDLE) -> dict:
+def action_alone(backend: str, ips: list[str], bundle: Path = BUNDLE, label: str = "") -> dict:
     """The action without fail2ban: ban() calls from one thread, until the kernel holds all."""
 
     with netns("mt-bench-") as ns:
@@ -236,7 +238,7 @@ def action_alone(backend: str, ips: list[str], bundle: Path = BUNDLE) -> dict:
         kind = out["backend"]
         held = kernel_count(ns, kind)
     assert held == len(ips), (held, len(ips))
-    suffix = "" if bundle == BUNDLE else f", {bundle}"
+    suffix = f", {label}" if label else ""
     result = {"name": f"modsec-block {backend}, without fail2ban{suffix}", "kind": kind, "count": len(ips),
               "seconds": out["seconds"], "rate": len(ips) / out["seconds"], "accepted": out["queue_seconds"]}
     print(f"  {result['name']:32s} {len(ips):6d} bans in {out['seconds']:7.2f} s = {result['rate']:8.0f} bans/s"
@@ -477,100 +479,103 @@ def found_time(f2b: Fail2Ban, ip: str) -> float:
 
 # -- report ------------------------------------------------------------------------------------
 
+ABOUT = (
+    "Our action (fail2ban/action.d/modsec-block.py) against fail2ban's stock actions, every setup "
+    "in a network namespace of its own with its own fail2ban-server. Through fail2ban: "
+    "`fail2ban-client set modsec banip` with {batch} addresses a call, {clients} calls in flight, "
+    "our shipped [modsec] jail (bantime.increment on), until the kernel holds every address; each "
+    "setup's bans split into {rounds_throughput} rounds interleaved across setups, bans/s = all "
+    "bans / summed time (slowest – fastest round in brackets). `fail2ban without action`: the "
+    "same jail with `action =`, fail2ban's own ceiling. Action alone: ban() called from one thread "
+    "without fail2ban. Through the filter: maxretry (2) blocked event-log lines for each of a "
+    "round's fresh addresses appended at once, until `nft monitor` saw the set hold them all. "
+    "Per-packet: connect() to 127.0.0.1:80 in the namespace by a client not banned, {rounds} "
+    "interleaved rounds of {connects}, median of the rounds' medians (p90 in brackets). Event-log "
+    "line → kernel: 10 blocked lines for a fresh address after a quiet spell of 0.3 to 1 s; "
+    "`found`: fail2ban's filter logged the 10th.")
+
+
+def rate(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    spread = f" ({min(row['rounds']):,.0f} – {max(row['rounds']):,.0f})" if row.get("rounds") else ""
+    return f"{row['rate']:,.0f}{spread}"
+
+
+def ratio(now: dict, before: dict | None) -> str:
+    return "–" if before is None else f"{now['rate'] / before['rate']:.2f}×"
+
+
+def throughput_rows(res: dict) -> list[tuple[str, dict, dict | None]]:
+    """(measure, this tree's row, the other tree's row or None), in the table's order."""
+    by_name = {row["name"]: row for row in res["throughput"]}
+    other = res.get("against")
+    rows = []
+    for name in OURS:
+        rows.append((f"bans/s through fail2ban: {name}", by_name[name],
+                     by_name.get(f"{name}, {other}")))
+    for backend in ("nftables", "ipset", "iptables-legacy"):
+        name = f"modsec-block {backend}, without fail2ban"
+        rows.append((f"bans/s, action alone: {backend}", by_name[name],
+                     by_name.get(f"{name}, {other}")))
+    rows += [(f"bans/s through fail2ban: {name}", by_name[name], None)
+             for name in {**NO_ACTION, **STOCK} if name in by_name]
+    rows += [(f"bans/s through the filter: {row['name']}", row, None)
+             for row in res.get("filtered", [])]
+    return rows
+
+
 def report(res: dict, command: str) -> str:
-    lines = ["## bench/ban.py", "",
-             f"Run {res['date']} on {res['machine']}; load average {res['load_before']:.2f} before, "
-             f"{res['load_after']:.2f} after (shared VM: other sessions' tests run at the same time, "
-             f"so absolute figures are noisy). fail2ban {res['fail2ban']} on {res['python']} "
-             f"({PYTHON}), the bench on Python {platform.python_version()}; `iptables -V`: "
-             f"{res['iptables']}. Took {res['minutes']:.1f} min.", "",
-             "```", command, "```", "",
-             "### Ban throughput (through fail2ban, until the kernel holds every address)", "",
-             f"`fail2ban-client set modsec banip` with {res['batch']} addresses per call, "
-             f"{res['clients']} calls in flight; jail = our shipped [modsec] (bantime.increment on). "
-             f"Each setup's bans are split into {res['rounds_throughput']} rounds, interleaved "
-             "across setups (the machine's load varies by the minute); bans/s = all bans / "
-             "summed time, with the slowest and fastest round. `server-side`: from fail2ban's "
-             "first `Ban` notice of each round to the kernel holding the round's last address "
-             "(leaves out fail2ban-client's own start-up, ~0.3 s of Python per call). `fail2ban "
-             "without action`: the same jail with `action =`, fail2ban's own ceiling. `without "
-             "fail2ban`: the action module driven directly (ban() calls from one thread), i.e. "
-             "what the action and the kernel alone sustain.", "",
-             "| action | bans | seconds | bans/s | rounds, bans/s | server-side bans/s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in res["throughput"]:
-        spread = f"{min(r['rounds']):.0f} – {max(r['rounds']):.0f}" if r.get("rounds") else "–"
-        server = f"{r['server_rate']:.0f}" if r.get("server_rate") else "–"
-        lines.append(f"| {r['name']} ({r['kind']}) | {r['count']} | {r['seconds']:.2f} | "
-                     f"**{r['rate']:.0f}** | {spread} | {server} |")
-    if res.get("filtered"):
-        lines += ["", "### Ban throughput through the filter (event-log lines to the kernel)", "",
-                  "maxretry (2) blocked event lines for each of N fresh addresses appended at once "
-                  "to the jail's log (N = the bans of one round); bans/s until `nft monitor` saw the "
-                  "kernel set hold them all (without action: until fail2ban's last `Ban` notice). "
-                  "The filter (our failregex on every line, a `Found` line each) is shared by all "
-                  "three; rounds interleaved.", "",
-                  "| jail | bans | seconds | bans/s | rounds, bans/s |", "|---|---:|---:|---:|---:|"]
-        for r in res["filtered"]:
-            lines.append(f"| {r['name']} | {r['count']} | {r['seconds']:.2f} | **{r['rate']:.0f}** | "
-                         f"{min(r['rounds']):.0f} – {max(r['rounds']):.0f} |")
-    if res["packets"]:
-        lines += packet_lines(res)
-    if res["latency"]:
-        lines += latency_lines(res)
-    return "\n".join(lines + [""] + NOTES) + "\n"
-
-
-def packet_lines(res: dict) -> list[str]:
-    lines = ["", "### Per-packet cost for a client that is not banned", "",
-              f"connect() to 127.0.0.1:80 in the namespace (SYN traverses INPUT and our rule); "
-              f"{res['rounds']} interleaved rounds of {res['connects']} connects per setup; "
-              "median of the per-round medians (and of the per-round 90th percentiles). Our "
-              "action's two rows come from the same namespace and prober: its set, filled through "
-              "fail2ban, is alternately emptied and refilled between rounds. The stock rows come "
-              "from separate namespaces (refilling 50,000 rules takes too long to alternate).", "",
-              "| setup | banned | connect median µs | p90 µs | vs 0 bans |",
-              "|---|---:|---:|---:|---:|"]
+    other = res.get("against") or "–"
+    lines = ["## bench/ban.py", "", ABOUT.format(**res), "",
+             f"**Command:** `{command}`. **When:** {res['date']}, code of {res['code']}, "
+             f"{res['minutes']:.1f} min. **Machine:** {res['machine']}; load average "
+             f"{res['load_before']:.2f} before, {res['load_after']:.2f} after (the VM is shared). "
+             f"**Interpreter:** fail2ban {res['fail2ban']} on {res['python']} ({PYTHON}), the "
+             f"bench on Python {platform.python_version()}; {res['iptables']}.", "",
+             f"| measure | this tree | {other} | this / {other} |", "|---|---:|---:|---:|"]
+    paired = []
+    for measure, now, before in throughput_rows(res):
+        lines.append(f"| {measure} | {rate(now)} | {rate(before)} | {ratio(now, before)} |")
+        if before is not None:
+            paired.append(now["rate"] / before["rate"])
     for row in res["packets"]:
-        lines.append(f"| {row['setup']} | {row['banned']} | {row['median_us']:.1f} | {row['p90_us']:.1f} | "
-                     f"{row['delta']:+.1f} % |")
-    return lines
+        lines.append(f"| connect() µs, not banned: {row['setup']}, {row['banned']:,} banned | "
+                     f"{row['median_us']:.1f} ({row['p90_us']:.1f}), {row['delta']:+.0f} % "
+                     f"against 0 | – | – |")
+    for row in res["latency"]:
+        lines.append(f"| event-log line → kernel ms, median (max): {row['backend']} | "
+                     f"{row['median_ms']:.0f} ({row['max_ms']:.0f}); found "
+                     f"{row['found_ms']:.0f} ({row['found_max_ms']:.0f}) | – | – |")
+    return "\n".join(lines + ["", "What the figures say:", ""] + verdicts(res, paired)) + "\n"
 
 
-def latency_lines(res: dict) -> list[str]:
-    lines = ["", "### Event log line to kernel ban (jail backend)", "",
-              "10 blocked lines for a fresh address appended at once, after a quiet spell of "
-              "0.3 to 1 s. `found`: until fail2ban's filter logged the 10th failure (its log has "
-              "ms resolution); `kernel`: until the kernel blocks the address. Without the fast "
-              "ban path, fail2ban's actions thread looks for tickets between sleeps of 0.2, 0.4, "
-              "0.6 and 0.8 s (Utils.wait_for), and its pyinotify filter sleeps 0.2 then 0.4 s "
-              "between waits after half a second without a line; the polling backend looks at "
-              "the file on its own schedule.", "",
-              "| jail backend | found median ms | found max ms | kernel median ms | kernel max ms |",
-              "|---|---:|---:|---:|---:|"]
-    for r in res["latency"]:
-        lines.append(f"| {r['backend']} | {r['found_ms']:.0f} | {r['found_max_ms']:.0f} | "
-                     f"{r['median_ms']:.0f} | {r['max_ms']:.0f} |")
-    return lines
+def verdicts(res: dict, paired: list[float]) -> list[str]:
+    out = []
+    if paired:
+        out.append(f"* Side by side with {res['against']}, this tree's action makes "
+                   f"{min(paired):.2f}–{max(paired):.2f}× its bans/s: within 15 % "
+                   f"{'met' if min(paired) >= 0.85 else '**not met**'} (rounds interleaved; "
+                   "single rounds swing by 2× or more on this shared VM, the ratios of the "
+                   "totals far less).")
+    by_name = {row["name"]: row for row in res["throughput"]}
+    if "fail2ban without action" in by_name:
+        share = by_name["modsec-block auto"]["rate"] / by_name["fail2ban without action"]["rate"]
+        out.append(f"* Through fail2ban the action reaches {share:.0%} of fail2ban's own ceiling "
+                   "(ticket handling, `Ban` notices, bantime.increment's database writes); alone "
+                   "it applies tens of thousands of bans a second: the rest is CPU shared with "
+                   "fail2ban on 2 vCPUs. The stock actions fork `iptables`/`ipset` once a ban.")
+    out += NOTES
+    return out
 
 
 NOTES = [
-    "Notes:", "",
-    "* Through fail2ban the action reaches about three quarters of fail2ban's own ceiling "
-    "(`fail2ban without action`: ticket handling, `Ban` notices, the database writes of "
-    "bantime.increment); the action alone applies tens of thousands of bans per second. The "
-    "rest is CPU: the kernel "
-    "work (libnftables parsing the batch, ipset restore) runs on the same 2 vCPUs as fail2ban. "
-    "A fork per batch costs more than its own time: it stalls fail2ban's other threads "
-    "(one `nft` process per 50 ms batch cut fail2ban's ban rate by about a third; hence "
-    "libnftables in-process, and 0.2 s between the transactions of a forking backend).",
-    "* The stock actions fork `iptables`/`ipset` once per ban; iptables-multiport also slows "
-    "down as its chain grows (iptables-nft re-reads the ruleset on every call).",
     "* Per-packet: a set lookup does not grow with the number of bans; the stock chain is "
     "walked rule by rule by every packet to the jailed ports.",
     "* Event log to kernel: with the fast ban path the kernel holds the address milliseconds "
-    "after fail2ban's filter decided; the polling backend still reads the file on its own "
-    "schedule (up to 0.8 s late).",
+    "after fail2ban's filter decided; without it fail2ban's actions thread looks for tickets "
+    "between sleeps of 0.2 to 0.8 s, and the polling backend reads the file on its own "
+    "schedule.",
 ]
 
 
@@ -614,7 +619,11 @@ def main() -> int:
         return 2
     command = " ".join(["python3 bench/ban.py", *sys.argv[1:]])
     started = time.monotonic()
-    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
+    # the other tree is named after its directory, or its parent's for a fail2ban/ directory
+    label = None if args.against is None else (
+        args.against.resolve().parent.name if args.against.name == "fail2ban" else str(args.against))
+    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "code": code_version(),
+           "against": label,
            "load_before": os.getloadavg()[0],
            "fail2ban": subprocess.run(["fail2ban-client", "-V"], capture_output=True, text=True).stdout.strip(),
            "python": subprocess.run([PYTHON, "-V"], capture_output=True, text=True).stdout.strip(),
@@ -628,7 +637,7 @@ def main() -> int:
         setups = {name: (action, kind, args.stock_count if name in STOCK else args.count, BUNDLE)
                   for name, (action, kind) in {**OURS, **others}.items()}
         if args.against:
-            setups.update({f"{name}, {args.against}": (action, kind, args.count, args.against.resolve())
+            setups.update({f"{name}, {label}": (action, kind, args.count, args.against.resolve())
                            for name, (action, kind) in OURS.items()})
         state = throughput(stack, setups, args)
         res["throughput"] = [{k: v for k, v in st.items() if k not in ("ns", "f2b", "ips")}
@@ -639,7 +648,8 @@ def main() -> int:
             res["throughput"].append(action_alone(backend, addresses(args.count)))
         if args.against:
             for backend in ("nftables", "ipset", "iptables-legacy"):
-                res["throughput"].append(action_alone(backend, addresses(args.count), args.against.resolve()))
+                res["throughput"].append(action_alone(backend, addresses(args.count),
+                                                      args.against.resolve(), label))
         print(f"1b. through the filter: {args.filter_count} addresses a round, maxretry 2", flush=True)
         with ExitStack() as inner:
             res["filtered"] = filter_throughput(inner, args)

@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 # the writer processes inherit it
 os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 
+from bench.runinfo import code_version, machine  # noqa: E402
 from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402
 from tests import watch_helpers as wh  # noqa: E402
 
@@ -560,21 +561,6 @@ NOTES = [
     f"{WORKERS_IDLE_SECONDS:.0f} s without one).",
     "",
 ]
-
-
-def code_version() -> str:
-    """The commit measured, marked when the tree has uncommitted changes."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
-    return git("rev-parse", "--short", "HEAD").strip() + (" + uncommitted changes" if dirty else "")
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())
-    return f"{os.cpu_count()} vCPUs ({model}), Linux {platform.release()}"
 
 
 # -- main -------------------------------------------------------------------------------------
