@@ -4,7 +4,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 import stat
 
 from . import serverconf
@@ -48,20 +47,15 @@ def _index_log_problems(path: str) -> list[tuple[str, str]]:
                         "with SecAuditLog set)")]
 
 
-# Who writes the entries: Apache's children. Debian names its user in envvars.
-_ENVVARS = "/etc/apache2/envvars"
-_RUN_USER = re.compile(r"^export APACHE_RUN_USER=(\S+)", re.M)
+# Apache's children write the entries: the User its configuration names (with Debian's
+# envvars), else the distributions' usual ones.
 _USUAL_USERS = ("www-data", "apache", "httpd", "wwwrun")
 
 
-def apache_user(envvars: str = _ENVVARS) -> pwd.struct_passwd | None:
-    names = list(_USUAL_USERS)
-    try:
-        with open(envvars, encoding="utf-8", errors="replace") as stream:
-            names = _RUN_USER.findall(stream.read())[-1:] + names
-    except OSError:
-        pass
-    for name in names:
+def apache_user(apache: serverconf.Apache | None = None) -> pwd.struct_passwd | None:
+    apache = serverconf.read_apache() if apache is None else apache
+    names = [apache.user] if apache.user else []
+    for name in names + list(_USUAL_USERS):
         try:
             return pwd.getpwnam(name)
         except KeyError:
@@ -130,7 +124,8 @@ def _unreachable(storage: str, user: pwd.struct_passwd, blocker: str, info: os.s
                        "in SecAuditLogStorageDir and storage_dir")
 
 
-def tree_problems(settings: Settings) -> list[tuple[str, str]]:
+def tree_problems(settings: Settings,
+                  apache: serverconf.Apache | None = None) -> list[tuple[str, str]]:
     """The storage tree and the index log: what Apache writes, not us (watch checks them
     before it starts)."""
     problems: list[tuple[str, str]] = []
@@ -142,21 +137,22 @@ def tree_problems(settings: Settings) -> list[tuple[str, str]]:
     elif not os.path.isdir(settings.storage_dir):
         problems.append(("error", f"storage_dir {settings.storage_dir} is not a directory"))
     else:
-        problems += _apache_reaches(settings.storage_dir, apache_user())
+        problems += _apache_reaches(settings.storage_dir, apache_user(apache))
     if settings.index_log:
         problems.extend(_index_log_problems(settings.index_log))
     return problems
 
 
 def check(settings: Settings) -> list[tuple[str, str]]:
-    problems = tree_problems(settings)
+    apache = serverconf.read_apache()
+    problems = tree_problems(settings, apache)
     problems += _output_file(settings.archive, "archive")
     problems += _output_file(settings.event_log, "event_log")
     problems += _directory(settings.state_dir, "state_dir", must_write=True)
     problems += _directory(settings.quarantine_dir, "quarantine_dir", must_write=True)
     # Our paths can all be right while Apache's ModSecurity makes banning impossible.
     problems += [(finding.level, finding.text) for finding in serverconf.findings(
-        serverconf.read_apache(), serverconf.read_jails(), settings.storage_dir)]
+        apache, serverconf.read_jails(), settings.storage_dir)]
     problems += fleet_check.problems(settings)
     try:
         target = parse_target(settings.db, settings.db_option_file)

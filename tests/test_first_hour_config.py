@@ -182,6 +182,17 @@ def test_includes_are_followed_in_apaches_order(tmp_path):
     assert apache.user == "www-data" and apache.loaded
 
 
+def test_the_storage_trees_writer_is_the_user_apache_names(tmp_path):
+    """A User other than the distribution's (an ITK or hardened set-up): the reach check
+    judges the tree for that user, as Apache resolves it (envvars included)."""
+    stock_debian(tmp_path, copied=True)
+    (tmp_path / "etc/apache2/envvars").write_text("export APACHE_RUN_USER=nobody\n"
+                                                  "export APACHE_RUN_GROUP=nogroup\n")
+    assert configcheck.apache_user(serverconf.read_apache(str(tmp_path))).pw_name == "nobody"
+    (tmp_path / "etc/apache2/envvars").unlink()          # ${APACHE_RUN_USER} unset: the usual
+    assert configcheck.apache_user(serverconf.read_apache(str(tmp_path))).pw_name == "www-data"
+
+
 def test_config_check_reports_it(tmp_path, monkeypatch):
     """``config check`` adds what serverconf finds (errors count as errors), read from the
     live /etc (here: the staged tree, through serverconf's defaults)."""
