@@ -55,6 +55,7 @@ os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 
 from bench.runinfo import code_version, machine  # noqa: E402
 from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402
+from modsec_tools.pipeline.journal import batch_entries  # noqa: E402
 from tests import watch_helpers as wh  # noqa: E402
 
 #: Offered load one writer process is asked for at most: file creation costs ~0.4-1 ms of
@@ -162,8 +163,8 @@ class Observer:
             record = json.loads(buf[offset + HEADER.size:end])
             if record.get("type") == "batch":
                 self.batches[record["seq"]] = [
-                    relpath.rsplit("/", 1)[1].split("-", 2)[2]
-                    for relpath, *_rest in record["files"]]
+                    entry.path.rsplit("/", 1)[1].split("-", 2)[2]
+                    for entry in batch_entries(record)]
             elif record.get("type") == "done":
                 for uid in self.batches.pop(record["seq"], []):
                     if uid not in self.done:
@@ -515,7 +516,8 @@ def report(res: dict, command: str) -> str:
         f"{', '.join(f'{int(x):,}' for x in res['ladder'].split(','))}/s, "
         f"{res['rung']}; a rung holds when every entry is done, done p99 < 1 s "
         "and the last fifth's median done latency < 2× the first fifth's + 50 ms. Drain: the "
-        "daemon SIGSTOPped while 5,000 entries are written, then continued, with the periodic "
+        f"daemon SIGSTOPped while {res['configs'][0]['drain']['count']:,} entries are written, "
+        "then continued, with the periodic "
         "rescan and without. CPU: daemon + workers, from /proc. Memory: peak RSS (VmHWM) of "
         "the daemon and of its examiner workers; PSS of the whole process tree (daemon, "
         "workers, multiprocessing's helper) right after the drain and in steady state, "
