@@ -99,6 +99,20 @@ def test_a_scoped_address_costs_no_other_ban_of_its_batch(backend):
 
 @pytest.mark.root
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_readmes_first_ban_from_127_0_0_2_reaches_the_kernel(backend):
+    """README's first try bans 127.0.0.2 (its jails unignore it): the kernel must hold it,
+    while the host's own 127.0.0.1 stays refused."""
+    with netns() as ns, fail2ban_server(ns, jail(backend, bantime="600")) as f2b:
+        f2b.banip("modsec", "127.0.0.2", "127.0.0.1")
+        wait_for(lambda: set(kernel_bans(ns, backend, NAME)) == {"127.0.0.2"},
+                 what="127.0.0.2 in the kernel")
+        refusals = _refusals(f2b.log_text(), "127.0.0.1")
+        assert len(refusals) == 1 and "loopback" in refusals[0], refusals
+        assert not _refusals(f2b.log_text(), "127.0.0.2")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_flood_restart_and_kill_keep_fail2ban_and_the_kernel_in_agreement(backend):
     """10,000 addresses with every unbannable class and IPv4-mapped ones mixed in; then an
     orderly restart, whose restore reads the same addresses back from fail2ban's database;

@@ -17,13 +17,16 @@ class Unbannable(ValueError):
 
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-# Sources never blocked: none is a real client, and a loopback ban cuts the host off from
-# itself (a local proxy, health checks) on the blocked ports.
+# The addresses a host reaches itself from (a local proxy, health checks). The rest of
+# 127.0.0.0/8 is bannable: README's first ban is tried from 127.0.0.2.
+_SELF = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
+# Sources never blocked: none is a real client, or the ban cuts the host off from itself.
 _NEVER = (
     (lambda a: a.is_unspecified, "the unspecified address: no host sends from it"),
     (lambda a: a == _BROADCAST, "the broadcast address: no host sends from it"),
     (lambda a: a.is_multicast, "a multicast address: never the source of a connection"),
-    (lambda a: a.is_loopback, "a loopback address: blocking it cuts the host off from itself"),
+    (lambda a: a in _SELF, "the host's own loopback address: blocking it cuts the host off "
+                           "from itself"),
 )
 
 
