@@ -570,6 +570,22 @@ def fail2ban_server(ns: Netns, jails: str, *, server_options: dict[str, str] | N
             shutil.rmtree(base, ignore_errors=True)
 
 
+def attack_jail(*, firewall: str, port: str | int, bantime: int, maxtime: int, ignoreip: str,
+                settings: str = "") -> str:
+    """jail.local text for our [modsec] jail as the attack tests run it: the event log read
+    by pyinotify, three blocked requests in a minute ban, bans that grow up to ``maxtime``
+    (bantime.increment), DROP at ``port`` by modsec-block's ``firewall`` backend, the
+    server's own addresses in ``ignoreip``; ``settings``: more lines of the jail. ``{root}``
+    stays for fail2ban_server()."""
+    return "\n".join([
+        "[modsec]", "enabled = true", "logpath = {root}/events.log", "backend = pyinotify",
+        "maxretry = 3", "findtime = 60", f"bantime = {bantime}", "bantime.increment = true",
+        f"bantime.maxtime = {maxtime}", *settings.splitlines(), "ignoreself = false",
+        f"ignoreip = {ignoreip}", f"port = {port}",
+        f'action = modsec-block.py[backend={firewall}, blocktype=DROP, port="{port}", '
+        "protocol=tcp]", ""])
+
+
 # ---------------------------------------------------------------------------------------
 # what the kernel holds
 

@@ -31,22 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _jail(backend: str) -> str:
-    return f"""
-        [modsec]
-        enabled = true
-        logpath = {{root}}/events.log
-        backend = pyinotify
-        maxretry = 3
-        findtime = 60
-        bantime = {BANTIME}
-        bantime.increment = true
-        bantime.factor = 1
-        bantime.maxtime = 60
-        ignoreself = false
-        ignoreip = 127.0.0.1 198.18.0.1 fd00::1
-        port = {PORT}
-        action = modsec-block.py[backend={backend}, blocktype=DROP, port="{PORT}", protocol=tcp]
-        """
+    return f2b.attack_jail(firewall=backend, port=PORT, bantime=BANTIME, maxtime=60,
+                           ignoreip="127.0.0.1 198.18.0.1 fd00::1", settings="bantime.factor = 1")
 
 
 def _start_watch(tmp: Path, storage: Path, event_log: Path) -> subprocess.Popen:

@@ -42,21 +42,8 @@ FLEET_JAILS = REPO / "fail2ban" / "jail.d" / "modsec-fleet.conf"
 
 pytestmark = pytest.mark.root
 
-JAILS = """
-[modsec]
-enabled = true
-logpath = {{root}}/events.log
-backend = pyinotify
-maxretry = 3
-findtime = 60
-bantime = {bantime}
-bantime.increment = true
-bantime.maxtime = 600
-ignoreself = false
-ignoreip = 127.0.0.1/8 {server}
-port = http
-action = modsec-block.py[backend=nftables, blocktype=DROP, port="http", protocol=tcp]
-
+# the jails beside [modsec] (f2b.attack_jail)
+OTHER_JAILS = """
 [modsec-recidive]
 enabled = true
 logpath = {{root}}/fail2ban.log
@@ -262,8 +249,10 @@ class Fleet:
         ns = f2b.Netns(netns.name)
         root = self.tmp / name
         root.mkdir(mode=0o700)
-        jails = JAILS.format(bantime=self.bantime, ignoreip=ignoreip, server=SERVER,
-                             ignoreself=str(ignoreself).lower())
+        jails = f2b.attack_jail(firewall="nftables", port="http", bantime=self.bantime,
+                                maxtime=600, ignoreip=f"127.0.0.1/8 {SERVER}")
+        jails += OTHER_JAILS.format(ignoreip=ignoreip, server=SERVER,
+                                    ignoreself=str(ignoreself).lower())
         (root / "f2b").mkdir(mode=0o700)
         server = self.stack.enter_context(f2b.fail2ban_server(
             ns, jails, root=root / "f2b",
