@@ -51,7 +51,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runinfo import code_version, machine  # noqa: E402
+from bench.runinfo import code_version, machine, write_section  # noqa: E402
 from tests.f2b_harness import (BUNDLE, PYTHON, Fail2Ban, Netns, append_events, event_line,  # noqa: E402
                                fail2ban_server, iptables_flavour, listener, netns)
 
@@ -579,17 +579,6 @@ NOTES = [
 ]
 
 
-def update_results(path: Path, section: str) -> None:
-    """Replace (or append) only the '## bench/ban.py' section; the others are kept."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## bench/ban\.py\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=10000, help="bans per action (ours)")
@@ -686,7 +675,7 @@ def finish(res: dict, command: str, started: float, args) -> int:
     print()
     print(section)
     if args.results:
-        update_results(args.results, section)
+        write_section(args.results, section)
         print(f"updated {args.results}")
     return 0
 

@@ -41,7 +41,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.runinfo import code_version, machine, write_section  # noqa: E402
 from modsec_tools.fleet.f2bsocket import Fail2BanSocket  # noqa: E402
+from tests.f2b_harness import PYTHON  # noqa: E402
 from tests.realparts.mariadb import MariaDB  # noqa: E402
 from tests.test_fleet_harness import Fleet, FleetDb, GaleraCluster, Server  # noqa: E402
 
@@ -202,13 +204,14 @@ def run(kind: str, args: argparse.Namespace) -> dict:
             "samples": len(delays), "idle": idle, "busy": busy, **flooded}
 
 
-def table(results: list[dict], args: argparse.Namespace) -> str:
+def section(results: list[dict], args: argparse.Namespace, command: str, load: float) -> str:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    lines = [f"### `python3 bench/fleet.py --bans {args.bans} --flood {args.flood} --idle "
-             f"{args.idle}` — {when}, code of {commit}, {os.cpu_count()} vCPUs "
-             f"({platform.python_version()}), load average {os.getloadavg()[0]:.2f}", "",
+    lines = [HEADING, "", PREAMBLE,
+             f"**Command:** `{command}`. **When:** {when}, code of {code_version()}. "
+             f"**Machine:** {machine()}; load average {load:.2f} before, "
+             f"{os.getloadavg()[0]:.2f} after (the VM is shared). **Interpreter:** the fleet "
+             f"daemons and the bench on Python {platform.python_version()} ({sys.executable}), "
+             f"fail2ban on {PYTHON}.", "",
              "| | one MariaDB | Galera, 3 nodes |", "| --- | ---: | ---: |"]
     by = {r["kind"]: r for r in results}
 
@@ -227,31 +230,30 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         lambda r: " / ".join(f"{r['idle'][n]:.1f}" for n in ("web1", "web2", "web3")))
     row("queries/s per node, flood (web1/web2/web3)",
         lambda r: " / ".join(f"{r['busy'][n]:.1f}" for n in ("web1", "web2", "web3")))
+    lines += ["", "What the figures say (the goals of #19):", ""]
+    lines += [verdict(r) for r in results]
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section (the heading to the next '## ') or append it."""
-    content = path.read_text() if path.exists() else ""
-    section = f"{HEADING}\n\n{PREAMBLE}\n{text}"
-    if HEADING in content:
-        start = content.index(HEADING)
-        following = content.find("\n## ", start + len(HEADING))
-        end = len(content) if following < 0 else following + 1
-        content = content[:start] + section + ("\n" if following >= 0 else "") + content[end:]
-    else:
-        content = content.rstrip("\n") + "\n\n" + section
-    path.write_text(content)
+def verdict(r: dict) -> str:
+    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    reach = max(r["web2_all_s"], r["web3_all_s"])
+    return (f"* {'one MariaDB' if r['kind'] == 'single' else 'Galera'}: propagation p50 ≤ 200 ms "
+            f"{met(r['p50'] <= 0.2)}, p99 ≤ 1 s {met(r['p99'] <= 1)}; the flood in every "
+            f"other kernel within 10 s {met(reach <= 10)} ({reach:.1f} s); apply rate ≥ 2,000/s "
+            f"{met(r['catch_up_rate'] >= 2000)}.")
 
 
 PREAMBLE = """\
 Three servers as network namespaces (own fail2ban, nft sets, fleet daemon, least-privileged
 user), one MariaDB (daemons on its unix socket) or a 3-node Galera cluster on loopback ports
 (daemons over TCP, each on its own node). Propagation: a ban sent to web1's fail2ban until
-`nft monitor` in web2's and web3's namespaces shows it in mt-modsec-fleet. Queries per node:
-MariaDB's USER_STATISTICS of the node's user (summed over the Galera nodes). The daemons
-read fail2ban's bans table every 50 ms and the other nodes' heads every 100 ms: propagation
-is mostly these two waits.
+`nft monitor` in web2's and web3's namespaces shows it in mt-modsec-fleet. Flood: the
+addresses banned on web1 within 5 s, until every other kernel holds them all; apply rate:
+web3's daemon stopped while web1 bans as many again, then started. Queries per node:
+MariaDB's USER_STATISTICS of the node's user (summed over the Galera nodes), idle and
+during the flood. The daemons read fail2ban's bans table every 50 ms and the other nodes'
+heads every 100 ms: propagation is mostly these two waits.
 """
 
 
@@ -266,15 +268,17 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
+    command = " ".join(["python3 bench/fleet.py", *sys.argv[1:]])
+    load = os.getloadavg()[0]
     results = []
     for kind in ([args.only] if args.only else ["single", "galera"]):
         result = run(kind, args)
         print(result, flush=True)
         results.append(result)
-    text = table(results, args)
+    text = section(results, args, command, load)
     print(text)
     if args.results:
-        write_results(args.results, text)
+        write_section(args.results, text)
     return 0
 
 

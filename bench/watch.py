@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 # the writer processes inherit it
 os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 
-from bench.runinfo import code_version, machine  # noqa: E402
+from bench.runinfo import code_version, machine, write_section  # noqa: E402
 from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402
 from modsec_tools.pipeline.journal import batch_entries  # noqa: E402
 from tests import watch_helpers as wh  # noqa: E402
@@ -539,17 +539,6 @@ def report(res: dict, command: str) -> str:
     lines += [verdicts(config) for config in res["configs"]]
     lines += NOTES
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) only the '## bench/watch.py' section; the others are kept."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## bench/watch\.py\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 NOTES = [
