@@ -102,21 +102,21 @@ class Outcome:
 
 
 def render(ref: EntryRef, data: bytes, info: os.stat_result, event: Event,
-           rules: ExamineSettings) -> Outcome:
-    entry = Rendering(event, data, rules.policy.verdict(event), rules.node)
+           settings: ExamineSettings) -> Outcome:
+    entry = Rendering(event, data, settings.policy.verdict(event), settings.node)
     return Outcome(ref, Decision.TAKE, data=data, inode=info.st_ino, device=info.st_dev,
                    mtime_ns=info.st_mtime_ns, ctime_ns=info.st_ctime_ns, verdict=entry.verdict,
-                   pieces=tuple(r.render(entry) for r in rules.renderers),
+                   pieces=tuple(r.render(entry) for r in settings.renderers),
                    status=event.status, crc=zlib.crc32(data))
 
 
 def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | None,
-            rules: ExamineSettings, cutoff: float | None = None) -> Outcome:
+            settings: ExamineSettings, cutoff: float | None = None) -> Outcome:
     """``cutoff``: a scanned file changed at or after this time is left for its own
     IN_CLOSE_WRITE (the watcher's start-up scan must not take live entries before the
     backlog just because examining the backlog took a while)."""
     try:
-        file = tree.read(ref, rules.max_entry_size)
+        file = tree.read(ref, settings.max_entry_size)
     except UnsafeFile as exc:
         return Outcome(ref, Decision.QUARANTINE, str(exc))
     except FileNotFoundError:
@@ -125,7 +125,7 @@ def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | N
         return Outcome(ref, Decision.ERROR, f"cannot read: {exc.strerror or exc}")
     if file.truncated:
         return Outcome(ref, Decision.QUARANTINE,
-                       f"larger than max_entry_size ({rules.max_entry_size} bytes)")
+                       f"larger than max_entry_size ({settings.max_entry_size} bytes)")
     if not file.settled:  # its writer is still at it: what was read matches no stat of it
         return Outcome(ref, Decision.WAIT, "changed while it was read")
     # Ages are taken as of the scan, not of this examination, which may come later.
@@ -133,7 +133,7 @@ def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | N
     try:
         if index is not None:
             verify(file.data, index)
-        event = parse_entry(file.data, ref.relpath, rules.proxies, index)
+        event = parse_entry(file.data, ref.relpath, settings.proxies, index)
         problem = ("; ".join(event.problems) or "incomplete entry") if event.incomplete else None
     except ParseError as exc:
         problem = str(exc)
@@ -144,15 +144,15 @@ def examine(tree: StorageTree, ref: EntryRef, proof: Proof, index: IndexLine | N
         # one write too early (taking it would archive it, and its final form, twice).
         problem = "entry does not end with its newline (still being written)"
     if problem is not None:
-        final = index is not None or proof == Proof.CLOSED or age >= rules.quarantine_after
+        final = index is not None or proof == Proof.CLOSED or age >= settings.quarantine_after
         return Outcome(ref, Decision.QUARANTINE if final else Decision.WAIT, problem)
     if proof == Proof.SCAN and cutoff is not None and file.stat.st_mtime >= cutoff:
         return Outcome(ref, Decision.WAIT, "written after the scan began")
     if proof == Proof.SCAN and index is None:
-        settle = max(rules.settle_seconds, UNINDEXED_GRACE if rules.index_mode else 0.0)
+        settle = max(settings.settle_seconds, UNINDEXED_GRACE if settings.index_mode else 0.0)
         if age < settle:
             return Outcome(ref, Decision.WAIT, "settling")
-    return render(ref, file.data, file.stat, event, rules)
+    return render(ref, file.data, file.stat, event, settings)
 
 
 # -- worker processes --------------------------------------------------------------------------
@@ -164,11 +164,11 @@ _worker: tuple[StorageTree, ExamineSettings] | None = None
 WORKER_MESSAGES = 4096
 
 
-def _init_worker(root: str, rules: ExamineSettings) -> None:
+def _init_worker(root: str, settings: ExamineSettings) -> None:
     global _worker
     _die_with_parent()
     keep_messages(WORKER_MESSAGES)
-    _worker = (StorageTree(root), rules)
+    _worker = (StorageTree(root), settings)
 
 
 def _die_with_parent() -> None:
@@ -192,16 +192,16 @@ def _examine_chunk(items: list[ChunkItem], cutoff: float | None,
     bytes of entries (at least one is always examined); the items left over go back to the
     caller."""
     assert _worker is not None
-    tree, rules = _worker
+    tree, settings = _worker
     outcomes: list[tuple] = []
     held = 0
     try:
         for position, (dirs, name, proof, index) in enumerate(items):
             if held >= budget:
                 return outcomes, items[position:]
-            outcome = examine(tree, EntryRef(dirs, name), proof, index, rules, cutoff)
+            outcome = examine(tree, EntryRef(dirs, name), proof, index, settings, cutoff)
             held += len(outcome.data)
-            outcomes.append(outcome.to_wire(rules.renderers))
+            outcomes.append(outcome.to_wire(settings.renderers))
         return outcomes, []
     finally:
         tree.release()
@@ -216,7 +216,7 @@ class ExaminerPool:
     # memory (120 entries with 8 MB bodies took the daemon to 2 GB).
     CHUNK_BYTES = 4 << 20
 
-    def __init__(self, root: str, rules: ExamineSettings, workers: int, ahead: int = 0) -> None:
+    def __init__(self, root: str, settings: ExamineSettings, workers: int, ahead: int = 0) -> None:
         """``ahead``: entries to have examined beyond what the caller has taken, so the
         workers keep busy while it commits a batch (the pipeline passes its batch size);
         with a window smaller than a batch they would stand idle during every commit."""
@@ -224,9 +224,9 @@ class ExaminerPool:
         # instance lock, inotify, journal) and keep them after the daemon's death. (Nor a
         # fork server: its workers hold it alive, so they would outlive a killed daemon.)
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
-            "spawn"), initializer=_init_worker, initargs=(root, rules))
+            "spawn"), initializer=_init_worker, initargs=(root, settings))
         self.workers = workers
-        self.renderers = rules.renderers
+        self.renderers = settings.renderers
         self.in_flight = max(2 * workers, -(-ahead // self.CHUNK) + workers)
 
     def warm_up(self) -> None:
