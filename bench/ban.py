@@ -51,7 +51,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runinfo import code_version, machine, write_section  # noqa: E402
+from bench.runinfo import code_version, machine, publish  # noqa: E402
 from tests.f2b_harness import (BUNDLE, PYTHON, Fail2Ban, Netns, append_events, event_line,  # noqa: E402
                                fail2ban_server, iptables_flavour, listener, netns)
 
@@ -671,12 +671,7 @@ def main() -> int:
 def finish(res: dict, command: str, started: float, args) -> int:
     res["load_after"] = os.getloadavg()[0]
     res["minutes"] = (time.monotonic() - started) / 60
-    section = report(res, command)
-    print()
-    print(section)
-    if args.results:
-        write_section(args.results, section)
-        print(f"updated {args.results}")
+    publish(report(res, command), args.results)
     return 0
 
 

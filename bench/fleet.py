@@ -41,7 +41,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runinfo import code_version, machine, write_section  # noqa: E402
+from bench.runinfo import code_version, machine, publish  # noqa: E402
 from modsec_tools.fleet.f2bsocket import Fail2BanSocket  # noqa: E402
 from tests.f2b_harness import PYTHON  # noqa: E402
 from tests.realparts.mariadb import MariaDB  # noqa: E402
@@ -275,10 +275,7 @@ def main() -> int:
         result = run(kind, args)
         print(result, flush=True)
         results.append(result)
-    text = section(results, args, command, load)
-    print(text)
-    if args.results:
-        write_section(args.results, text)
+    publish(section(results, args, command, load), args.results)
     return 0
 
 

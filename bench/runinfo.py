@@ -37,3 +37,11 @@ def write_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def publish(section: str, results: Path | None) -> None:
+    """Print a benchmark's section, and write it into ``results`` when given."""
+    print(f"\n{section}")
+    if results is not None:
+        write_section(results, section)
+        print(f"updated {results}")

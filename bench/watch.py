@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 # the writer processes inherit it
 os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 
-from bench.runinfo import code_version, machine, write_section  # noqa: E402
+from bench.runinfo import code_version, machine, publish  # noqa: E402
 from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402
 from modsec_tools.pipeline.journal import batch_entries  # noqa: E402
 from tests import watch_helpers as wh  # noqa: E402
@@ -261,15 +261,24 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def pss_kb(pid: int) -> int:
-    """Proportional set size: shared pages split between the processes that map them."""
+def proc_kb(pid: int, name: str, field: str) -> int:
+    """A figure in kB from /proc/<pid>/<name> (``field:`` lines); 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes that map them."""
+    return proc_kb(pid, "smaps_rollup", "Pss")
+
+
+def vm_hwm(pid: int) -> int:
+    return proc_kb(pid, "status", "VmHWM")
 
 
 def tree_pss_kb(pid: int) -> int:
@@ -280,16 +289,6 @@ def tree_pss_kb(pid: int) -> int:
         tree.append(one)
         todo += children(one)
     return sum(pss_kb(one) for one in tree)
-
-
-def vm_hwm(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 # -- the phases -------------------------------------------------------------------------------
@@ -593,10 +592,7 @@ def main() -> int:
     res["load_after"] = Path("/proc/loadavg").read_text().split()[0]
     res["minutes"] = (time.monotonic() - began) / 60
     print(json.dumps(res), flush=True)  # the raw figures, should the report need redoing
-    section = report(res, command)
-    print(section)
-    if args.results:
-        write_section(args.results, section)
+    publish(report(res, command), args.results)
     return 0
 
 
