@@ -22,8 +22,9 @@ fail2ban-server (tests/f2b_harness.py), and never touches the host's firewall.
 
 With --against DIR (the fail2ban/ directory of another tree, e.g. an earlier commit's from
 `git archive` into a directory named after the commit), step 1 also bans through that tree's
-action, in the same interleaved rounds, and drives it alone: the two versions side by side,
-the table's third column named after DIR's parent.  --throughput-only skips steps 2 and 3 and the stock actions.
+action, in the same interleaved rounds, and drives it alone: the versions side by side, each
+tree's columns named after DIR's parent; it may be given more than once. --throughput-only
+skips steps 2 and 3 and the stock actions.
 
 usage: python3 bench/ban.py [--count N] [--stock-count N] [--packet-bans N] [--rounds N]
                             [--connects N] [--against DIR] [--throughput-only]
@@ -229,7 +230,8 @@ print(json.dumps({"seconds": done - started, "queue_seconds": queued - started, 
 
 
 def action_alone(backend: str, ips: list[str], bundle: Path = BUNDLE, label: str = "") -> dict:
-    """The action without fail2ban: ban() calls from one thread, until the kernel holds all."""
+    """The action without fail2ban: ban() calls from one thread, until the kernel holds all
+    (a fresh namespace)."""
 
     with netns("mt-bench-") as ns:
         proc = ns.run(PYTHON, "-c", _ALONE, str(bundle / "action.d" / "modsec-block.py"), backend,
@@ -244,6 +246,24 @@ def action_alone(backend: str, ips: list[str], bundle: Path = BUNDLE, label: str
     print(f"  {result['name']:32s} {len(ips):6d} bans in {out['seconds']:7.2f} s = {result['rate']:8.0f} bans/s"
           f"  (ban() calls done after {out['queue_seconds']:.2f} s)", flush=True)
     return result
+
+
+def actions_alone(trees: dict[str, Path], count: int, rounds: int) -> list[dict]:
+    """action_alone() for every backend of every tree ('' is this one), ``count`` bans each
+    split into ``rounds`` rounds interleaved across them; bans/s = all bans / summed time."""
+    out: dict[str, dict] = {}
+    for r in range(rounds):
+        for label, bundle in trees.items():
+            for backend in ("nftables", "ipset", "iptables-legacy"):
+                one = action_alone(backend, addresses(count // rounds), bundle, label)
+                total = out.setdefault(one["name"], {**one, "count": 0, "seconds": 0.0,
+                                                     "rounds": []})
+                total["count"] += one["count"]
+                total["seconds"] += one["seconds"]
+                total["rounds"].append(one["rate"])
+    for total in out.values():
+        total["rate"] = total["count"] / total["seconds"]
+    return list(out.values())
 
 
 # -- 2. per-packet cost ------------------------------------------------------------------------
@@ -487,7 +507,8 @@ ABOUT = (
     "setup's bans split into {rounds_throughput} rounds interleaved across setups, bans/s = all "
     "bans / summed time (slowest – fastest round in brackets). `fail2ban without action`: the "
     "same jail with `action =`, fail2ban's own ceiling. Action alone: ban() called from one thread "
-    "without fail2ban. Through the filter: maxretry (2) blocked event-log lines for each of a "
+    "without fail2ban, in as many rounds, interleaved too. Other trees: the action of an earlier "
+    "commit's fail2ban/ directory, in the same rounds. Through the filter: maxretry (2) blocked event-log lines for each of a "
     "round's fresh addresses appended at once, until `nft monitor` saw the set hold them all. "
     "Per-packet: connect() to 127.0.0.1:80 in the namespace by a client not banned, {rounds} "
     "interleaved rounds of {connects}, median of the rounds' medians (p90 in brackets). Event-log "
@@ -506,58 +527,59 @@ def ratio(now: dict, before: dict | None) -> str:
     return "–" if before is None else f"{now['rate'] / before['rate']:.2f}×"
 
 
-def throughput_rows(res: dict) -> list[tuple[str, dict, dict | None]]:
-    """(measure, this tree's row, the other tree's row or None), in the table's order."""
+def throughput_rows(res: dict) -> list[tuple[str, dict, list[dict | None]]]:
+    """(measure, this tree's row, each other tree's row or None), in the table's order."""
     by_name = {row["name"]: row for row in res["throughput"]}
-    other = res.get("against")
+    others = res["against"]
     rows = []
     for name in OURS:
         rows.append((f"bans/s through fail2ban: {name}", by_name[name],
-                     by_name.get(f"{name}, {other}")))
+                     [by_name.get(f"{name}, {other}") for other in others]))
     for backend in ("nftables", "ipset", "iptables-legacy"):
         name = f"modsec-block {backend}, without fail2ban"
         rows.append((f"bans/s, action alone: {backend}", by_name[name],
-                     by_name.get(f"{name}, {other}")))
-    rows += [(f"bans/s through fail2ban: {name}", by_name[name], None)
+                     [by_name.get(f"{name}, {other}") for other in others]))
+    rows += [(f"bans/s through fail2ban: {name}", by_name[name], [None] * len(others))
              for name in {**NO_ACTION, **STOCK} if name in by_name]
-    rows += [(f"bans/s through the filter: {row['name']}", row, None)
+    rows += [(f"bans/s through the filter: {row['name']}", row, [None] * len(others))
              for row in res.get("filtered", [])]
     return rows
 
 
 def report(res: dict, command: str) -> str:
-    other = res.get("against") or "–"
+    others = res["against"]
     lines = ["## bench/ban.py", "", ABOUT.format(**res), "",
              f"**Command:** `{command}`. **When:** {res['date']}, code of {res['code']}, "
              f"{res['minutes']:.1f} min. **Machine:** {res['machine']}; load average "
              f"{res['load_before']:.2f} before, {res['load_after']:.2f} after (the VM is shared). "
              f"**Interpreter:** fail2ban {res['fail2ban']} on {res['python']} ({PYTHON}), the "
              f"bench on Python {platform.python_version()}; {res['iptables']}.", "",
-             f"| measure | this tree | {other} | this / {other} |", "|---|---:|---:|---:|"]
-    paired = []
-    for measure, now, before in throughput_rows(res):
-        lines.append(f"| {measure} | {rate(now)} | {rate(before)} | {ratio(now, before)} |")
-        if before is not None:
-            paired.append(now["rate"] / before["rate"])
+             "| measure | this tree |" + "".join(f" {o} | this / {o} |" for o in others),
+             "|---|---:|" + "---:|---:|" * len(others)]
+    paired: dict[str, list[float]] = {other: [] for other in others}
+    none = " – | – |" * len(others)
+    for measure, now, befores in throughput_rows(res):
+        lines.append(f"| {measure} | {rate(now)} |" + "".join(
+            f" {rate(before)} | {ratio(now, before)} |" for before in befores))
+        for other, before in zip(others, befores):
+            if before is not None:
+                paired[other].append(now["rate"] / before["rate"])
     for row in res["packets"]:
         lines.append(f"| connect() µs, not banned: {row['setup']}, {row['banned']:,} banned | "
                      f"{row['median_us']:.1f} ({row['p90_us']:.1f}), {row['delta']:+.0f} % "
-                     f"against 0 | – | – |")
+                     f"against 0 |{none}")
     for row in res["latency"]:
         lines.append(f"| event-log line → kernel ms, median (max): {row['backend']} | "
                      f"{row['median_ms']:.0f} ({row['max_ms']:.0f}); found "
-                     f"{row['found_ms']:.0f} ({row['found_max_ms']:.0f}) | – | – |")
+                     f"{row['found_ms']:.0f} ({row['found_max_ms']:.0f}) |{none}")
     return "\n".join(lines + ["", "What the figures say:", ""] + verdicts(res, paired)) + "\n"
 
 
-def verdicts(res: dict, paired: list[float]) -> list[str]:
-    out = []
-    if paired:
-        out.append(f"* Side by side with {res['against']}, this tree's action makes "
-                   f"{min(paired):.2f}–{max(paired):.2f}× its bans/s: within 15 % "
-                   f"{'met' if min(paired) >= 0.85 else '**not met**'} (rounds interleaved; "
-                   "single rounds swing by 2× or more on this shared VM, the ratios of the "
-                   "totals far less).")
+def verdicts(res: dict, paired: dict[str, list[float]]) -> list[str]:
+    out = [f"* Side by side with {other}, this tree's action makes {min(ratios):.2f}–"
+           f"{max(ratios):.2f}× its bans/s: within 15 % "
+           f"{'met' if min(ratios) >= 0.85 else '**not met**'}."
+           for other, ratios in paired.items() if ratios]
     by_name = {row["name"]: row for row in res["throughput"]}
     if "fail2ban without action" in by_name:
         share = by_name["modsec-block auto"]["rate"] / by_name["fail2ban without action"]["rate"]
@@ -593,8 +615,9 @@ def main() -> int:
     parser.add_argument("--latency-repeats", type=int, default=10)
     parser.add_argument("--filter-count", type=int, default=2000,
                         help="addresses a round for the throughput through the filter (step 1b)")
-    parser.add_argument("--against", type=Path, metavar="DIR",
-                        help="also ban through the action of this fail2ban/ directory (another tree)")
+    parser.add_argument("--against", type=Path, metavar="DIR", action="append", default=[],
+                        help="also ban through the action of this fail2ban/ directory (another "
+                             "tree); may be given more than once")
     parser.add_argument("--throughput-only", action="store_true",
                         help="only step 1, and without the stock actions")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
@@ -609,10 +632,10 @@ def main() -> int:
     command = " ".join(["python3 bench/ban.py", *sys.argv[1:]])
     started = time.monotonic()
     # the other tree is named after its directory, or its parent's for a fail2ban/ directory
-    label = None if args.against is None else (
-        args.against.resolve().parent.name if args.against.name == "fail2ban" else str(args.against))
+    trees = {(tree.resolve().parent.name if tree.name == "fail2ban" else str(tree)): tree.resolve()
+             for tree in args.against}
     res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "code": code_version(),
-           "against": label,
+           "against": list(trees),
            "load_before": os.getloadavg()[0],
            "fail2ban": subprocess.run(["fail2ban-client", "-V"], capture_output=True, text=True).stdout.strip(),
            "python": subprocess.run([PYTHON, "-V"], capture_output=True, text=True).stdout.strip(),
@@ -625,20 +648,16 @@ def main() -> int:
         others = {} if args.throughput_only else {**NO_ACTION, **STOCK}
         setups = {name: (action, kind, args.stock_count if name in STOCK else args.count, BUNDLE)
                   for name, (action, kind) in {**OURS, **others}.items()}
-        if args.against:
-            setups.update({f"{name}, {label}": (action, kind, args.count, args.against.resolve())
+        for label, tree in trees.items():
+            setups.update({f"{name}, {label}": (action, kind, args.count, tree)
                            for name, (action, kind) in OURS.items()})
         state = throughput(stack, setups, args)
         res["throughput"] = [{k: v for k, v in st.items() if k not in ("ns", "f2b", "ips")}
                              for st in state.values()]
         kept = {name: (st["ns"], st["f2b"], st["kind"]) for name, st in state.items()}
 
-        for backend in ("nftables", "ipset", "iptables-legacy"):
-            res["throughput"].append(action_alone(backend, addresses(args.count)))
-        if args.against:
-            for backend in ("nftables", "ipset", "iptables-legacy"):
-                res["throughput"].append(action_alone(backend, addresses(args.count),
-                                                      args.against.resolve(), label))
+        res["throughput"] += actions_alone({"": BUNDLE, **trees}, args.count,
+                                           args.rounds_throughput)
         print(f"1b. through the filter: {args.filter_count} addresses a round, maxretry 2", flush=True)
         with ExitStack() as inner:
             res["filtered"] = filter_throughput(inner, args)
