@@ -397,6 +397,7 @@ def run_watch(name: str, work: Path, storage: Path, args, seconds: int, cap: int
         # steady state: once the backlog's workers have been idle long enough to stop
         time.sleep(WORKERS_IDLE_SECONDS + 5)
         res["rss"]["tree_pss_idle"] = tree_pss_kb(daemon.pid)
+        res["rss"]["daemon_pss_idle"] = pss_kb(daemon.pid)
         print(f"{name} rss: {res['rss']}", flush=True)
         daemon.stop()
     finally:
@@ -474,7 +475,7 @@ def watch_row(config: dict) -> str:
             f"| {config['drain']['rate']:,.0f} / {config['drain_norescan']['rate']:,.0f} "
             f"| {slow['cpu_ms']:.2f} | {mb(rss['main'])} / {mb(rss['worker_max'])} "
             f"({rss['workers']}) | {mb(rss['tree_pss_busy'])} / **{mb(rss['tree_pss_idle'])}** "
-            f"| – |")
+            f"({mb(rss.get('daemon_pss_idle', 0))}) | – |")
 
 
 def baseline_row(rows: list[dict]) -> str:
@@ -491,13 +492,12 @@ def baseline_row(rows: list[dict]) -> str:
 def verdicts(config: dict) -> str:
     met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     slow, rss = at(config["latency"], 1000), config["rss"]
-    held, _ = rungs(config["ladder"])
-    # a rung counts when the writers offered it (their shortfall on ext4 is theirs)
-    top = held["rate"] if held and held["offered"] >= 0.98 * held["rate"] else 0
+    # what the daemon kept up with: the most the writers achieved on a rung that held
+    top = max((r["offered"] for r in config["ladder"] if r["ok"]), default=0.0)
     return (f"* watch, {config['name']}: p50 ≤ 50 ms at 1,000/s {met(slow['done_p50'] <= .05)}"
             f" ({ms(slow['done_p50'])} ms); p99 ≤ 250 ms {met(slow['done_p99'] <= .25)} "
             f"({ms(slow['done_p99'])} ms); sustained ≥ 3,000/s {met(top >= 3000)} "
-            f"(highest rung held: {rung(held)}); whole tree ≤ 60 MB PSS in "
+            f"({top:,.0f}/s achieved on a rung that held); whole tree ≤ 60 MB PSS in "
             f"steady state {met(rss['tree_pss_idle'] <= 60 * 1024)} "
             f"({mb(rss['tree_pss_idle'])} MB).")
 
@@ -531,7 +531,7 @@ def report(res: dict, command: str) -> str:
         "| what runs | 1,000/s: done p50 / p99 ms (visible p50) | 5,000/s: achieved/s, done "
         "p99 ms | highest rung held, offered (achieved)/s | drain/s, rescan 10 s / off "
         "| CPU ms an entry | peak RSS MB: daemon / a worker (workers) | whole tree PSS MB: "
-        "after the drain / steady state | half-written reads, 1,000/s; 5,000/s |",
+        "after the drain / steady state (the daemon's own) | half-written reads, 1,000/s; 5,000/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [watch_row(config) for config in res["configs"]]
     lines += [baseline_row(res["baseline"]), "", "What the figures say:", ""]
