@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modsec_tools.db import Database, open_database, parse_target  # noqa: E402
+from modsec_tools.db.rollups import recount  # noqa: E402
 from modsec_tools.db.rows import (EVENT_COLUMNS, LINK_COLUMNS, MESSAGE_COLUMNS,  # noqa: E402
                                   message_id)
 from modsec_tools.report import build_report, indexes, parse_filters  # noqa: E402
@@ -187,6 +188,9 @@ def build(db: Database, events: int) -> tuple[int, int]:
         db.conn.commit()
         print(f"\r  {made:,} events, {links:,} matches", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    began = time.perf_counter()
+    db._run(lambda cursor: recount(db, cursor))  # the rows went in beside the inserts
+    print(f"  rollups counted in {time.perf_counter() - began:.1f} s", file=sys.stderr)
     if db.kind == "sqlite":
         db.conn.execute("ANALYZE")
     else:

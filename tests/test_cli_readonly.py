@@ -71,7 +71,7 @@ def test_a_wal_database_gets_no_wal_or_shm_files(sandbox):
     before = _snapshot(sandbox.root)
     check, show, status, *_ = _look(sandbox)
     assert _snapshot(sandbox.root) == before
-    assert status.returncode == 0 and f"sqlite {db_file}: schema 3" in status.stdout
+    assert status.returncode == 0 and f"sqlite {db_file}: schema 4" in status.stdout
     assert "error" not in check.stdout.replace("0 error(s)", ""), check.stdout
 
 

@@ -157,15 +157,15 @@ def _db_status_cycle(sb: ih.Sandbox, describe: str) -> None:
         assert f"{describe}: no such database file" in before.stderr, before.stderr
     else:
         before = sb.run(action="db status")
-        assert f"{describe}: schema 0 (this modsec-tools: 3)" in before.stdout, before.stdout
+        assert f"{describe}: schema 0 (this modsec-tools: 4)" in before.stdout, before.stdout
     init = sb.run(action="db init")
-    assert f"{describe}: applied schema [1, 2, 3]" in init.stdout, init.stdout
+    assert f"{describe}: applied schema [1, 2, 3, 4]" in init.stdout, init.stdout
     status = sb.run(action="db status")
-    assert f"{describe}: schema 3 (this modsec-tools: 3)" in status.stdout, status.stdout
+    assert f"{describe}: schema 4 (this modsec-tools: 4)" in status.stdout, status.stdout
     again = sb.run(action="db init")
-    assert f"{describe}: schema 3 is current" in again.stdout
+    assert f"{describe}: schema 4 is current" in again.stdout
     migrate = sb.run(action="db migrate")
-    assert f"{describe}: schema 3 is current" in migrate.stdout
+    assert f"{describe}: schema 4 is current" in migrate.stdout
 
 
 def test_db_init_then_status_sqlite(fast_tmp):
@@ -252,9 +252,9 @@ def test_db_migrate_from_schema_1(kind, fast_tmp, monkeypatch, request):
         before = _views(db)
         assert [m[1:] for m in before[0]] == [m for ms in _OLD_MATCHES.values() for m in ms]
         db.close()
-        assert "schema 1 (this modsec-tools: 3)" in sb.run(action="db status").stdout
+        assert "schema 1 (this modsec-tools: 4)" in sb.run(action="db status").stdout
         migrated = sb.run(action="db migrate")
-        assert "applied schema [2, 3]" in migrated.stdout
+        assert "applied schema [2, 3, 4]" in migrated.stdout
         assert "schema 3: moving 3 rows of the matches table" in migrated.stderr
         assert _views(db) == before
         assert db.count("messages") == 2 and db.count("event_messages") == 3

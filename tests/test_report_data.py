@@ -112,7 +112,7 @@ def sqlite_with_corpus(path) -> str:
 class Stored:
     id: int
     node: str
-    created_at: dt.datetime
+    created_at: dt.datetime | None
     client: str | None
     host: bytes
     uri: bytes
@@ -128,8 +128,18 @@ class Match:
     severity: str
 
 
-def _time(value) -> dt.datetime:
-    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+def _time(value) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(value)
+
+
+def _first(times) -> dt.datetime | None:
+    return min((t for t in times if t is not None), default=None)
+
+
+def _last(times) -> dt.datetime | None:
+    return max((t for t in times if t is not None), default=None)
 
 
 def _text(value) -> str:
@@ -156,7 +166,8 @@ def select(events: list[Stored], matches: list[Match], since=None, until=None, v
     network = ipaddress.ip_network(client, strict=False) if client else None
 
     def keep(e: Stored) -> bool:
-        return ((since is None or e.created_at >= since) and (until is None or e.created_at < until)
+        return ((since is None or (e.created_at is not None and e.created_at >= since))
+                and (until is None or (e.created_at is not None and e.created_at < until))
                 and (vhost is None or e.host == vhost.encode("utf-8", "surrogateescape"))
                 and (network is None or (e.client is not None
                                          and ipaddress.ip_address(e.client) in network))
@@ -173,12 +184,13 @@ def expected(events: list[Stored], matches: list[Match], top: int) -> dict:
     per_client: dict = defaultdict(list)
     for e in events:
         per_client[e.client or "-"].append(e)
-    rules_of = defaultdict(set)
+    rules_of = defaultdict(set)   # (the row of events without an address counts none)
     for m in mine:
-        rules_of[ids[m.event_id].client or "-"].add(m.rule_id)
+        if ids[m.event_id].client is not None:
+            rules_of[ids[m.event_id].client].add(m.rule_id)
     clients = sorted(([address, len(es), sum(e.verdict == "blocked" for e in es),
                        sum(e.verdict == "detected" for e in es), len(rules_of[address]),
-                       min(e.created_at for e in es), max(e.created_at for e in es)]
+                       _first(e.created_at for e in es), _last(e.created_at for e in es)]
                       for address, es in per_client.items()), key=lambda r: (-r[1], r[0]))
     per_rule = Counter(m.rule_id for m in mine)
     texts = Counter((m.rule_id, m.msg, m.severity) for m in mine)
@@ -188,7 +200,8 @@ def expected(events: list[Stored], matches: list[Match], top: int) -> dict:
             best[rule] = (count, msg, severity)
     addresses = defaultdict(set)
     for m in mine:
-        addresses[m.rule_id].add(ids[m.event_id].client)
+        if ids[m.event_id].client is not None:
+            addresses[m.rule_id].add(ids[m.event_id].client)
     rules = sorted(([rule, best[rule][1], best[rule][2], count, len(addresses[rule])]
                     for rule, count in per_rule.items()), key=lambda r: (-r[3], r[0]))
     targets = Counter()
@@ -206,13 +219,12 @@ def expected(events: list[Stored], matches: list[Match], top: int) -> dict:
         per_node[e.node].append(e)
     nodes = sorted(([n, len(es), sum(e.verdict == "blocked" for e in es),
                      sum(e.verdict == "detected" for e in es),
-                     sum(e.verdict == "passed" for e in es), max(e.created_at for e in es)]
+                     sum(e.verdict == "passed" for e in es), _last(e.created_at for e in es)]
                     for n, es in per_node.items()), key=lambda r: (-r[1], r[0]))
     return {
         "totals": [len(events), verdicts["blocked"], verdicts["detected"], verdicts["passed"],
                    len({e.client for e in events if e.client is not None}),
-                   min((e.created_at for e in events), default=None),
-                   max((e.created_at for e in events), default=None)],
+                   _first(e.created_at for e in events), _last(e.created_at for e in events)],
         "clients": clients[:top],
         "rules": rules[:top],
         "targets": [[_text(h), _text(p), n, b] for h, p, n, b in target_rows[:top]],
@@ -232,7 +244,8 @@ def timeline(events: list[Stored], first: dt.datetime, last: dt.datetime,
              bucket: str) -> list[list]:
     """[start, blocked, detected, passed] per bucket from first's to last's, zeros kept."""
     floor = FLOORS[bucket]
-    counts = Counter((e.created_at.replace(**floor), e.verdict) for e in events)
+    counts = Counter((e.created_at.replace(**floor), e.verdict) for e in events
+                     if e.created_at is not None)
     out = []
     at = first.replace(**floor)
     while at <= last:

@@ -3,12 +3,13 @@ common steps. Errors surface as DatabaseError (or a kind of it that says what to
 from __future__ import annotations
 
 import contextlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from ..owned import UnsafePath
-from . import schema
+from . import rollups, schema
 from .rows import Row, first_of_each
 from .target import Target
 
@@ -20,6 +21,15 @@ class DatabaseError(Exception):
 class SchemaError(DatabaseError):
     """The database answers but its schema cannot be used now (newer than this version,
     another node migrating it, a migration that failed): no row can be stored, whichever."""
+
+
+class TransientError(DatabaseError):
+    """The server gave the transaction up (a deadlock, a conflict with another node's
+    commit): running it again is expected to succeed."""
+
+
+#: Times an insert the server gave up is run again.
+TRANSIENT_ATTEMPTS = 4
 
 
 class UnusableError(DatabaseError):
@@ -66,6 +76,10 @@ class Database(ABC):
     def _insert_new(self, cursor: Any, node: str, rows: list[Row]) -> int:
         """Insert the events of ``rows`` (each unique id once) not already stored."""
 
+    def _transient(self, exc: BaseException) -> bool:
+        """Whether this driver error ended a transaction that may simply run again."""
+        return False
+
     def _begin(self, cursor: Any) -> None:
         """Start the transaction ``_run`` commits (the driver may start one by itself)."""
 
@@ -91,7 +105,8 @@ class Database(ABC):
             raise self._failure(exc) from None
 
     def _failure(self, exc: Exception) -> DatabaseError:
-        kind = UnusableError if self._unusable(exc) else DatabaseError
+        kind = UnusableError if self._unusable(exc) else \
+            TransientError if self._transient(exc) else DatabaseError
         return kind(f"{self.target.describe()}: {exc}")
 
     def close(self) -> None:
@@ -149,9 +164,15 @@ class Database(ABC):
             self.close()
 
     def migrate(self) -> list[int]:
-        """Apply missing schema versions; returns those applied. ``init`` is the same."""
+        """Apply missing schema versions; returns those applied. ``init`` is the same.
+        On a current schema, rollups that no longer count the stored events (rows an
+        older version stored, or deleted by hand) are counted again."""
         with self._schema_lock():
-            return self._migrate()
+            applied = self._migrate()
+            if not applied and self.version() >= rollups.SCHEMA:
+                if self._run(rollups.stale):
+                    self._run(lambda cursor: rollups.recount(self, cursor, "stale rollups"))
+            return applied
 
     def _migrate(self) -> list[int]:
         applied = []
@@ -202,7 +223,16 @@ class Database(ABC):
         if not self.schema_ready:
             self.ensure_schema()
             self.schema_ready = True
-        return self._run(lambda cursor: self._insert_new(cursor, node, first_of_each(rows)))
+        rows = first_of_each(rows)
+        attempt = 1
+        while True:
+            try:
+                return self._run(lambda cursor: self._insert_new(cursor, node, rows))
+            except TransientError:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)  # the other writer's transaction ends meanwhile
+                attempt += 1
 
     def _ids(self, cursor: Any, node: str, unique_ids: Iterable[str]) -> dict[str, int]:
         found: dict[str, int] = {}

@@ -9,12 +9,16 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+from . import rollups
 from .base import Database, DatabaseError, SchemaError
 from .rows import EVENT_COLUMNS, LINK_COLUMNS, MESSAGE_COLUMNS, Row
 
 #: MySQL errors only the administrator can end: access denied (user, database), unknown
 #: database.
 UNUSABLE = frozenset((1044, 1045, 1049))
+#: Transactions the server gave up, to be run again: a deadlock (also Galera's certification
+#: failure: another node committed a row this one changed) and a lock wait timeout.
+TRANSIENT = frozenset((1213, 1205))
 
 #: Seconds a MySQL statement's reply may take before the connection is given up.
 READ_TIMEOUT = 60
@@ -55,6 +59,10 @@ class MysqlDatabase(Database):
     def _unusable(self, exc: BaseException) -> bool:
         return type(exc).__module__.startswith("pymysql") and bool(exc.args) \
             and exc.args[0] in UNUSABLE
+
+    def _transient(self, exc: BaseException) -> bool:
+        return type(exc).__module__.startswith("pymysql") and bool(exc.args) \
+            and exc.args[0] in TRANSIENT
 
     def _skip_duplicate(self, column: str) -> str:
         return f" ON DUPLICATE KEY UPDATE {column} = {column}"
@@ -174,6 +182,7 @@ class MysqlDatabase(Database):
             if links:
                 cursor.executemany(self.insert_sql("event_messages", LINK_COLUMNS,
                                                    skip_stored=False), links)
+            rollups.tally_rows(rows).write(self.kind, cursor)
         return len(rows)
 
     def _inserted_ids(self, statements: list[tuple[int, int]],

@@ -3,20 +3,22 @@
 ``events``, one row per transaction, unique on (node, unique_id); ``messages``, each
 distinct rule message once; ``event_messages`` linking an event's messages in order; the
 views ``matches`` (schema 2's table of that name) and ``logs`` (the original tool's), so
-that queries written for them keep working.
+that queries written for them keep working; the ``rollup_*`` tables, the report's counts
+kept up to date by every insert (see rollups.py).
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import rollups
 from .rows import LINK_COLUMNS, MATCH_COLUMNS, MESSAGE_COLUMNS, upgraded_match
 
 if TYPE_CHECKING:
     from .base import Database
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Per dialect, what the statements below are formatted with.
 TYPES = {
@@ -176,5 +178,8 @@ _SCHEMA_V3 = [
     _LOGS_VIEW + """LEFT JOIN event_messages em ON em.event_id = e.id AND em.seq = e.primary_seq
       LEFT JOIN messages m ON m.id = em.message_id""",
 ]
+# v4: the report's rollups, counted from what is stored in the transaction that records
+# the version (MySQL's DDL commits by itself: the tables are created first).
+_SCHEMA_V4 = [*rollups.DDL, rollups.recount]
 #: Each version's steps: SQL (formatted with TYPES) or a function(database, cursor).
-MIGRATIONS: dict[int, list] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+MIGRATIONS: dict[int, list] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}

@@ -7,6 +7,7 @@ import urllib.parse
 from typing import Any
 
 from ..owned import OwnedDir
+from . import rollups
 from .base import Database, UnusableError
 from .rows import EVENT_COLUMNS, LINK_COLUMNS, MESSAGE_COLUMNS, Row
 
@@ -81,4 +82,5 @@ class SqliteDatabase(Database):
                 cursor.executemany(self.insert_sql("messages", MESSAGE_COLUMNS), new)
             cursor.executemany(self.insert_sql("event_messages", LINK_COLUMNS,
                                                skip_stored=False), links)
+        rollups.tally_rows(fresh).write(self.kind, cursor)
         return len(fresh)

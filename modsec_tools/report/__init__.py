@@ -3,6 +3,7 @@
 command.py   the ``report`` and ``show`` subcommands (arguments, help, handlers)
 filters.py   the command line's filters (relative times too) as a ``Filters``
 query.py     the SQL, section by section, for SQLite and MariaDB
+rollup.py    the same sections from the rollups (a whole range in a fraction of the time)
 indexes.py   the indexes the report wants (proposed as a schema step)
 model.py     the report as plain values
 fail2ban.py  which addresses fail2ban has banned now
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from . import query
+from . import query, rollup
 from .fail2ban import DEFAULT_JAILS, banned_now
 from .filters import parse_filters
 from .model import Fail2banState, Filters, Report
@@ -35,24 +36,22 @@ PARALLEL = min(4, os.cpu_count() or 1)
 
 def build_report(open_db: Callable[[], Any], filters: Filters, top: int = 10,
                  jails: Sequence[str] = DEFAULT_JAILS, fail2ban_socket: str = "",
-                 now: dt.datetime | None = None, parallel: int = PARALLEL) -> Report:
-    """``open_db()`` gives a new read-only database (modsec_tools.db's ``Database``)."""
+                 now: dt.datetime | None = None, parallel: int = PARALLEL,
+                 rollups: bool = True) -> Report:
+    """``open_db()`` gives a new read-only database (modsec_tools.db's ``Database``);
+    ``rollups``: read the rollups where they answer (False: always the events)."""
     now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with _Connections(open_db) as connections:
-        sel, span, bucket = connections.run(lambda cursor, kind, mark: _plan(
-            cursor, kind, mark, filters, now))
-        # the slowest first: the others fill the connections meanwhile
-        work = {"rules": lambda c, *_: query.top_rules(c, sel, top),
-                "targets": lambda c, *_: query.targets(c, sel, top),
-                "clients": lambda c, *_: query.clients(c, sel, top),
-                "cube": lambda c, *_: query.cube(c, sel, *(span or (None, None)), bucket)}
+        sel, span, bucket, days = connections.run(lambda cursor, kind, mark: _plan(
+            cursor, kind, mark, filters, now, rollups))
+        work = _sections(sel, days, top, *(span or (None, None)), bucket)
         with ThreadPoolExecutor(1) as aside, ThreadPoolExecutor(max(1, parallel)) as pool:
             f2b = aside.submit(banned_now, jails, fail2ban_socket)
             futures = {name: pool.submit(connections.run, job) for name, job in work.items()}
             rules = futures["rules"].result()
             # each rule's addresses is a statement of its own: they share the connections
             counted = [pool.submit(connections.run, lambda c, *_, rule=rule.rule_id:
-                                   query.rule_addresses(c, sel, rule)) for rule in rules]
+                                   _rule_addresses(c, sel, days, rule)) for rule in rules]
             rules = [replace(rule, addresses=count.result())
                      for rule, count in zip(rules, counted)]
             results = {name: future.result() for name, future in futures.items()}
@@ -65,15 +64,40 @@ def build_report(open_db: Callable[[], Any], filters: Filters, top: int = 10,
                   statuses, bucket, timeline, nodes, state)
 
 
-def _plan(cursor: Any, kind: str, mark: str, filters: Filters, now: dt.datetime):
-    """The filters as SQL, the timeline's span and its granularity."""
+def _sections(sel: query.Selection, days: rollup.Days | None, top: int,
+              first: dt.datetime | None, last: dt.datetime | None,
+              bucket: str) -> dict[str, Callable[..., Any]]:
+    """Each section's job (the slowest first: the others fill the connections meanwhile)."""
+    if days is None:
+        return {"rules": lambda c, *_: query.top_rules(c, sel, top),
+                "targets": lambda c, *_: query.targets(c, sel, top),
+                "clients": lambda c, *_: query.clients(c, sel, top),
+                "cube": lambda c, *_: query.cube(c, sel, first, last, bucket)}
+    return {"rules": lambda c, *_: rollup.top_rules(c, days, sel, top),
+            "clients": lambda c, *_: rollup.clients(c, days, sel, top),
+            "targets": lambda c, *_: rollup.targets(c, days, top),
+            "cube": lambda c, *_: rollup.cube(c, days, sel, first, last, bucket)}
+
+
+def _rule_addresses(cursor: Any, sel: query.Selection, days: rollup.Days | None,
+                    rule_id: str) -> int:
+    if days is None:
+        return query.rule_addresses(cursor, sel, rule_id)
+    return rollup.rule_addresses(cursor, days, sel, rule_id)
+
+
+def _plan(cursor: Any, kind: str, mark: str, filters: Filters, now: dt.datetime,
+          rollups: bool):
+    """The filters as SQL, the timeline's span and its granularity, and the rollups'
+    range (None: the report reads the events)."""
     addresses = None
     network = query.client_network(filters.client) if filters.client else None
     if network is not None:
         addresses = query.network_addresses(cursor, network)
     sel = query.selection(kind, mark, filters, addresses)
     span = query.window(cursor, sel, filters, now)
-    return sel, span, query.granularity(*span) if span else "hour"
+    days = rollup.days(cursor, mark, filters) if rollups else None
+    return sel, span, query.granularity(*span) if span else "hour", days
 
 
 class _Connections:

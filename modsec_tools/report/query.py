@@ -211,17 +211,26 @@ def cube(cursor: Any, sel: Selection, first: dt.datetime | None, last: dt.dateti
          bucket: str) -> tuple[list[Bucket], list[StatusRow], list[NodeRow]]:
     """The timeline, the status codes and the nodes, from one grouping of the selection by
     (bucket, node, verdict, status): one pass over the time index instead of three."""
-    size, chars = BUCKETS[bucket]
+    chars = BUCKETS[bucket][1]
     cursor.execute(sel.sql(f"SELECT SUBSTR(e.created_at, 1, {chars}), e.node, e.verdict, "
                            "e.status, COUNT(*), MAX(e.created_at) FROM events e {where} "
                            "GROUP BY 1, 2, 3, 4"), sel.params)
+    return cube_of([(text(label), *rest) for label, *rest in cursor.fetchall()],
+                   first, last, bucket)
+
+
+def cube_of(grouped: Iterable[tuple], first: dt.datetime | None, last: dt.datetime | None,
+            bucket: str) -> tuple[list[Bucket], list[StatusRow], list[NodeRow]]:
+    """The timeline, status and node figures of (bucket label, node, verdict, status,
+    events, latest time) groups."""
+    size, chars = BUCKETS[bucket]
     per_bucket: dict[str, Counter] = defaultdict(Counter)
     per_status: Counter = Counter()
     per_node: dict[str, Counter] = defaultdict(Counter)
     last_seen: dict[str, dt.datetime] = {}
-    for label, node, verdict, status, count, latest in cursor.fetchall():
+    for label, node, verdict, status, count, latest in grouped:
         count = int(count)
-        per_bucket[text(label)][verdict] += count
+        per_bucket[label][verdict] += count
         per_status[None if status is None else int(status)] += count
         per_node[node][verdict] += count
         stamp = read_time(latest)
@@ -252,8 +261,16 @@ def clients(cursor: Any, sel: Selection, top: int) -> tuple[list[ClientRow], Tot
     cursor.execute(sel.sql(f"SELECT e.client_ip, COUNT(*), {BLOCKED}, {DETECTED}, "
                            "MIN(e.created_at), MAX(e.created_at) FROM events e {where} "
                            "GROUP BY e.client_ip"), sel.params)
+    return clients_of(cursor.fetchall(), top,
+                      lambda addresses: _rules_of_clients(cursor, sel, addresses))
+
+
+def clients_of(grouped: Iterable[tuple], top: int,
+               rules_of: Callable[[list[str]], dict[str, int]]) -> tuple[list[ClientRow], Totals]:
+    """The top clients and the totals, from (address, events, blocked, detected, first,
+    last) per address; ``rules_of``: the distinct rules of some addresses."""
     rows = [(text(a) or "-", int(n), int(b or 0), int(d or 0), read_time(f), read_time(l))
-            for a, n, b, d, f, l in cursor.fetchall()]
+            for a, n, b, d, f, l in grouped]
     events = sum(r[1] for r in rows)
     blocked = sum(r[2] for r in rows)
     detected = sum(r[3] for r in rows)
@@ -263,7 +280,7 @@ def clients(cursor: Any, sel: Selection, top: int) -> tuple[list[ClientRow], Tot
                     sum(1 for r in rows if r[0] != "-"),
                     min(firsts, default=None), max(lasts, default=None))
     chosen = _top(rows, lambda r: (-r[1], r[0]), top)
-    hit = _rules_of_clients(cursor, sel, [r[0] for r in chosen if r[0] != "-"])
+    hit = rules_of([r[0] for r in chosen if r[0] != "-"])
     return [ClientRow(a, n, b, d, hit.get(a, 0), f, l) for a, n, b, d, f, l in chosen], totals
 
 
@@ -290,7 +307,12 @@ def top_rules(cursor: Any, sel: Selection, top: int) -> list[RuleRow]:
                                "GROUP BY em.message_id"), sel.params)
     else:  # every link: the message index alone answers
         cursor.execute("SELECT message_id, COUNT(*) FROM event_messages GROUP BY message_id")
-    per_message = {int(i): int(n) for i, n in cursor.fetchall()}
+    return rules_of(cursor, sel, {int(i): int(n) for i, n in cursor.fetchall()}, top)
+
+
+def rules_of(cursor: Any, sel: Selection, per_message: dict[int, int],
+             top: int) -> list[RuleRow]:
+    """The top rules from the matches of each message (message id → matches)."""
     matches: Counter = Counter()
     best: dict[str, tuple[int, str, str]] = {}
     for message, (rule, severity, msg) in _messages(cursor, sel, per_message).items():
@@ -329,7 +351,11 @@ def rule_addresses(cursor: Any, sel: Selection, rule_id: str) -> int:
 def targets(cursor: Any, sel: Selection, top: int) -> list[TargetRow]:
     cursor.execute(sel.sql(f"SELECT e.host, {PATH[sel.kind]}, COUNT(*), {BLOCKED} "
                            "FROM events e {where} GROUP BY 1, 2"), sel.params)
-    rows = [(bytes(h or b""), bytes(p or b""), int(n), int(b or 0))
-            for h, p, n, b in cursor.fetchall()]
+    return targets_of(cursor.fetchall(), top)
+
+
+def targets_of(grouped: Iterable[tuple], top: int) -> list[TargetRow]:
+    """The top targets from (host, path, events, blocked) per target."""
+    rows = [(bytes(h or b""), bytes(p or b""), int(n), int(b or 0)) for h, p, n, b in grouped]
     chosen = _top(rows, lambda r: (-r[2], r[0], r[1]), top)
     return [TargetRow(text(h), text(p), n, b) for h, p, n, b in chosen]
