@@ -57,7 +57,7 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
     primary = decisive_message(event)      # the message the logs view shows
     # Text columns get text any database accepts, cut to the column's size: a hostile
     # entry must not become a row the database refuses forever (it would block the spool).
-    unique_id = _fit(event.unique_id, 64)
+    unique_id = stored_unique_id(event.unique_id)
     row = (node, unique_id, created, offset, _fit(event.client_ip, 45),
            _fit(event.peer_ip, 45), event.peer_port, _fit(event.local_ip, 45), event.local_port,
            raw(event.method), raw(event.uri), _fit(event.protocol, 255), raw(event.host),
@@ -69,6 +69,24 @@ def event_row(event: Event, node: str, verdict: str) -> Row:
            _fit(event.producer, 255), _fit(event.server, 255), raw(event.source),
            int(event.incomplete))
     return Row(unique_id, row, [(seq, *_message_row(m)) for seq, m in enumerate(event.messages)])
+
+
+#: Characters of ``events.unique_id``.
+UNIQUE_ID_CHARS = 64
+#: Hex digits of the digest that stands for the rest of an id the column cannot hold.
+_ID_DIGEST = 16
+
+
+def stored_unique_id(unique_id: str) -> str:
+    """The key an entry's id is stored under: the id itself when it is text that fits the
+    column (mod_unique_id's always is); else its start, '~' and 16 hex digits of the
+    digest of the whole id, so that two entries are never taken for one (and the second
+    skipped as stored) because the column cut them or their differing bytes were no text."""
+    fitted = printable(unique_id)
+    if fitted == unique_id and len(unique_id) <= UNIQUE_ID_CHARS:
+        return unique_id
+    digest = hashlib.blake2b(raw(unique_id), digest_size=_ID_DIGEST // 2).hexdigest()
+    return f"{fitted[:UNIQUE_ID_CHARS - _ID_DIGEST - 1]}~{digest}"
 
 
 def _message_row(message: Message) -> tuple:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..db.rows import stored_unique_id
 from .archive import Archived
 from .cells import escaped
 from .query import text as as_text
@@ -38,7 +39,7 @@ def stored_events(db: Any, unique_id: str, node: str | None = None) -> list[Stor
     cursor = db.conn.cursor()
     mark = db.mark
     sql = f"SELECT * FROM events WHERE unique_id = {mark}"
-    params: list[Any] = [unique_id]
+    params: list[Any] = [stored_unique_id(unique_id)]
     if node is not None:
         sql += f" AND node = {mark}"
         params.append(node)
