@@ -153,8 +153,9 @@ def test_database_down_shows_in_the_spool(fast_tmp):
         daemon.start()
         write_all(daemon.storage, entries)
         daemon.wait_events(len(entries))
-        got = wait_for(lambda: (f := families(scrape(port)))["modsec_tools_spool_rows"]
-                       ["samples"][("modsec_tools_spool_rows",)] == len(entries) and f,
+        # the family appears with the daemon's first status after start-up
+        got = wait_for(lambda: (f := families(scrape(port))).get("modsec_tools_spool_rows", {})
+                       .get("samples", {}).get(("modsec_tools_spool_rows",)) == len(entries) and f,
                        "the spooled rows", daemon)
         assert got["modsec_tools_database_up"]["samples"][("modsec_tools_database_up",)] == 0
         assert got["modsec_tools_spool_bytes"]["samples"][("modsec_tools_spool_bytes",)] == \

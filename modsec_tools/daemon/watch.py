@@ -3,8 +3,9 @@
 An entry is taken when ModSecurity closes its file (IN_CLOSE_WRITE; never on create: the
 file is written in ~40 small writes first). Entries are group-committed: a batch starts as
 soon as one is pending (or ``flush_ms`` later, if set) and takes all that are; those closed
-while it is made durable form the next batch. A flood thus costs few fsyncs, while a lone
-event is durable in the event log within milliseconds (1,000 entries/s: p50 ~20 ms). In a
+while it is journaled form the next batch, whose event-log lines are written while the
+batch before is made durable in the other sinks (pipeline/ingest.py). A flood thus costs
+few fsyncs, while an event reaches the event log within milliseconds. In a
 flood the examiner processes are fed what closes while a batch is made durable (up to a
 second at a time, then the main loop runs), so they are not idle during commits.
 
@@ -278,6 +279,7 @@ class Watcher:
 
     def _flush(self, force: bool = False, stop=None, cutoff: float | None = None) -> None:
         pipeline = self.pipeline
+        pipeline.reap()  # a batch that failed while finishing ends the loop as a crash would
         if self.index_touched:
             self.index_touched = False
             pipeline.take_index()
@@ -338,6 +340,7 @@ class Watcher:
                 self._write_status()
                 next_status = now + self.options.status_seconds
         self._flush(force=True)
+        self.pipeline.finish()
         self._write_status()
         sd_notify("STOPPING=1")
         log.info("stopped: %s", self.pipeline.stats.summary())

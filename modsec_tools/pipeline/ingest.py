@@ -4,25 +4,31 @@ One code path serves ``modsec-tools ingest`` (everything complete now, then exit
 ``modsec-tools watch`` (the same batches, fed by inotify). docs/ingest.md explains the
 exactly-once protocol; in short, per batch:
 
-1. journal ``batch`` record (each file as read, each sink's mark and each entry's length
-   in it) — fsync
-2. the local sinks (event log first, then archive, JSON lines) append and fdatasync, in a
-   second thread while
-3. the database inserts (idempotent) and commits, or spools the rows durably if it is down
-4. journal ``done`` record — fsync;  5. delete the files (removal.py, in the background)
+1. journal ``batch`` record (each file as read, each entry's length in each sink, and the
+   marks of the sinks free to be marked now) — fsync; the event log's lines are appended
+   (what fail2ban waits for), and the rest goes to the finishing thread:
+2. the event log is fdatasync'd; a ``marks`` record for the other sinks if the batch
+   record could not hold them (the batch before was still writing them) — fsync
+3. the local sinks (archive, JSON lines) append and fdatasync, in a second thread while
+4. the database inserts (idempotent) and commits, or spools the rows durably if it is down
+5. journal ``done`` record — fsync;  6. delete the files (removal.py)
 
-A crash anywhere leaves at most the last batch unfinished, with all its files still present;
-start-up completes it, appending only what the sinks lack.
+Meanwhile the next batch goes through step 1, so an entry that closes while a batch is
+finishing reaches the event log without waiting for the database; a batch is journaled
+only once every batch but the one before it is done. A crash anywhere thus leaves at most
+the last two batches unfinished, with all their files still present; start-up completes
+them in order, appending only what each sink lacks.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..config import Settings
@@ -126,6 +132,13 @@ class Pipeline:
         self.tree = StorageTree(settings.storage_dir)
         self.removal = Removal(settings.storage_dir)
         self.file_sinks = ThreadPoolExecutor(1, thread_name_prefix="file-sinks")
+        # Steps 2-6 of a batch (see the module's docstring), one batch after another.
+        self.finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
+        self.finishing: list[Future] = []
+        self.committing: set[str] = set()           # journaled, not yet handed to removal
+        self.journal_lock = threading.Lock()
+        self.stats_lock = threading.Lock()
+        self.seq = 1                                # the next batch's
         self.journal: Journal | None = None
         self.sinks: list[Sink] = []
         self.examining: ExamineSettings | None = None
@@ -165,25 +178,31 @@ class Pipeline:
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Finish what a crash interrupted: the last batch, and its deletions and those of
-        the batch before it that may still have been under way."""
-        last_batch = self.journal.batch()
-        if last_batch is None:
-            return
-        if self.journal.unfinished() is not None:
+        """Finish what a crash interrupted: the batches without ``done`` (at most the last
+        two), in order, then the deletions that may have been under way: those of the
+        batches completed now and of the last two that were done before the crash."""
+        records = list(self.journal.records)
+        self.seq = max((r["seq"] for r in records if "seq" in r), default=0) + 1
+        batches = [r for r in records if r["type"] == "batch"]
+        kept = {r["seq"]: set(r.get("kept", ())) for r in records if r["type"] == "done"}
+        late_marks: dict[int, dict] = {}
+        for record in records:
+            if record["type"] == "marks":
+                late_marks.setdefault(record["seq"], {}).update(record["marks"])
+        finished = [r for r in batches if r["seq"] in kept][-2:]
+        unfinished = [r for r in batches if r["seq"] not in kept]
+        for record in unfinished:
             log.warning("completing batch %d interrupted by a crash (%d files)",
-                        last_batch["seq"], len(last_batch["files"]))
+                        record["seq"], len(record["files"]))
             skipped: set[str] = set()
-            self._apply(last_batch, self._reload(last_batch, skipped))
+            marks = {**batch_marks(record), **late_marks.get(record["seq"], {})}
+            self._recover_sinks(record, marks, self._reload(record, skipped))
             # The entries left in place are named, so a crash during the deletions below
             # cannot make the next start-up delete them.
-            self.journal.append({"type": "done", "seq": last_batch["seq"],
-                                 "kept": sorted(skipped)})
-        leaving = last_batch.get("leaving")
-        earlier = self.journal.batch(leaving) if leaving is not None else None
-        if earlier is not None:
-            self._delete(earlier, keep=self.journal.kept(leaving))
-        self._delete(last_batch, keep=self.journal.kept(last_batch["seq"]))
+            self.journal.append({"type": "done", "seq": record["seq"], "kept": sorted(skipped)})
+            kept[record["seq"]] = skipped
+        for record in finished + unfinished:
+            self._delete(record, keep=kept[record["seq"]])
         self.tree.release()
 
     def _reload(self, record: dict, skipped: set[str]) -> list[Outcome]:
@@ -287,7 +306,7 @@ class Pipeline:
         elif outcome.decision is Decision.VANISHED:
             self.proven.pop(ref.relpath, None)
         elif outcome.decision is Decision.ERROR:
-            self.stats.errors += 1
+            self._count_errors(1)
             log.error("%s: %s", ref.relpath, outcome.reason)
         return None
 
@@ -295,7 +314,7 @@ class Pipeline:
         try:
             where = self.tree.quarantine(ref, self.settings.quarantine_dir, reason)
         except OSError as exc:
-            self.stats.errors += 1
+            self._count_errors(1)
             log.error("%s: cannot quarantine (%s): %s", ref.relpath, reason, exc)
             return
         if where:
@@ -305,32 +324,77 @@ class Pipeline:
 
     # -- committing a batch --------------------------------------------------------------------
     def commit(self, batch: list[Outcome]) -> None:
+        """Step 1 (see the module's docstring) here; the rest in the finishing thread."""
         if not batch:
             return
+        self._await_finishing(keep=1)
+        self.reap()
+        if self.journal.size() >= COMPACT_AT:  # nothing unfinished, no deletion under way
+            self.finish()
+            self.journal.compact({"seq": self.seq - 1, "index": self.journal.last("index")})
+        seq, self.seq = self.seq, self.seq + 1
+        ahead = [(n, s) for n, s in enumerate(self.sinks) if s.ahead]
+        later = [(n, s) for n, s in enumerate(self.sinks) if not s.ahead]
+        # The other sinks can be marked now only if no batch is still writing to them.
+        marked = not self.finishing
         record = {
-            "type": "batch", "seq": self.journal.next_seq(),
-            # the previous batch's entries, if their deletion is still under way
-            "leaving": self.removal.outstanding(),
-            "marks": {sink.name: sink.mark() for sink in self.sinks},
+            "type": "batch", "seq": seq,
+            "marks": {sink.name: sink.mark() for _, sink in (ahead + later if marked else ahead)},
             "files": [self._journaled(p).to_json() for p in batch],
         }
-        self.journal.append(record)
-        self._apply(record, batch, fresh=True)
-        done: dict = {"type": "done", "seq": record["seq"]}
+        self._journal(record)
+        self._write(ahead, batch, sync=False)
         for p in batch:
             self.proven.pop(p.ref.relpath, None)
-        if self.index is not None and not self.proven:
-            done["index"] = self.index.cursor  # every line read so far is processed
-        self.journal.append(done)
+        # every index line read so far is processed once this batch is done
+        index = self.index.cursor if self.index is not None and not self.proven else None
+        self.committing.update(p.ref.relpath for p in batch)
         self.tree.release()
-        self._remove_later(record["seq"], [_leaving(p) for p in batch])
+        self.finishing.append(self.finisher.submit(
+            self._finish, seq, batch, [s for _, s in ahead], later, marked, index))
+
+    def _finish(self, seq: int, batch: list[Outcome], ahead: list[Sink],
+                later: list[tuple[int, Sink]], marked: bool, index: list[int] | None) -> None:
+        """Steps 2-6 of batch ``seq``, in the finishing thread."""
+        for sink in ahead:
+            sink.sync()
+        if not marked and later:
+            self._journal({"type": "marks", "seq": seq,
+                           "marks": {sink.name: sink.mark() for _, sink in later}})
+        self._apply(batch, later)
+        done: dict = {"type": "done", "seq": seq}
+        if index is not None:
+            done["index"] = index
+        self._journal(done)
+        self._remove_later(seq, [_leaving(p) for p in batch])
+        self.committing.difference_update(p.ref.relpath for p in batch)
         self.stats.entries += len(batch)
         self.stats.verdicts.update(p.verdict for p in batch)
         self.stats.bytes += sum(len(p.data) for p in batch)
         self.stats.batches += 1
-        if self.journal.size() >= COMPACT_AT:  # a fresh journal names no batch: none leaving
-            self._await_removal()
-            self.journal.compact({"seq": record["seq"], "index": self.journal.last("index")})
+
+    def _journal(self, record: dict) -> None:
+        """Append and sync ``record``; both threads append, and neither waits for the
+        other's sync (one fdatasync makes everything written before it durable)."""
+        with self.journal_lock:
+            self.journal.append(record, sync=False)
+        self.journal.sync()
+
+    def _await_finishing(self, keep: int = 0) -> None:
+        """Until at most ``keep`` batches are still finishing; a failure there is raised
+        here (the batch stays unfinished in the journal, as after a crash)."""
+        while len(self.finishing) > keep:
+            self.finishing.pop(0).result()
+
+    def reap(self) -> None:
+        """Raise what made a finished batch fail, without waiting for the others."""
+        while self.finishing and self.finishing[0].done():
+            self.finishing.pop(0).result()
+
+    def finish(self) -> None:
+        """Until every batch committed so far is done and its entries deleted."""
+        self._await_finishing()
+        self._await_removal()
 
     def _journaled(self, p: Outcome) -> JournaledEntry:
         return JournaledEntry(p.ref.relpath, p.inode, p.device, len(p.data), p.crc, p.status,
@@ -338,12 +402,9 @@ class Pipeline:
                               {sink.name: length for sink, piece in zip(self.sinks, p.pieces)
                                if (length := sink.length(piece)) is not None})
 
-    def _apply(self, record: dict, batch: list[Outcome], fresh: bool = False) -> None:
-        if not fresh:
-            self._recover_sinks(record, batch)
-            return
-        local = [(n, s) for n, s in enumerate(self.sinks) if s.local]
-        remote = [(n, s) for n, s in enumerate(self.sinks) if not s.local]
+    def _apply(self, batch: list[Outcome], sinks: list[tuple[int, Sink]]) -> None:
+        local = [(n, s) for n, s in sinks if s.local]
+        remote = [(n, s) for n, s in sinks if not s.local]
         if len(batch) < PARALLEL_SINKS_FROM:
             self._write(local + remote, batch)
             return
@@ -356,18 +417,29 @@ class Pipeline:
         finally:
             files.result()
 
-    def _write(self, sinks: list[tuple[int, Sink]], batch: list[Outcome]) -> None:
+    def _write(self, sinks: list[tuple[int, Sink]], batch: list[Outcome],
+               sync: bool = True) -> None:
         for n, sink in sinks:
             refused = sink.refused
-            self.stats.spooled += sink.write([p.pieces[n] for p in batch])
-            sink.sync()
-            self.stats.errors += sink.refused - refused
+            spooled = sink.write([p.pieces[n] for p in batch])
+            if sync:
+                sink.sync()
+            self._count(spooled=spooled, errors=sink.refused - refused)
 
-    def _recover_sinks(self, record: dict, batch: list[Outcome]) -> None:
-        """Each sink gets what it lacks of the interrupted batch, entry by entry."""
+    def _count_errors(self, count: int) -> None:
+        self._count(errors=count)
+
+    def _count(self, spooled: int = 0, errors: int = 0) -> None:
+        if spooled or errors:
+            with self.stats_lock:  # both threads count
+                self.stats.spooled += spooled
+                self.stats.errors += errors
+
+    def _recover_sinks(self, record: dict, marks: dict, batch: list[Outcome]) -> None:
+        """Each sink gets what it lacks of the interrupted batch, entry by entry; a sink
+        without a mark was not written to for it (``recover`` appends it whole)."""
         reloaded = {p.ref.relpath: p for p in batch}
         entries = batch_entries(record)
-        marks = batch_marks(record)
         for n, sink in enumerate(self.sinks):
             regions = []
             for entry in entries:
@@ -376,7 +448,7 @@ class Pipeline:
                                 again.pieces[n] if again is not None else None))
             refused = sink.refused
             sink.recover(marks.get(sink.name), regions)
-            self.stats.errors += sink.refused - refused
+            self._count_errors(sink.refused - refused)
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         """A journaled batch's entries, now (on start-up)."""
@@ -392,7 +464,7 @@ class Pipeline:
 
     def _await_removal(self) -> None:
         """Until the deletions under way are done (those that failed count as errors)."""
-        self.stats.errors += self.removal.wait()
+        self._count_errors(self.removal.wait())
 
     # -- driving -------------------------------------------------------------------------------
     def process(self, work: Iterable[tuple[EntryRef, Proof]], stop=None,
@@ -412,8 +484,8 @@ class Pipeline:
         def fresh(pairs, from_stream: bool = False) -> list:
             items = []
             for ref, proof in pairs:
-                if self.removal.holds(ref.relpath):
-                    continue  # committed: only its deletion is not finished
+                if ref.relpath in self.committing or self.removal.holds(ref.relpath):
+                    continue  # committed: only its finishing or deletion is not done
                 if ref.relpath not in seen:
                     seen.add(ref.relpath)
                     items.append((ref, proof, self.proven.get(ref.relpath)))
@@ -425,10 +497,7 @@ class Pipeline:
             found = more()
             return None if found is None else fresh(found, from_stream=True)
 
-        try:
-            self._process(fresh(work), stream if more else None, seen, stop, cutoff)
-        finally:
-            self._await_removal()
+        self._process(fresh(work), stream if more else None, seen, stop, cutoff)
         return again
 
     def _process(self, items: list, stream, seen: set[str], stop, cutoff) -> None:
@@ -492,7 +561,7 @@ class Pipeline:
         try:
             work = self._scan_all()
         except OSError as exc:
-            self.stats.errors += 1
+            self._count_errors(1)
             log.error("cannot open the storage directory %s: %s", self.settings.storage_dir,
                       exc.strerror or exc)
             return self.stats
@@ -500,25 +569,30 @@ class Pipeline:
         if progress is not None:
             work = progress(work)
         self.process(work)
+        self.finish()
         self.flush()
         self.tree.remove_empty_dirs()
         return self.stats
 
     def flush(self) -> None:
         """Let sinks deliver what they kept for later (a database back from an outage)."""
+        self._await_finishing()
         for sink in self.sinks:
             sink.flush()
 
     def reopen_logs(self) -> None:
+        self._await_finishing()
         for sink in self.sinks:
             sink.reopen()
 
     def tidy(self) -> None:
         """Between batches, now and then: empty directories pruned, sinks flushed."""
+        self.finish()
         self.tree.remove_empty_dirs()
         self.flush()
 
     def status(self) -> dict:
+        self._await_finishing()  # the sinks' status is read while none is being written
         stats = self.stats
         return {"entries": stats.entries, "bytes": stats.bytes,
                 "quarantined": stats.quarantined, "spooled": stats.spooled,
@@ -541,7 +615,8 @@ class Pipeline:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
-        self.file_sinks.shutdown()
+        self.finisher.shutdown()  # a failure there was raised by reap or finish, or is
+        self.file_sinks.shutdown()  # completed from the journal by the next start-up
         for sink in self.sinks:
             sink.close()
         if self.journal is not None:

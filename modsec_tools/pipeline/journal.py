@@ -1,10 +1,10 @@
 """Crash-safe record files: the ingest journal and the database spool.
 
 The journal makes ingest exactly-once across kill -9. Before a batch touches any sink, a
-``batch`` record (its files, the sinks' sizes before it, the previous batch if its files are
-still being deleted) is appended and fsync'd; once every sink has the batch, a ``done`` record
-follows, and only then are the files deleted. On start-up only the last batch can lack its
-``done``; its files still exist, so it is completed from them.
+``batch`` record (its files, the sinks' sizes before it, or a ``marks`` record for those it
+could not know yet) is appended and fsync'd; once every sink has the batch, a ``done`` record
+follows, and only then are the files deleted. On start-up only the last two batches can lack
+their ``done``; their files still exist, so they are completed from them (ingest.py).
 
 The spool holds database rows while the database is unreachable, replayed when it returns.
 
@@ -69,6 +69,9 @@ class RecordLog:
         if sync:
             os.fdatasync(self.fd)
         self.records.append(record)
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

@@ -62,6 +62,9 @@ class Sink(ABC):
     #: written by the pipeline's file thread, in registry order (cheap local appends);
     #: otherwise in the committing thread, at the same time (it may wait on a network)
     local: ClassVar[bool] = True
+    #: written as soon as the batch is journaled, before the batch before it is done with
+    #: the other sinks (and synced later): what fail2ban waits for
+    ahead: ClassVar[bool] = False
     renderer: Renderer
 
     @classmethod

@@ -14,6 +14,7 @@ class EventLine(PlainWire):
 
 class EventLogSink(FileSink):
     name = "events"
+    ahead = True
 
     @classmethod
     def open(cls, settings: Settings) -> "EventLogSink":

@@ -1,0 +1,110 @@
+"""The event log runs a batch ahead: a batch's lines are written as soon as it is journaled,
+while the batch before it is still being made durable in the other sinks (the database's
+commit is the slow one), so an attack that closes meanwhile reaches fail2ban at once. A
+crash then leaves two batches unfinished; start-up completes both, exactly once."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from modsec_tools import config
+from modsec_tools.pipeline.ingest import Pipeline
+from modsec_tools.pipeline.journal import Journal
+from modsec_tools.sinks.database import DatabaseSink
+from tests import corpus
+from tests import ingest_helpers as ih
+from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
+from tests.test_ingest_recovery import RUN, check_nothing_lost
+
+BATCH = 10
+#: three batches of BATCH entries, at least
+COPIES = corpus.copies_for(RUN, 3 * BATCH)
+
+
+def small_batches(root) -> ih.Sandbox:
+    return ih.Sandbox(root, settings={"batch_size": str(BATCH), "workers": "0"})
+
+
+def test_next_batch_reaches_the_event_log_while_the_database_commits(fast_tmp, monkeypatch):
+    corpus.require_corpus()
+    sb = small_batches(fast_tmp)
+    made = ih.replicate(RUN, sb.storage, COPIES)
+    release, entered = threading.Event(), threading.Event()
+    real_write = DatabaseSink.write
+
+    def slow_write(self, rows):
+        entered.set()
+        release.wait(30)
+        return real_write(self, rows)
+    monkeypatch.setattr(DatabaseSink, "write", slow_write)
+    failure: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            with Pipeline(config.load(str(sb.config))) as pipeline:
+                pipeline.run_once()
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            failure.append(exc)
+    runner = threading.Thread(target=ingest)
+    runner.start()
+    try:
+        assert entered.wait(30)
+        deadline = time.monotonic() + 10
+        while len(sb.lines()) <= BATCH and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ahead = len(sb.lines())
+    finally:
+        release.set()
+        runner.join(60)
+    assert not failure, failure
+    assert ahead == 2 * BATCH  # the 2nd batch's lines; the 3rd waits for the 1st to be done
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made)
+
+
+#: The database's first commit never ends; the process dies (like kill -9) right after the
+#: second batch's lines are written: batch 1 has its lines, archive and JSON lines but no
+#: rows, batch 2 only its lines, and the event log holds both batches past batch 1's mark.
+CRASH_AHEAD = r"""
+import os, sys, threading
+from modsec_tools import config
+from modsec_tools.appendfile import AppendFile
+from modsec_tools.pipeline import ingest
+from modsec_tools.sinks.database import DatabaseSink
+settings = config.load(sys.argv[1])
+DatabaseSink.write = lambda self, rows: threading.Event().wait()
+real_append = AppendFile.append
+appends = []
+def append(self, data):
+    real_append(self, data)
+    if self.path == settings.event_log:
+        appends.append(1)
+        if len(appends) == 2:
+            os._exit(9)
+AppendFile.append = append
+ingest.Pipeline(settings).open().run_once()
+"""
+
+
+def test_crash_with_two_batches_unfinished_completes_both_exactly_once(fast_tmp):
+    corpus.require_corpus()
+    sb = small_batches(fast_tmp)
+    made = ih.replicate(RUN, sb.storage, COPIES)
+    done = subprocess.run([sys.executable, "-c", CRASH_AHEAD, str(sb.config)], cwd=ih.REPO,
+                          env=ih.cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr[-2000:]
+    assert len(sb.left()) == len(made) and len(sb.lines()) == 2 * BATCH
+    journal = Journal(str(sb.state / "journal"))
+    records = journal.records
+    journal.close()
+    assert [(r["type"], r["seq"]) for r in records] == [("batch", 1), ("batch", 2)]
+    rerun = sb.run()
+    for seq in (1, 2):
+        assert f"completing batch {seq} interrupted by a crash ({BATCH} files)" in rerun.stderr
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+    assert len(sb.json_records()) == len(made)
