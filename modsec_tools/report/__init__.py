@@ -24,7 +24,7 @@ from typing import Any
 from . import query, rollup
 from .fail2ban import DEFAULT_JAILS, banned_now
 from .filters import parse_filters
-from .model import Fail2banState, Filters, Report
+from .model import Fail2banState, Filters, Report, RuleRow
 from .query import ReportError
 
 __all__ = ["build_report", "parse_filters", "Report", "ReportError", "DEFAULT_JAILS"]
@@ -48,12 +48,7 @@ def build_report(open_db: Callable[[], Any], filters: Filters, top: int = 10,
         with ThreadPoolExecutor(1) as aside, ThreadPoolExecutor(max(1, parallel)) as pool:
             f2b = aside.submit(banned_now, jails, fail2ban_socket)
             futures = {name: pool.submit(connections.run, job) for name, job in work.items()}
-            rules = futures["rules"].result()
-            # each rule's addresses is a statement of its own: they share the connections
-            counted = [pool.submit(connections.run, lambda c, *_, rule=rule.rule_id:
-                                   _rule_addresses(c, sel, days, rule)) for rule in rules]
-            rules = [replace(rule, addresses=count.result())
-                     for rule, count in zip(rules, counted)]
+            rules = _with_addresses(pool, connections, sel, days, futures["rules"].result())
             results = {name: future.result() for name, future in futures.items()}
             state: Fail2banState = f2b.result()
     clients, totals = results["clients"]
@@ -79,11 +74,25 @@ def _sections(sel: query.Selection, days: rollup.Days | None, top: int,
             "cube": lambda c, *_: rollup.cube(c, days, sel, first, last, bucket)}
 
 
-def _rule_addresses(cursor: Any, sel: query.Selection, days: rollup.Days | None,
-                    rule_id: str) -> int:
-    if days is None:
-        return query.rule_addresses(cursor, sel, rule_id)
-    return rollup.rule_addresses(cursor, days, sel, rule_id)
+def _with_addresses(pool: ThreadPoolExecutor, connections: "_Connections",
+                    sel: query.Selection, days: rollup.Days | None,
+                    rules: list[RuleRow]) -> list[RuleRow]:
+    """The top rules with their distinct addresses. Over every event, a statement per
+    rule, side by side on the connections (each reads its rule's matches alone, from the
+    message index); else one statement for them all (from the rollups, or one pass over
+    the selection's matches instead of one per rule)."""
+    ids = [rule.rule_id for rule in rules]
+    if days is None and not sel.where:
+        counted = [pool.submit(connections.run, lambda c, *_, rule=rule:
+                               query.rule_addresses(c, sel, rule)) for rule in ids]
+        found = dict(zip(ids, (count.result() for count in counted)))
+    elif days is None:
+        found = pool.submit(connections.run, lambda c, *_: query.rules_addresses(
+            c, sel, ids)).result()
+    else:
+        found = pool.submit(connections.run, lambda c, *_: rollup.rules_addresses(
+            c, days, sel, ids)).result()
+    return [replace(rule, addresses=found.get(rule.rule_id, 0)) for rule in rules]
 
 
 def _plan(cursor: Any, kind: str, mark: str, filters: Filters, now: dt.datetime,

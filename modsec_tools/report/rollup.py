@@ -90,12 +90,18 @@ def top_rules(cursor: Any, span: Days, sel: Selection, top: int) -> list[RuleRow
     return query.rules_of(cursor, sel, {int(i): int(n) for i, n in cursor.fetchall()}, top)
 
 
-def rule_addresses(cursor: Any, span: Days, sel: Selection, rule_id: str) -> int:
+def rules_addresses(cursor: Any, span: Days, sel: Selection,
+                    rule_ids: list[str]) -> dict[str, int]:
+    """The distinct addresses of each of these rules (over all time: a bounded range reads
+    the events)."""
     if span.bounded:
-        return query.rule_addresses(cursor, sel, rule_id)
-    cursor.execute("SELECT COUNT(*) FROM rollup_rule_clients WHERE rule_id = "
-                   f"{span.mark} AND client_ip <> ''", (rule_id,))
-    return int(cursor.fetchone()[0])
+        return query.rules_addresses(cursor, sel, rule_ids)
+    if not rule_ids:
+        return {}
+    cursor.execute("SELECT rule_id, COUNT(*) FROM rollup_rule_clients WHERE rule_id IN "
+                   f"({','.join([span.mark] * len(rule_ids))}) AND client_ip <> '' "
+                   "GROUP BY rule_id", rule_ids)
+    return {text(r): int(n) for r, n in cursor.fetchall()}
 
 
 def targets(cursor: Any, span: Days, top: int) -> list[TargetRow]:
