@@ -10,8 +10,9 @@ messages, 12 virtual hosts), counts their rollups (modsec_tools/db/rollups.py, a
 4's migration does: the rows go in beside the inserts), creates the report's indexes
 (modsec_tools/report/indexes.py), then times the report as the command makes it (every
 section, the terminal tables rendered) over everything, over the data's last hour (--since
-1h as of its last event), over its last seven whole UTC days and with --since 7d. MariaDB: a private server (tests/realparts/mariadb.py) with a 1 GiB
-buffer pool, over its Unix socket. Then ``show``'s search (report/archive.py) of a
+1h as of its last event), over its last seven whole UTC days and with --since 7d.
+MariaDB: a private server (tests/realparts/mariadb.py) with a 1 GiB buffer pool, over its
+Unix socket. Then ``show``'s search (report/archive.py) of a
 --archive-gib archive made of corpus entries with fresh ids: an id it does not hold, and
 its last entry's.
 
@@ -403,8 +404,9 @@ def _table(args, rows, load) -> str:
              "",
              f"Machine: {_machine(load)}. Interpreter: {sys.executable} "
              f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, MariaDB "
-             f"{_mariadb_version()} (buffer pool 1 GiB, Unix socket). Schema 4 (the rollups counted), the report's "
-             "indexes (modsec_tools/report/indexes.py) created. Median of "
+             f"{_mariadb_version()} (buffer pool 1 GiB, Unix socket). Schema 4 (the rollups "
+             "counted), the report's indexes (modsec_tools/report/indexes.py) created. "
+             "Median of "
              f"{args.rounds} runs after one warm-up run; CPU: this process's (SQLite runs "
              "in it; MariaDB's work is the server's).",
              "",

@@ -12,6 +12,7 @@ from modsec_tools.db.rows import event_row, stored_unique_id
 from modsec_tools.report.show import stored_events
 from tests import corpus
 from tests.ingest_helpers import tree_files_from_tar
+from tests.test_report_data import database_url
 
 LONG = "A" * 64
 IDS = [LONG + "first", LONG + "second",                       # the same first 64
@@ -21,20 +22,10 @@ IDS = [LONG + "first", LONG + "second",                       # the same first 6
 
 @pytest.fixture(params=["sqlite", "mariadb"])
 def db(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'events.db'}"
-        server = name = None
-    else:
-        server = request.getfixturevalue("mariadb")
-        if not server.running:
-            server.start()
-        name = server.create_database()
-        url = server.url_for(name)
-    database = open_database(parse_target(url))
-    yield database
-    database.close()
-    if server is not None and server.running:
-        server.drop_database(name)
+    with database_url(request, tmp_path) as url:
+        database = open_database(parse_target(url))
+        yield database
+        database.close()
 
 
 def _rows(ids: list[str]):

@@ -31,24 +31,14 @@ T1 = dt.datetime(2026, 11, 28, 15, 30, 30)
 @pytest.fixture(scope="module", params=["sqlite", "mariadb"])
 def stored(request, tmp_path_factory):
     """(database URL, events and matches read back) of the corpus, once per dialect."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'events.db'}"
-        name = server = None
-    else:
-        server = request.getfixturevalue("mariadb")
-        if not server.running:
-            server.start()
-        name = server.create_database()
-        url = server.url_for(name)
-    db = open_database(parse_target(url))
-    try:
-        assert data.store(db) == len(data.corpus_rows())
-        events, matches = data.read_back(db.conn)
-    finally:
-        db.close()
-    yield url, events, matches
-    if server is not None and server.running:
-        server.drop_database(name)
+    with data.database_url(request, tmp_path_factory.mktemp("report")) as url:
+        db = open_database(parse_target(url))
+        try:
+            assert data.store(db) == len(data.corpus_rows())
+            events, matches = data.read_back(db.conn)
+        finally:
+            db.close()
+        yield url, events, matches
 
 
 def report_of(url: str, top: int = 10, **filters):

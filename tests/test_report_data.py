@@ -6,10 +6,12 @@ and counted in Python), independently of modsec_tools.report.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -93,6 +95,22 @@ def store(db) -> int:
     for node, row in corpus_rows():
         by_node[node].append(row)
     return sum(db.insert(node, rows) for node, rows in by_node.items())
+
+
+@contextlib.contextmanager
+def database_url(request, directory) -> Iterator[str]:
+    """The URL of a new, empty database: ``request.param`` "sqlite" (a file in
+    ``directory``) or "mariadb" (on the tests' MariaDB server, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{directory / 'events.db'}"
+        return
+    server = request.getfixturevalue("mariadb")
+    if not server.running:
+        server.start()
+    name = server.create_database()
+    yield server.url_for(name)
+    if server.running:
+        server.drop_database(name)
 
 
 def sqlite_with_corpus(path) -> str:

@@ -5,7 +5,6 @@ read from the events and plain SQL's figures, on SQLite and MariaDB."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import subprocess
 import sys
@@ -26,16 +25,8 @@ START = dt.datetime(2026, 11, 20, 7, 30)
 
 @pytest.fixture(params=["sqlite", "mariadb"])
 def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'events.db'}"
-        return
-    server = request.getfixturevalue("mariadb")
-    if not server.running:
-        server.start()
-    name = server.create_database()
-    yield server.url_for(name)
-    if server.running:
-        server.drop_database(name)
+    with data.database_url(request, tmp_path) as made:
+        yield made
 
 
 def spread_rows() -> list[tuple[str, Row]]:
@@ -97,7 +88,7 @@ def serves(url: str, **filters) -> bool:
         db.close()
 
 
-# -- what inserts add -----------------------------------------------------------------------------
+# -- what inserts add --------------------------------------------------------------------------
 def test_inserts_and_replays_add_what_a_recount_finds(url):
     rows = spread_rows()
     db = open_database(parse_target(url))
@@ -209,7 +200,7 @@ def test_two_writers_at_once(mariadb):
         mariadb.drop_database(name)
 
 
-# -- schema 3 to 4 ---------------------------------------------------------------------------------
+# -- schema 3 to 4 -----------------------------------------------------------------------------
 def test_schema_3_migrates_in_place(url, monkeypatch):
     rows = spread_rows()
     with monkeypatch.context() as old:       # this version as it was at schema 3
@@ -235,7 +226,7 @@ def test_schema_3_migrates_in_place(url, monkeypatch):
     assert figures(report_of(url, True)) == figures(report_of(url, False))
 
 
-# -- the report from the rollups --------------------------------------------------------------------
+# -- the report from the rollups ---------------------------------------------------------------
 SERVED = [{}, {"since": "2026-11-22", "until": "2026-11-27"}, {"since": "2026-11-25"},
           {"until": "2026-11-24T01:00:00+01:00"}]
 NOT_SERVED = [{"since": "2026-11-22 12:00"}, {"until": "2026-11-27 00:00:01"},
@@ -247,24 +238,14 @@ NOT_SERVED = [{"since": "2026-11-22 12:00"}, {"until": "2026-11-27 00:00:01"},
 @pytest.fixture(scope="module", params=["sqlite", "mariadb"])
 def spread(request, tmp_path_factory):
     """(URL, events and matches read back) of the spread rows, once per dialect."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('rollups') / 'events.db'}"
-        server = name = None
-    else:
-        server = request.getfixturevalue("mariadb")
-        if not server.running:
-            server.start()
-        name = server.create_database()
-        url = server.url_for(name)
-    db = open_database(parse_target(url))
-    try:
-        insert(db, spread_rows())
-        events, matches = data.read_back(db.conn)
-    finally:
-        db.close()
-    yield url, events, matches
-    if server is not None and server.running:
-        server.drop_database(name)
+    with data.database_url(request, tmp_path_factory.mktemp("rollups")) as url:
+        db = open_database(parse_target(url))
+        try:
+            insert(db, spread_rows())
+            events, matches = data.read_back(db.conn)
+        finally:
+            db.close()
+        yield url, events, matches
 
 
 @pytest.mark.parametrize("chosen", SERVED, ids=["all", "days", "since-day", "until-day"])
