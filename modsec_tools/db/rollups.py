@@ -10,7 +10,8 @@ none twice either):
 * ``rollup_clients`` (client, day): events, blocked, detected, first and last time;
 * ``rollup_targets`` (target, day): host and path (the request target up to '?'),
   events, blocked; ``target`` is a 63-bit digest of (host, path), as message ids are;
-* ``rollup_messages`` (message id, day): matches;
+* ``rollup_rules`` (rule id, text, day): the rule's msg and severity, matches; ``text``
+  is a digest of (msg, severity): the report shows each rule's most frequent one;
 * ``rollup_rule_clients`` (rule id, client): matches; the distinct addresses of a rule,
   and the distinct rules of an address, over all time.
 
@@ -40,7 +41,7 @@ NO_TIME = -1
 #: The schema version that has them.
 SCHEMA = 4
 
-TABLES = ("rollup_hours", "rollup_clients", "rollup_targets", "rollup_messages",
+TABLES = ("rollup_hours", "rollup_clients", "rollup_targets", "rollup_rules",
           "rollup_rule_clients")
 
 #: Schema 4's statements (formatted with schema.TYPES).
@@ -74,11 +75,14 @@ DDL = [
         blocked {bigint} NOT NULL,
         PRIMARY KEY (target, day)
     ){engine}{without_rowid}""",
-    """CREATE TABLE IF NOT EXISTS rollup_messages (
-        message_id {bigint} NOT NULL,
+    """CREATE TABLE IF NOT EXISTS rollup_rules (
+        rule_id VARCHAR(32) NOT NULL,
+        text {bigint} NOT NULL,
         day {int} NOT NULL,
+        msg {blob},
+        severity VARCHAR(10),
         n {bigint} NOT NULL,
-        PRIMARY KEY (message_id, day)
+        PRIMARY KEY (rule_id, text, day)
     ){engine}{without_rowid}""",
     """CREATE TABLE IF NOT EXISTS rollup_rule_clients (
         rule_id VARCHAR(32) NOT NULL,
@@ -126,7 +130,7 @@ UPSERTS = (
     Upsert("rollup_clients", ("client_ip", "day"), ("n", "blocked", "detected"),
            ("first_at",), ("last_at",)),
     Upsert("rollup_targets", ("target", "day"), ("n", "blocked"), same=("host", "path")),
-    Upsert("rollup_messages", ("message_id", "day"), ("n",)),
+    Upsert("rollup_rules", ("rule_id", "text", "day"), ("n",), same=("msg", "severity")),
     Upsert("rollup_rule_clients", ("rule_id", "client_ip"), ("n",)),
 )
 
@@ -163,7 +167,18 @@ def day_number(stamp: dt.datetime) -> int | None:
 
 @lru_cache(maxsize=65536)
 def target_id(host: bytes, path: bytes) -> int:
-    digest = hashlib.blake2b(repr((host, path)).encode(), digest_size=8)
+    return _digest((host, path))
+
+
+@lru_cache(maxsize=65536)
+def text_id(msg: Any, severity: str | None) -> int:
+    return _digest((None if msg is None else bytes(msg), severity))
+
+
+def _digest(values: tuple) -> int:
+    """63 bits of the BLAKE2b digest of some values (bytes, str or None: their repr is
+    unambiguous), as message ids are made."""
+    digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=8)
     return int.from_bytes(digest.digest(), "big") >> 1
 
 
@@ -183,8 +198,9 @@ class Tally:
 
     def add_event(self, created_at: Any, node: str, verdict: str | None, status: int | None,
                   client: str | None, host: Any, uri: Any,
-                  messages: Iterable[tuple[int, str | None]]) -> None:
-        """One event; ``messages``: (message id, rule id or None) of each of its matches."""
+                  matches: Iterable[tuple[str | None, str | None, Any]]) -> None:
+        """One event; ``matches``: (rule id or None, severity, msg) of each of its rule
+        messages."""
         hour = hour_of(created_at)
         day = day_of_hour(hour)
         verdict = verdict or ""
@@ -216,13 +232,18 @@ class Tally:
         else:
             held[2] += 1
             held[3] += blocked
-        per_message, pairs = self.rows["rollup_messages"], self.rows["rollup_rule_clients"]
-        for message, rule in messages:
-            held = per_message.setdefault((message, day), [0])
+        per_text, pairs = self.rows["rollup_rules"], self.rows["rollup_rule_clients"]
+        for rule, severity, msg in matches:
+            if rule is None:
+                continue
+            key = (rule, text_id(msg, severity), day)
+            held = per_text.get(key)
+            if held is None:
+                per_text[key] = [msg, severity, 1]
+            else:
+                held[2] += 1
+            held = pairs.setdefault((rule, client), [0])
             held[0] += 1
-            if rule is not None:
-                held = pairs.setdefault((rule, client), [0])
-                held[0] += 1
 
     def statements(self) -> Iterator[tuple[Upsert, list[tuple]]]:
         """Each table's rows, in key order."""
@@ -252,7 +273,7 @@ def tally_rows(rows: Iterable[Any]) -> Tally:
     for row in rows:
         e = row.event
         tally.add_event(e[2], e[0], e[18], e[14], e[4], e[12], e[10],
-                        ((m[1], m[2]) for m in row.matches))
+                        ((m[2], m[3], m[4]) for m in row.matches))
     return tally
 
 
@@ -272,8 +293,8 @@ def recount(db: Database, cursor: Any, why: str = "schema 4") -> None:
     total = int(cursor.fetchone()[0])
     if total:
         log.warning("%s: counting the report's rollups over %d stored events", why, total)
-    cursor.execute("SELECT id, rule_id FROM messages")
-    rules = {int(i): r for i, r in cursor.fetchall()}
+    cursor.execute("SELECT id, rule_id, severity, msg FROM messages")
+    texts = {int(i): (r, s, None if m is None else bytes(m)) for i, r, s, m in cursor.fetchall()}
     mark = db.mark
     after = 0
     while True:
@@ -287,7 +308,7 @@ def recount(db: Database, cursor: Any, why: str = "schema 4") -> None:
                        f"{mark} AND event_id <= {mark}", (after, last))
         links: dict[int, list] = defaultdict(list)
         for event_id, message in cursor.fetchall():
-            links[int(event_id)].append((int(message), rules.get(int(message))))
+            links[int(event_id)].append(texts.get(int(message), (None, None, None)))
         tally = Tally()
         for event_id, created, node, verdict, status, client, host, uri in events:
             tally.add_event(created, node, verdict, status, client, host, uri,

@@ -68,7 +68,7 @@ def _sections(sel: query.Selection, days: rollup.Days | None, top: int,
                 "targets": lambda c, *_: query.targets(c, sel, top),
                 "clients": lambda c, *_: query.clients(c, sel, top),
                 "cube": lambda c, *_: query.cube(c, sel, first, last, bucket)}
-    return {"rules": lambda c, *_: rollup.top_rules(c, days, sel, top),
+    return {"rules": lambda c, *_: rollup.top_rules(c, days, top),
             "clients": lambda c, *_: rollup.clients(c, days, sel, top),
             "targets": lambda c, *_: rollup.targets(c, days, top),
             "cube": lambda c, *_: rollup.cube(c, days, sel, first, last, bucket)}

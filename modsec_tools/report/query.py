@@ -299,8 +299,7 @@ def _rules_of_clients(cursor: Any, sel: Selection, addresses: list[str]) -> dict
 
 def top_rules(cursor: Any, sel: Selection, top: int) -> list[RuleRow]:
     """The top rules by matches (ties: by rule id), their addresses still 0 (see
-    ``rule_addresses``); a rule's message and severity are those of its most frequent
-    message in the selection."""
+    ``rule_addresses``); see ``rank_rules`` for its message and severity."""
     if sel.where:
         cursor.execute(sel.sql("SELECT em.message_id, COUNT(*) FROM events e {join} "
                                "event_messages em ON em.event_id = e.id {where} "
@@ -313,10 +312,19 @@ def top_rules(cursor: Any, sel: Selection, top: int) -> list[RuleRow]:
 def rules_of(cursor: Any, sel: Selection, per_message: dict[int, int],
              top: int) -> list[RuleRow]:
     """The top rules from the matches of each message (message id → matches)."""
+    per_text: Counter = Counter()
+    for message, text_of in _messages(cursor, sel, per_message).items():
+        per_text[text_of] += per_message[message]
+    return rank_rules(per_text, top)
+
+
+def rank_rules(per_text: dict[tuple, int], top: int) -> list[RuleRow]:
+    """The top rules from their matches per (rule id, msg, severity): a rule's message and
+    severity are its most frequent pair's (ties: the first msg)."""
     matches: Counter = Counter()
     best: dict[str, tuple[int, str, str]] = {}
-    for message, (rule, severity, msg) in _messages(cursor, sel, per_message).items():
-        count = per_message[message]
+    for (rule, msg, severity), count in per_text.items():
+        rule, msg, severity = text(rule), text(msg), text(severity)
         matches[rule] += count
         held = best.get(rule)
         if held is None or count > held[0] or (count == held[0] and msg < held[1]):
@@ -325,15 +333,16 @@ def rules_of(cursor: Any, sel: Selection, per_message: dict[int, int],
     return [RuleRow(rule, best[rule][1], best[rule][2], count, 0) for rule, count in chosen]
 
 
-def _messages(cursor: Any, sel: Selection, ids: Iterable[int]) -> dict[int, tuple[str, str, str]]:
-    """id → (rule id, severity, msg) of the messages that carry a rule id."""
+def _messages(cursor: Any, sel: Selection, ids: Iterable[int]) -> dict[int, tuple]:
+    """id → (rule id, msg, severity) as stored, of the messages that carry a rule id."""
     wanted = list(ids)
-    found: dict[int, tuple[str, str, str]] = {}
+    found: dict[int, tuple] = {}
     for start in range(0, len(wanted), 500):
         chunk = wanted[start:start + 500]
-        cursor.execute(f"SELECT id, rule_id, severity, msg FROM messages WHERE rule_id IS NOT "
+        cursor.execute(f"SELECT id, rule_id, msg, severity FROM messages WHERE rule_id IS NOT "
                        f"NULL AND id IN ({','.join([sel.mark] * len(chunk))})", chunk)
-        found.update((int(i), (text(r), text(s), text(m))) for i, r, s, m in cursor.fetchall())
+        found.update((int(i), (r, None if m is None else bytes(m), s))
+                     for i, r, m, s in cursor.fetchall())
     return found
 
 

@@ -83,11 +83,12 @@ def _rules_of_clients(cursor: Any, span: Days, addresses: list[str]) -> dict[str
     return {text(a): int(n) for a, n in cursor.fetchall()}
 
 
-def top_rules(cursor: Any, span: Days, sel: Selection, top: int) -> list[RuleRow]:
+def top_rules(cursor: Any, span: Days, top: int) -> list[RuleRow]:
     where, params = span.where("day")
-    cursor.execute(f"SELECT message_id, SUM(n) FROM rollup_messages {where} "
-                   "GROUP BY message_id", params)
-    return query.rules_of(cursor, sel, {int(i): int(n) for i, n in cursor.fetchall()}, top)
+    cursor.execute(f"SELECT rule_id, MIN(msg), MIN(severity), SUM(n) FROM rollup_rules {where} "
+                   "GROUP BY rule_id, text", params)
+    return query.rank_rules({(r, None if m is None else bytes(m), s): int(n)
+                             for r, m, s, n in cursor.fetchall()}, top)
 
 
 def rules_addresses(cursor: Any, span: Days, sel: Selection,
