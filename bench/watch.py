@@ -564,7 +564,7 @@ def main() -> int:
     parser.add_argument("--no-tmpfs", action="store_true",
                         help="skip the phases with the storage tree on /dev/shm")
     args = parser.parse_args()
-    command = "python3 bench/watch.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = " ".join(["python3 bench/watch.py", *(shlex.quote(a) for a in sys.argv[1:])])
     began = time.monotonic()
     wh.load_pool()  # fail early without the corpus
     work = Path(tempfile.mkdtemp(prefix="bench-watch-", dir=args.tmp))
