@@ -23,8 +23,11 @@ whole range theirs; never loopback, which the action refuses to block) and send
            address in the kernel set, and how many requests were answered after that 2nd
            403's request (0 = banned before the next request)
   flood    --flood addresses at once, each sending requests back to back: the same two
-           figures per address
+           figures per address, and the blocked responses, `Found` lines and bans a second
+           (the attack's pace bounds them)
   idle     --idle seconds with nothing to ban: CPU of the threads that wake the bans
+  filter   --filter-lines blocked lines through `fail2ban-regex`, with our filter and with a
+           minimal one (same date pattern, no grammar): lines/s of fail2ban's matching
 
 (How many bans a second fail2ban applies through the filter is bench/ban.py's, with no
 observer beside it.)
@@ -41,7 +44,7 @@ modsecurity-crs, fail2ban, nftables, ipset, iptables, and an interpreter with mo
 dependencies for watch (./run-tests makes one: .venv/bin/python).
 
 usage: .venv/bin/python bench/e2e.py [--rows stock,ours] [--runs 20] [--rates 20,200] [--flood 200]
-                                     [--idle 30] [--upstream-patch PATCH]
+                                     [--idle 30] [--filter-lines 20000] [--upstream-patch PATCH]
                                      [--results bench/RESULTS.md] [--quick]
 """
 from __future__ import annotations
@@ -644,6 +647,8 @@ class Bench:
                     time.sleep(args.pause)
                 self.idle(rows)
                 res["rows"] = {row.name: analyse(row) for row in rows}
+                if args.filter_lines:
+                    res["filter"] = filter_speed(self.work, args.filter_lines)
         finally:
             if args.keep:
                 _log(f"kept {self.work}")
@@ -652,6 +657,48 @@ class Bench:
         res["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         res["minutes"] = (time.monotonic() - started) / 60
         return res
+
+
+#: Our filter's date pattern with the least a failregex needs (no grammar, no tags): what
+#: fail2ban's own matching costs, against which our filter's is measured.
+MINIMAL_FILTER = """[Definition]
+datepattern = ^%%Y-%%m-%%dT%%H:%%M:%%S\\.%%f(?:%%z)?
+failregex = ^ modsec\\[[^]]*\\]: client=<ADDR> verdict=blocked 
+"""
+
+
+def filter_speed(work: Path, count: int, tries: int = 3) -> dict:
+    """Lines a second fail2ban-regex matches with our filter and with MINIMAL_FILTER: ``count``
+    blocked lines, two for each address, timestamped now; its start-up (a one-line run) is
+    taken off; the best of ``tries``."""
+    from tests.f2b_harness import FAIL2BAN_REGEX, FILTER
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    log = work / "filter-lines.log"
+    with open(log, "w") as out:
+        for n in range(count):
+            host = SOURCES.network_address + 1 + n // MAXRETRY
+            out.write(f"{now}.{n % 1000000:06d}+00:00 modsec[bench]: client={host} verdict=blocked "
+                      f"status=403 phase=2 score=5 severity=CRITICAL rules=942100,949110 "
+                      f"id=Z{n:026d} method=\"GET\" host=\"www.example.test\" "
+                      f"uri=\"{ATTACK_URI}\" ua=\"modsec-tools-bench/1.0\"\n")
+    minimal = work / "filter-minimal.conf"
+    minimal.write_text(MINIMAL_FILTER)
+    one = work / "filter-one.log"
+    one.write_text(log.open().readline())
+
+    def best(path: Path, conf: Path) -> float:
+        times = []
+        for _ in range(tries):
+            began = time.perf_counter()
+            proc = subprocess.run([FAIL2BAN_REGEX, str(path), str(conf)], capture_output=True, text=True)
+            times.append(time.perf_counter() - began)
+            if proc.returncode != 0 or (path == log and f"{count} matched" not in proc.stdout):
+                raise RuntimeError(f"fail2ban-regex {conf}: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+        return min(times)
+    out = {"lines": count}
+    for name, conf in (("ours", FILTER), ("minimal", minimal)):
+        out[name] = count / max(best(log, conf) - best(one, conf), 1e-9)
+    return out
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -764,6 +811,7 @@ def _stages(observed: list[list[str]], source: str, second: float) -> dict[str, 
 STAGES = [("C", "E", "audit entry closed → event-log line (watch)"),
           ("E", "F", "event-log line → fail2ban Found (filter)"),
           ("R", "F", "error-log line → fail2ban Found (filter)"),
+          ("C", "F", "audit entry closed → fail2ban Found"),
           ("F", "B", "Found → Ban (fail2ban: ticket → ban check)"),
           ("B", "S", "Ban → kernel (action)")]
 
@@ -785,6 +833,23 @@ def _stage_dists(row: Row, attempts: list[tuple[str, dict]]) -> dict[str, dict]:
 def _dist(values: list[float]) -> dict:
     values = sorted(values)
     return {q: percentile(values, q) for q in (50, 90, 99, 100)}
+
+
+def _per_second(stamps: list[float]) -> float:
+    """Events a second from the first to the last (nan for fewer than two)."""
+    return (len(stamps) - 1) / (max(stamps) - min(stamps)) if len(stamps) > 1 else float("nan")
+
+
+def _flood_rates(observed: list[list[str]], sources: set[str], requests: list[list]) -> dict:
+    """What the flood offered and what fail2ban did with it, a second: blocked responses
+    (the attack's pace), log lines the filter matched (`Found`), bans (`Ban`)."""
+    stamps: dict[str, list[float]] = {}
+    for parts in observed:
+        if parts[0] in ("F", "B") and len(parts) > 2 and parts[2] in sources:
+            stamps.setdefault(parts[0], []).append(float(parts[1]))
+    answered = [r[2] for r in requests if r[0] in sources and r[3] == 403]
+    return {"blocked": _per_second(answered), "found": _per_second(stamps.get("F", [])),
+            "bans": _per_second(stamps.get("B", []))}
 
 
 def analyse(row: Row) -> dict:
@@ -811,6 +876,7 @@ def analyse(row: Row) -> dict:
                         "latency": _dist([a["latency"] for a in valid]),
                         "after": sorted(a["after"] for a in valid),
                         "banned": len(done), "span": (max(done) - began) if done else float("inf"),
+                        "rates": _flood_rates(row.observed(), set(sources), requests),
                         "stages": _stage_dists(row, [(s, a) for s, a in zip(sources, attempts)])}
     if "idle" in row.results:
         idle = row.results["idle"]
@@ -908,13 +974,21 @@ def section(res: dict, command: str, rates: list[float]) -> str:
     lines += table(res, rates) + [""] + verdict(res, rates) + [""]
     lines += ["Where the time goes (the deciding failure, stamps of one observer):", ""]
     lines += stage_table(res, rates) + [""]
+    if "filter" in res:
+        f = res["filter"]
+        lines += [f"Filter: `fail2ban-regex` on {f['lines']:,} blocked lines (two an address; its start-up "
+                  f"taken off, best of 3): our filter.d/modsec.conf {f['ours']:,.0f} lines/s, a minimal filter "
+                  f"(the same date pattern, `client=<ADDR> verdict=blocked`, no grammar, no tags) "
+                  f"{f['minimal']:,.0f} lines/s.", ""]
     for name, r in rows.items():
         flood, idle = r["flood"], r["idle"]
         lines.append(f"* {name}: {sum(r[f'single-{x:g}']['valid'] for x in rates)} valid runs of "
                      f"{sum(r[f'single-{x:g}']['runs'] for x in rates)}; flood: {flood['banned']} of "
                      f"{flood['addresses']} banned within {fmt_ms(flood['span'])} ms of its start, "
                      f"answered after maxretry: median {percentile(flood['after'], 50) if flood['after'] else '–'}, "
-                     f"max {max(flood['after'], default='–')}; idle: whole fail2ban-server "
+                     f"max {max(flood['after'], default='–')}; a second: {flood['rates']['blocked']:.0f} blocked "
+                     f"responses, {flood['rates']['found']:.0f} `Found`, {flood['rates']['bans']:.0f} bans; "
+                     "idle: whole fail2ban-server "
                      f"{100 * idle['process']:.3f} % of a core, its actions thread "
                      f"{100 * (idle['actions'] or 0):.3f} %"
                      + (f", the fast path's waker {100 * (idle['waker'] or 0):.4f} %" if idle["waker"] is not None else ""))
@@ -948,6 +1022,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--watch-workers", metavar="N",
                         help="watch's `workers` setting (default: its own, auto: batches of 128+ "
                         "entries go to worker processes it spawns at the first such batch)")
+    parser.add_argument("--filter-lines", type=int, default=20000, metavar="N",
+                        help="time fail2ban-regex on N blocked lines with our filter and a minimal "
+                        "one (default: 20000; 0: skip)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--pause", type=float, default=0.3, help="seconds between runs (default: 0.3)")
     parser.add_argument("--ban-timeout", type=float, default=5.0,
@@ -960,10 +1037,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--results", type=Path, metavar="PATH",
                         help="replace the '## bench/e2e.py' section of PATH (e.g. bench/RESULTS.md)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 runs, flood 20, idle 5 s")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 runs, flood 20, idle 5 s, 2000 filter lines")
     args = parser.parse_args(argv)
     if args.quick:
-        args.runs, args.flood, args.idle = 3, 20, 5.0
+        args.runs, args.flood, args.idle, args.filter_lines = 3, 20, 5.0, 2000
     args.upstream_patch = args.upstream_patch or [REPO / "docs" / "upstream" / name for name in
                                                   UPSTREAM_PATCHES]
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
