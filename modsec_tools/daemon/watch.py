@@ -50,6 +50,8 @@ INDEX_MASK = pyinotify.IN_MODIFY | pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
 
 
 MAX_POLL_MS = 200
+#: How often a queue waiting for the pipeline's finishing thread looks whether it is free.
+BUSY_POLL_MS = 1
 #: How long one call of the pipeline may keep taking newly closed entries before the main
 #: loop gets control back (status file, periodic rescan).
 STREAM_SECONDS = 1.0
@@ -283,7 +285,7 @@ class Watcher:
         if self.index_touched:
             self.index_touched = False
             pipeline.take_index()
-        if not pipeline.queue:
+        if not pipeline.queue or (not force and pipeline.busy()):
             return
         if not force and len(pipeline.queue) < self.settings.batch_size \
                 and pipeline.lag() * 1000 < self.options.flush_ms:
@@ -350,6 +352,8 @@ class Watcher:
         now = time.monotonic()
         deadline = next_rescan
         if self.pipeline.queue:
+            if self.pipeline.busy():
+                return BUSY_POLL_MS
             deadline = min(deadline, self.pipeline.queued_since + self.options.flush_ms / 1000)
         # Capped, so a signal (which poll() does not return for) is seen promptly.
         return max(0, min(MAX_POLL_MS, int((deadline - now) * 1000)))

@@ -391,6 +391,14 @@ class Pipeline:
         while self.finishing and self.finishing[0].done():
             self.finishing.pop(0).result()
 
+    def busy(self) -> bool:
+        """A batch committed now would wait: one is finishing and another is queued behind
+        it. Watch then leaves what closes in the queue, for one larger batch once the
+        finishing thread is free (a flood would otherwise go through in small batches,
+        each paying the fsyncs)."""
+        self.reap()
+        return len(self.finishing) > 1
+
     def finish(self) -> None:
         """Until every batch committed so far is done and its entries deleted."""
         self._await_finishing()
