@@ -31,6 +31,7 @@ import pyinotify
 
 from ..tree import dirperms
 from ..config import Settings
+from .heap import HeapTrimmer
 from .process import Signals, describe_status, sd_notify, write_status
 from ..pipeline.examine import Proof
 from ..pipeline.ingest import Pipeline
@@ -320,6 +321,7 @@ class Watcher:
         log.info("watching %s", self.root)
         next_rescan = time.monotonic() + self.options.rescan_seconds
         next_status = 0.0
+        heap = HeapTrimmer(WORKERS_IDLE_SECONDS)
         while not signals.stop:
             timeout = self._timeout(next_rescan)
             self.take_events(timeout)
@@ -331,6 +333,7 @@ class Watcher:
                 next_rescan = now + self.options.rescan_seconds
             self._flush()
             self.pipeline.stop_idle_workers(WORKERS_IDLE_SECONDS)
+            heap.tick(self.pipeline.stats.entries, now)
             if signals.reopen:
                 signals.reopen = False
                 self.pipeline.reopen_logs()
