@@ -303,8 +303,11 @@ def test_crash_while_the_previous_batch_is_being_deleted(fast_tmp):
     journal = Journal(str(sb.state / "journal"))
     records = journal.records
     journal.close()
-    assert sorted((r["type"], r["seq"]) for r in records if r["type"] in ("batch", "done")) \
-        == [("batch", 1), ("batch", 2), ("done", 1)]
+    # batch 3 may have been journaled (and its lines written) while batch 2 was finishing:
+    # at most the last two batches are unfinished
+    kinds = sorted((r["type"], r["seq"]) for r in records if r["type"] in ("batch", "done"))
+    assert kinds in ([("batch", 1), ("batch", 2), ("done", 1)],
+                     [("batch", 1), ("batch", 2), ("batch", 3), ("done", 1)]), kinds
     rerun_completes(sb, made, batch=2)
 
 
