@@ -46,3 +46,15 @@ def test_a_freed_burst_leaves_the_resident_set():
     base, before, after = map(int, done.stdout.split())
     assert before - base > 100_000, (base, before, after)     # the burst stayed resident
     assert after - base < (before - base) / 4, (base, before, after)
+
+
+def test_the_parsers_caches_go_with_the_trim():
+    from modsec_tools.audit import clientip, messages
+    messages.parse_message('Access denied [file "/x.conf"] [id "942100"] [unique_id "a"]')
+    clientip.normalize_ip("2001:db8::1")
+    assert messages._cached_message.cache_info().currsize and clientip.normalize_ip.cache_info().currsize
+    heap = HeapTrimmer(idle_seconds=1)
+    heap.tick(1, now=0.0)
+    assert heap.tick(1, now=2.0)
+    assert messages._cached_message.cache_info().currsize == 0
+    assert clientip.normalize_ip.cache_info().currsize == 0

@@ -138,6 +138,12 @@ def _client(address: Address, forwarded: bool) -> Client:
 _peer_address = functools.lru_cache(maxsize=4096)(_address)
 
 
+def forget_cached() -> None:
+    """Drop the addresses kept (a daemon gone idle gives its memory back)."""
+    for cached in (normalize_ip, unbannable, _peer_address):
+        cached.cache_clear()
+
+
 def resolve_client(event: Event, proxies: Proxies) -> Client:
     peer = _peer_address(event.peer_ip)
     if peer is None:

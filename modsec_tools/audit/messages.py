@@ -48,6 +48,11 @@ def keep_messages(count: int) -> None:
     _cached_message = functools.lru_cache(maxsize=count)(_parse_message)
 
 
+def forget_cached() -> None:
+    """Drop the parsed messages kept (a daemon gone idle gives its memory back)."""
+    _cached_message.cache_clear()
+
+
 def _split_fields(text: str, start: int) -> list[tuple[str, str]]:
     """The ``[key "value"]`` list. Without a backslash there is no escape, and the simpler
     pattern finds exactly what the definition does, with half the work."""

@@ -1,8 +1,10 @@
 """Giving a burst's memory back once the daemon is idle again.
 
-After a backlog, CPython's freed objects leave glibc's heap holding pages the daemon no longer
-uses; they count against it (RSS, PSS) until the next burst reuses them. ``malloc_trim``
-returns them to the kernel. Elsewhere (musl, macOS) there is no such call and nothing is done.
+A burst fills the parsers' caches (messages, addresses) with what the next burst will not
+repeat, and CPython's freed objects leave glibc's heap holding pages the daemon no longer
+uses; both count against it (RSS, PSS) until the next burst. The caches are dropped and
+``malloc_trim`` returns the free pages to the kernel (elsewhere, on musl or macOS, there is
+no such call and only the caches go).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import ctypes.util
 import gc
 import time
 from collections.abc import Callable
+
+from ..audit import forget_cached
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -40,6 +44,7 @@ class HeapTrimmer:
         if self.trimmed or now - self.changed_at < self.idle_seconds:
             return False
         self.trimmed = True
+        forget_cached()
         gc.collect()
         if self.trim is not None:
             self.trim(0)
