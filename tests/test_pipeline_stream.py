@@ -2,6 +2,8 @@
 it commits; nothing may be taken twice or dropped on the way."""
 from __future__ import annotations
 
+import os
+
 import time
 
 from modsec_tools import config
@@ -126,6 +128,21 @@ def test_a_committed_entry_found_again_while_it_is_being_deleted_is_not_taken(fa
     assert len(ids) == len(found)
 
 
+def _children() -> set[int]:
+    """This process's children still alive (not zombies)."""
+    me = str(os.getpid())
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(pid))
+    return found
+
+
 def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
     """They hold most of a daemon's memory: a backlog starts them, idleness stops them."""
     sb, pipeline = _backlogged(fast_tmp)
@@ -139,6 +156,7 @@ def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
         pipeline.stop_idle_workers(0.0)
         assert pipeline.pool is None
         assert not any(worker.is_alive() for worker in workers)
+        assert _children() == set()                 # nor the resource tracker they started
         _backlog(sb)                                # the next backlog starts them again
         pipeline.rescan()
         pipeline.drain()

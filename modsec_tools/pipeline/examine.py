@@ -282,3 +282,14 @@ class ExaminerPool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_resource_tracker() -> None:
+    """The spawn workers' queues start multiprocessing's resource tracker, a process of its own
+    that outlives them; once they are gone it only holds memory, and the next pool starts it
+    again. (Its stop is CPython's private ``_stop``, used by its own tests; without it the
+    tracker stays.)"""
+    from multiprocessing import resource_tracker
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
