@@ -145,6 +145,7 @@ def _children() -> set[int]:
 
 def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
     """They hold most of a daemon's memory: a backlog starts them, idleness stops them."""
+    before = _children()                            # the session's servers (MariaDB...)
     sb, pipeline = _backlogged(fast_tmp)
     try:
         pipeline.rescan()
@@ -156,7 +157,7 @@ def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
         pipeline.stop_idle_workers(0.0)
         assert pipeline.pool is None
         assert not any(worker.is_alive() for worker in workers)
-        assert _children() == set()                 # nor the resource tracker they started
+        assert _children() <= before                # nor the resource tracker they started
         _backlog(sb)                                # the next backlog starts them again
         pipeline.rescan()
         pipeline.drain()
