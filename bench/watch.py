@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 # the full corpus (../shared/corpus), as the recorded runs used, not the tests' slices;
 # the writer processes inherit it
 os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
+os.environ.setdefault("MODSEC_CORPUS", str(REPO.parent / "shared" / "corpus"))
 
 from bench.runinfo import code_version, machine, publish  # noqa: E402
 from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402

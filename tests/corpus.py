@@ -4,8 +4,7 @@ Every run r1..r7 is in the repository as a slice (tests/data/corpus/<run>: a few
 240 entries exactly as ModSecurity wrote them, their index lines and their truth rows; see
 tests/data/corpus/README.md). A plain run name ("r1_relevant_concurrent") is its slice.
 
-The lab's full corpus (../shared/corpus, or $MODSEC_CORPUS) is never needed. Where it is
-present, ``runs()`` adds each run a second time as "<run>@shared", so the tests that check
+The lab's full corpus is never needed. Where $MODSEC_CORPUS names it, ``runs()`` adds each run a second time as "<run>@shared", so the tests that check
 every entry against the truth check the full runs too. MODSEC_CORPUS_FULL=1 makes the plain
 names mean the full runs (for bench/watch.py, and to run any test over them).
 """
@@ -23,7 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SLICES = REPO / "tests" / "data" / "corpus"
-SHARED = Path(os.environ.get("MODSEC_CORPUS", REPO.parent / "shared" / "corpus"))
+# only where asked for: nothing outside the repository is looked at by default
+SHARED = Path(os.environ["MODSEC_CORPUS"]) if os.environ.get("MODSEC_CORPUS") else None
 FULL = "@shared"
 NAMES = ("r1_relevant_concurrent", "r2_auditengine_on_concurrent", "r3_json_concurrent",
          "r4_json_serial", "r5_serial", "r6_detectiononly_concurrent",
@@ -31,7 +31,7 @@ NAMES = ("r1_relevant_concurrent", "r2_auditengine_on_concurrent", "r3_json_conc
 
 
 def shared_present() -> bool:
-    return (SHARED / "README.md").exists()
+    return SHARED is not None and (SHARED / "README.md").exists()
 
 
 def _plain_is_full() -> bool:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cut the slices in this directory out of the lab's full corpus (../shared/corpus).
+"""Cut the slices in this directory out of the lab's full corpus (the directory $MODSEC_CORPUS or --corpus names).
 
 Run once by hand; the tests never run it. For each run it keeps a subset of the audit
 entries, exactly as ModSecurity wrote them, with their index lines and truth rows:
@@ -15,11 +15,12 @@ Entries keep their original order; truth rows are kept whole (gzipped: they are 
 the size). ``run.json`` keeps the run's configuration; its counts
 describe the slice, and ``sliced_from`` the full run.
 
-usage: python3 tests/data/corpus/make_slices.py [--corpus ../shared/corpus]
+usage: python3 tests/data/corpus/make_slices.py --corpus DIR
 """
 from __future__ import annotations
 
 import argparse
+import os
 import gzip
 import hashlib
 import io
@@ -204,7 +205,8 @@ def slice_run(source: Path, target: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=HERE.parents[3] / "shared" / "corpus")
+    parser.add_argument("--corpus", type=Path, required="MODSEC_CORPUS" not in os.environ,
+                        default=os.environ.get("MODSEC_CORPUS"))
     args = parser.parse_args()
     for run, size in SIZES.items():
         slice_run(args.corpus / run, HERE / run, size)
