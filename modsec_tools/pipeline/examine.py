@@ -282,6 +282,7 @@ class ExaminerPool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        stop_resource_tracker()
 
 
 def stop_resource_tracker() -> None:

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..audit.entry import parse_entry
 from ..audit.errors import ParseError
-from .examine import (Decision, ExamineSettings, ExaminerPool, Outcome, Proof, examine, render,
-                      stop_resource_tracker)
+from .examine import Decision, ExamineSettings, ExaminerPool, Outcome, Proof, examine, render
 from ..audit.indexlog import IndexLine, parse_index_line
 from .journal import COMPACT_AT, Journal, JournaledEntry, batch_entries, batch_marks
 from ..tree.removal import Leaving, Removal, empty_old_trash
@@ -553,7 +552,6 @@ class Pipeline:
         if self.pool is not None and time.monotonic() - self.pool_used_at >= idle_seconds:
             self.pool.close()
             self.pool = None
-            stop_resource_tracker()
 
     def _scan_all(self) -> list[tuple[EntryRef, Proof]]:
         """The whole scan; as soon as it is clearly a backlog the workers are started, so
