@@ -75,6 +75,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SELF = Path(__file__).resolve()
+sys.path.insert(0, str(REPO))
+from bench import cpugroups  # noqa: E402
+
+#: watch's CPU weight as its systemd unit sets it (Apache's and fail2ban's units: the default)
+WATCH_WEIGHT = cpugroups.unit_weight(REPO / "packaging" / "modsec-tools.service")
 
 JAIL_OURS, JAIL_STOCK = "modsec", "apache-modsecurity"
 NFT_TABLE = f"mt-{JAIL_OURS}"                    # modsec-block's objects for the jail
@@ -493,6 +498,7 @@ class Bench:
         self.args = args
         self.next_source = 1
         self.procs: list[subprocess.Popen] = []
+        self.groups = None                          # bench/cpugroups.py, where available
 
     def sources(self, count: int) -> list[str]:
         first = self.next_source
@@ -565,8 +571,21 @@ class Bench:
         if name == "stock":                                # the action makes its set at the first ban
             row.server.banip(JAIL_STOCK, "192.0.2.1")
             row.server.unbanip(JAIL_STOCK, "192.0.2.1")
+        self.as_services(row)
         _log(f"{name}: ready ({row.netns.name})")
         return row
+
+    def as_services(self, row: Row) -> None:
+        """Apache, fail2ban and watch each in a CPU group of its own, with the weight of the
+        systemd unit that runs it (bench/cpugroups.py)."""
+        if self.groups is None:
+            return
+        self.groups.place(f"{row.name}-apache2", row.web.proc.pid, 100)
+        self.groups.place(f"{row.name}-fail2ban", row.server.proc.pid, 100)
+        if row.watch is not None:
+            self.groups.place(f"{row.name}-modsec-tools", row.watch.pid, WATCH_WEIGHT)
+        # the instrument: among the attackers it would stamp what it sees late
+        self.groups.place(f"{row.name}-observer", row.observer.pid, 100)
 
     def kernel_times(self, row: Row) -> dict[str, float]:
         seen: dict[str, float] = {}
@@ -637,6 +656,12 @@ class Bench:
         self.work.chmod(0o755)
         try:
             with ExitStack() as stack:
+                self.groups = cpugroups.available(f"mt-e2e-{os.urandom(4).hex()}")
+                if self.groups is not None:
+                    stack.callback(self.groups.close)      # last: once everything is stopped
+                    # the bench and its attackers (other machines in real life): a group too
+                    self.groups.place("clients", os.getpid(), 100)
+                res["groups"] = self.groups.describe() if self.groups is not None else None
                 stack.callback(lambda: [stop(p) for p in self.procs])
                 rows = [self.open_row(stack, name) for name in args.rows]
                 res["versions"] = versions()
@@ -962,7 +987,12 @@ def section(res: dict, command: str, rates: list[float]) -> str:
         "## bench/e2e.py", "",
         f"`{command}` — {res['date']}, {res['machine']} (load average {res['load_before']} before, "
         f"{res['load_after']} after; the VM is shared), {res['minutes']:.1f} min. {res['versions']}.", "",
-        "Each pipeline in its own network namespace with its own Apache + mod_security2 + CRS; jails "
+        "Each pipeline in its own network namespace with its own Apache + mod_security2 + CRS"
+        + (f"; Apache, fail2ban and watch each in a CPU control group of its own as systemd runs their "
+           f"units ({res['groups']}: weight 100, 100 and watch's CPUWeight={WATCH_WEIGHT}), the bench and "
+           "its attackers in another (weight 100)" if res.get("groups") else
+           "; no CPU control group here: every process in one group, unlike systemd's services")
+        + "; jails "
         f"maxretry {MAXRETRY}, pyinotify; attackers on 198.18.0.0/15, `GET /?id=1' or '1'='1` (403). "
         f"Latency: the client's receipt of its 2nd 403 → the address in the kernel set (`nft monitor` / "
         f"`ipset test` every 2 ms); {res['runs']} attackers per rate, runs of the pipelines interleaved. "

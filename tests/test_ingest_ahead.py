@@ -1,7 +1,8 @@
-"""The event log runs a batch ahead: a batch's lines are written as soon as it is journaled,
-while the batch before it is still being made durable in the other sinks (the database's
-commit is the slow one), so an attack that closes meanwhile reaches fail2ban at once. A
-crash then leaves two batches unfinished; start-up completes both, exactly once."""
+"""The event log runs ahead: a batch's lines are written as soon as it is journaled, while
+the batches before it are still being made durable in the other sinks (the database's
+commit is the slow one), so an attack that closes meanwhile reaches fail2ban at once. Up to
+UNFINISHED_BATCHES batches can be unfinished; a crash then leaves them so, and start-up
+completes them, exactly once."""
 from __future__ import annotations
 
 import subprocess
@@ -10,6 +11,9 @@ import threading
 import time
 
 from modsec_tools import config
+import pytest
+
+from modsec_tools.pipeline import ingest as ingest_module
 from modsec_tools.pipeline.ingest import Pipeline
 from modsec_tools.pipeline.journal import Journal
 from modsec_tools.sinks.database import DatabaseSink
@@ -27,8 +31,13 @@ def small_batches(root) -> ih.Sandbox:
     return ih.Sandbox(root, settings={"batch_size": str(BATCH), "workers": "0"})
 
 
-def test_next_batch_reaches_the_event_log_while_the_database_commits(fast_tmp, monkeypatch):
+@pytest.mark.parametrize("unfinished", [ingest_module.UNFINISHED_BATCHES, 2])
+def test_next_batches_reach_the_event_log_while_the_database_commits(fast_tmp, monkeypatch,
+                                                                    unfinished):
+    """Every batch's lines while the first database commit hangs, up to ``unfinished``
+    batches (the next waits for the first to be done)."""
     corpus.require_corpus()
+    monkeypatch.setattr(ingest_module, "UNFINISHED_BATCHES", unfinished)
     sb = small_batches(fast_tmp)
     made = ih.replicate(RUN, sb.storage, COPIES)
     release, entered = threading.Event(), threading.Event()
@@ -52,14 +61,17 @@ def test_next_batch_reaches_the_event_log_while_the_database_commits(fast_tmp, m
     try:
         assert entered.wait(30)
         deadline = time.monotonic() + 10
-        while len(sb.lines()) <= BATCH and time.monotonic() < deadline:
+        expected = min(len(made), unfinished * BATCH)
+        while len(sb.lines()) < expected and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(0.2)                             # (and no more than that)
         ahead = len(sb.lines())
     finally:
         release.set()
         runner.join(60)
     assert not failure, failure
-    assert ahead == 2 * BATCH  # the 2nd batch's lines; the 3rd waits for the 1st to be done
+    assert len(made) > 2 * BATCH
+    assert ahead == expected
     assert sb.left() == []
     check_nothing_lost(sb, made)
     assert len(sb.lines()) == len(made)

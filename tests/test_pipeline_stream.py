@@ -6,8 +6,11 @@ import os
 
 import time
 
+import pytest
+
 from modsec_tools import config
-from modsec_tools.pipeline.examine import Proof
+from modsec_tools.pipeline import ingest
+from modsec_tools.pipeline.examine import ExaminerPool, Proof
 from modsec_tools.pipeline.ingest import Pipeline
 from modsec_tools.tree.removal import Removal
 
@@ -16,6 +19,13 @@ from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401
 
 R1 = "r1_relevant_concurrent"
+
+
+@pytest.fixture(autouse=True)
+def workers_for_hundreds(monkeypatch):
+    """These tests stream hundreds of entries through the worker processes, which a
+    pipeline would otherwise start only for thousands (START_WORKERS_FROM)."""
+    monkeypatch.setattr(ingest, "START_WORKERS_FROM", ingest.PARALLEL_FROM)
 
 
 def _backlog(sb: ih.Sandbox) -> None:
@@ -165,3 +175,86 @@ def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
     finally:
         pipeline.close()
     assert sb.left() == []
+
+
+def _watch_submissions(monkeypatch) -> list[int]:
+    """Entries handed to the worker processes, a chunk's count each."""
+    sent: list[int] = []
+    real_submit = ExaminerPool._submit
+
+    def submit(self, chunk, cutoff):
+        sent.append(len(chunk))
+        return real_submit(self, chunk, cutoff)
+    monkeypatch.setattr(ExaminerPool, "_submit", submit)
+    return sent
+
+
+def _drain_in_feeds(pipeline: Pipeline, found: list, first: int, feed: int) -> None:
+    """``first`` entries offered, the rest while the pipeline drains, ``feed`` at a time
+    (as watch's close events come)."""
+    feeds = [found[n:n + feed] for n in range(first, len(found), feed)]
+
+    def refill():
+        if not feeds:
+            return False
+        for ref, proof in feeds.pop(0):
+            pipeline.offer(ref, proof)
+        return True
+    for ref, proof in found[:first]:
+        pipeline.offer(ref, proof)
+    pipeline.drain(refill=refill)
+
+
+def test_a_burst_does_not_wait_for_the_workers_to_start(fast_tmp, monkeypatch):
+    """Starting workers costs a backlog's first ~0.3 s (more under the load a flood brings):
+    until they are up, entries, the stream's too, are examined in the daemon itself."""
+    sent = _watch_submissions(monkeypatch)
+    monkeypatch.setattr(ExaminerPool, "ready", property(lambda self: False))
+    sb, pipeline = _backlogged(fast_tmp)
+    try:
+        found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:600]
+        _drain_in_feeds(pipeline, found, first=200, feed=150)
+        assert pipeline.pool is not None            # the workers were being started
+    finally:
+        pipeline.close()
+    assert sent == []
+    ids = ih.archive_ids_fast(sb.archive)
+    assert len(ids) == 600 and len(set(ids)) == 600
+
+
+def test_once_the_workers_are_up_they_take_the_rest_in_order(fast_tmp, monkeypatch):
+    sent = _watch_submissions(monkeypatch)
+    examined_here = []
+    real_examine = ingest.examine
+
+    def counted(*args, **kwargs):
+        examined_here.append(args[1].name)
+        return real_examine(*args, **kwargs)
+    monkeypatch.setattr(ingest, "examine", counted)
+    monkeypatch.setattr(ExaminerPool, "ready", property(lambda self: len(examined_here) >= 50))
+    sb, pipeline = _backlogged(fast_tmp)
+    try:
+        found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:600]
+        _drain_in_feeds(pipeline, found, first=200, feed=150)
+    finally:
+        pipeline.close()
+    assert examined_here == [ref.name for ref, _ in found[:50]]
+    assert sum(sent) >= 550
+    archived = ih.archive_ids_fast(sb.archive)
+    assert len(archived) == 600 and len(set(archived)) == 600
+    assert not {ref.relpath for ref, _ in found} & set(sb.left())
+
+
+def test_a_burst_the_daemon_examines_alone_does_not_start_the_workers(fast_tmp, monkeypatch):
+    monkeypatch.setattr(ingest, "START_WORKERS_FROM", 1000)
+    sent = _watch_submissions(monkeypatch)
+    sb, pipeline = _backlogged(fast_tmp)
+    try:
+        found = sorted(pipeline.scan(), key=lambda item: item[0].name)[:600]
+        _drain_in_feeds(pipeline, found, first=600, feed=1)
+        assert pipeline.pool is None
+    finally:
+        pipeline.close()
+    assert sent == []
+    ids = ih.archive_ids_fast(sb.archive)
+    assert len(ids) == 600 and len(set(ids)) == 600

@@ -228,12 +228,14 @@ class ExaminerPool:
         self.workers = workers
         self.renderers = settings.renderers
         self.in_flight = max(2 * workers, -(-ahead // self.CHUNK) + workers)
+        # Every worker is started now (the executor would start them one per submission,
+        # on demand); each answers its first task once it has imported everything.
+        self.started = [self.executor.submit(int) for _ in range(workers)]
 
-    def warm_up(self) -> None:
-        """Start every worker now (the executor starts them one per submission, on
-        demand) so that they are ready when the work comes."""
-        for _ in range(self.workers):
-            self.executor.submit(int)
+    @property
+    def ready(self) -> bool:
+        """Whether every worker has started and answered."""
+        return all(future.done() for future in self.started)
 
     def examine(self, work: Sequence[tuple[EntryRef, Proof, IndexLine | None]],
                 cutoff: float | None = None, more=None) -> Iterator[Outcome]:

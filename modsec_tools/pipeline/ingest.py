@@ -6,18 +6,20 @@ exactly-once protocol; in short, per batch:
 
 1. journal ``batch`` record (each file as read, each entry's length in each sink, and the
    marks of the sinks free to be marked now) — fsync; the event log's lines are appended
-   (what fail2ban waits for), and the rest goes to the finishing thread:
-2. the event log is fdatasync'd; a ``marks`` record for the other sinks if the batch
-   record could not hold them (the batch before was still writing them) — fsync
+   (what fail2ban waits for), and the rest goes to the finishing thread, which takes every
+   batch waiting there as one group:
+2. the event log is fdatasync'd; a ``marks`` record for the other sinks of each batch whose
+   record could not hold them (a batch before it was still writing them) — fsync
 3. the local sinks (archive, JSON lines) append and fdatasync, in a second thread while
 4. the database inserts (idempotent) and commits, or spools the rows durably if it is down
-5. journal ``done`` record — fsync;  6. delete the files (removal.py)
+5. journal ``done`` records — fsync;  6. delete the files (removal.py)
 
-Meanwhile the next batch goes through step 1, so an entry that closes while a batch is
-finishing reaches the event log without waiting for the database; a batch is journaled
-only once every batch but the one before it is done. A crash anywhere thus leaves at most
-the last two batches unfinished, with all their files still present; start-up completes
-them in order, appending only what each sink lacks.
+Meanwhile the next batches go through step 1, so an entry that closes while batches are
+finishing reaches the event log without waiting for their syncs and commits; and a flood
+pays those once a group, not once a batch. At most UNFINISHED_BATCHES batches (and
+UNFINISHED_BYTES of entries) are journaled and not done: a crash leaves at most those
+unfinished, with all their files still present; start-up completes them in order,
+appending only what each sink lacks.
 """
 from __future__ import annotations
 
@@ -49,6 +51,10 @@ log = logging.getLogger(__name__)
 #: Fewer entries than this are examined in-process: a worker round trip would only add
 #: latency to the small batches of a live watch.
 PARALLEL_FROM = 128
+#: ...and with the workers stopped, fewer than this: starting them costs a few tenths of a
+#: second of both cores (each imports the package), which a flood's first second cannot
+#: spare (it delayed its bans by 0.5 s), while the daemon alone examines this many in less.
+START_WORKERS_FROM = 2000
 #: From this many entries a batch's files are written while its database insert runs,
 #: and its entries are deleted while the next batch commits: below, handing the work to
 #: another thread costs more CPU than the overlap saves (a live watch's batches are a few
@@ -57,6 +63,11 @@ PARALLEL_SINKS_FROM = 64
 # A batch is also closed at this many bytes of entries: what it holds until its commit
 # (entries, archive copies, lines, rows) is then bounded whatever the entries' sizes.
 BATCH_BYTES = 16 << 20
+#: Batches journaled (their event lines written) but not yet done, at most; and the bytes
+#: of entries they may hold in memory, at most (those of two full batches).
+UNFINISHED_BATCHES = 16
+UNFINISHED_BYTES = 2 * BATCH_BYTES
+
 
 @dataclass(slots=True)
 class Stats:
@@ -132,9 +143,13 @@ class Pipeline:
         self.tree = StorageTree(settings.storage_dir)
         self.removal = Removal(settings.storage_dir)
         self.file_sinks = ThreadPoolExecutor(1, thread_name_prefix="file-sinks")
-        # Steps 2-6 of a batch (see the module's docstring), one batch after another.
+        # Steps 2-6 (see the module's docstring), for the batches in ``to_finish``: each
+        # batch's task finishes every batch waiting then (those after it find theirs done).
         self.finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
-        self.finishing: list[Future] = []
+        self.finishing: list[tuple[Future, int]] = []   # a batch's task, its entries' bytes
+        self.to_finish: list[Unfinished] = []
+        self.to_finish_lock = threading.Lock()
+        self.finish_failed: BaseException | None = None
         self.committing: set[str] = set()           # journaled, not yet handed to removal
         self.journal_lock = threading.Lock()
         self.stats_lock = threading.Lock()
@@ -179,8 +194,9 @@ class Pipeline:
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Finish what a crash interrupted: the batches without ``done`` (at most the last
-        two), in order, then the deletions that may have been under way: those of the
-        batches completed now and of the last two that were done before the crash."""
+        UNFINISHED_BATCHES), in order, then the deletions that may have been under way:
+        those of the batches completed now and of the last two groups done before the
+        crash (one group's deletions can still be running when the next group's start)."""
         records = list(self.journal.records)
         self.seq = max((r["seq"] for r in records if "seq" in r), default=0) + 1
         batches = [r for r in records if r["type"] == "batch"]
@@ -189,7 +205,7 @@ class Pipeline:
         for record in records:
             if record["type"] == "marks":
                 late_marks.setdefault(record["seq"], {}).update(record["marks"])
-        finished = [r for r in batches if r["seq"] in kept][-2:]
+        finished = [r for r in batches if r["seq"] in kept][-2 * UNFINISHED_BATCHES:]
         unfinished = [r for r in batches if r["seq"] not in kept]
         for record in unfinished:
             log.warning("completing batch %d interrupted by a crash (%d files)",
@@ -327,7 +343,8 @@ class Pipeline:
         """Step 1 (see the module's docstring) here; the rest in the finishing thread."""
         if not batch:
             return
-        self._await_finishing(keep=1)
+        held = sum(len(p.data) for p in batch)
+        self._await_room(held)
         self.reap()
         if self.journal.size() >= COMPACT_AT:  # nothing unfinished, no deletion under way
             self.finish()
@@ -350,54 +367,91 @@ class Pipeline:
         index = self.index.cursor if self.index is not None and not self.proven else None
         self.committing.update(p.ref.relpath for p in batch)
         self.tree.release()
-        self.finishing.append(self.finisher.submit(
-            self._finish, seq, batch, [s for _, s in ahead], later, marked, index))
+        with self.to_finish_lock:
+            self.to_finish.append(Unfinished(seq, batch, [s for _, s in ahead], later, marked,
+                                             index))
+        self.finishing.append((self.finisher.submit(self._finish_waiting), held))
 
-    def _finish(self, seq: int, batch: list[Outcome], ahead: list[Sink],
-                later: list[tuple[int, Sink]], marked: bool, index: list[int] | None) -> None:
-        """Steps 2-6 of batch ``seq``, in the finishing thread."""
+    def _finish_waiting(self) -> None:
+        """Steps 2-6 of every batch waiting, as one group (in the finishing thread)."""
+        if self.finish_failed is not None:  # its batches stay unfinished, as after a crash
+            raise self.finish_failed
+        with self.to_finish_lock:
+            group, self.to_finish = self.to_finish, []
+        if not group:
+            return
+        try:
+            self._finish(group)
+        except BaseException as exc:
+            self.finish_failed = exc
+            raise
+
+    def _finish(self, group: list["Unfinished"]) -> None:
+        ahead, later = group[0].ahead, group[0].later
         for sink in ahead:
             sink.sync()
-        if not marked and later:
-            self._journal({"type": "marks", "seq": seq,
-                           "marks": {sink.name: sink.mark() for _, sink in later}})
-        self._apply(batch, later)
-        done: dict = {"type": "done", "seq": seq}
-        if index is not None:
-            done["index"] = index
-        self._journal(done)
-        self._remove_later(seq, [_leaving(p) for p in batch])
-        self.committing.difference_update(p.ref.relpath for p in batch)
-        self.stats.entries += len(batch)
-        self.stats.verdicts.update(p.verdict for p in batch)
-        self.stats.bytes += sum(len(p.data) for p in batch)
-        self.stats.batches += 1
+        self._journal(*self._late_marks(group, later))
+        entries = [p for unfinished in group for p in unfinished.batch]
+        self._apply(entries, later)
+        self._journal(*(unfinished.done() for unfinished in group))
+        self._remove_later(group[-1].seq, [_leaving(p) for p in entries])
+        self.committing.difference_update(p.ref.relpath for p in entries)
+        self.stats.entries += len(entries)
+        self.stats.verdicts.update(p.verdict for p in entries)
+        self.stats.bytes += sum(len(p.data) for p in entries)
+        self.stats.batches += len(group)
 
-    def _journal(self, record: dict) -> None:
-        """Append and sync ``record``; both threads append, and neither waits for the
+    @staticmethod
+    def _late_marks(group: list["Unfinished"], later: list[tuple[int, Sink]]) -> list[dict]:
+        """``marks`` records for the batches journaled while others were writing to the
+        later sinks: where each batch begins in them, once the batches before it in the
+        group are written. Journaled (synced) before anything of the group is written."""
+        records = []
+        marks = {sink.name: sink.mark() for _, sink in later}
+        for unfinished in group:
+            if not unfinished.marked and later:
+                records.append({"type": "marks", "seq": unfinished.seq, "marks": dict(marks)})
+            for n, sink in later:
+                marks[sink.name] = sink.mark_after(marks[sink.name],
+                                                   [p.pieces[n] for p in unfinished.batch])
+        return records
+
+    def _journal(self, *records: dict) -> None:
+        """Append and sync ``records``; both threads append, and neither waits for the
         other's sync (one fdatasync makes everything written before it durable)."""
+        if not records:
+            return
         with self.journal_lock:
-            self.journal.append(record, sync=False)
+            for record in records:
+                self.journal.append(record, sync=False)
         self.journal.sync()
 
-    def _await_finishing(self, keep: int = 0) -> None:
-        """Until at most ``keep`` batches are still finishing; a failure there is raised
-        here (the batch stays unfinished in the journal, as after a crash)."""
-        while len(self.finishing) > keep:
-            self.finishing.pop(0).result()
+    def _await_room(self, held: int) -> None:
+        """Until a batch holding ``held`` bytes of entries may join the unfinished ones."""
+        while self.finishing and (len(self.finishing) >= UNFINISHED_BATCHES or
+                                  self._unfinished_bytes() + held > UNFINISHED_BYTES):
+            self.finishing.pop(0)[0].result()
+
+    def _unfinished_bytes(self) -> int:
+        return sum(held for _, held in self.finishing)
+
+    def _await_finishing(self) -> None:
+        """Until every batch is done; a failure while finishing is raised here (its batches
+        stay unfinished in the journal, as after a crash)."""
+        while self.finishing:
+            self.finishing.pop(0)[0].result()
 
     def reap(self) -> None:
         """Raise what made a finished batch fail, without waiting for the others."""
-        while self.finishing and self.finishing[0].done():
-            self.finishing.pop(0).result()
+        while self.finishing and self.finishing[0][0].done():
+            self.finishing.pop(0)[0].result()
 
     def busy(self) -> bool:
-        """A batch committed now would wait: one is finishing and another is queued behind
-        it. Watch then leaves what closes in the queue, for one larger batch once the
-        finishing thread is free (a flood would otherwise go through in small batches,
-        each paying the fsyncs)."""
+        """A batch committed now could wait for room. Watch then leaves what closes in the
+        queue, for one larger batch once there is room."""
         self.reap()
-        return len(self.finishing) > 1
+        return len(self.finishing) >= UNFINISHED_BATCHES or \
+            self._unfinished_bytes() > UNFINISHED_BYTES - BATCH_BYTES
 
     def finish(self) -> None:
         """Until every batch committed so far is done and its entries deleted."""
@@ -528,16 +582,36 @@ class Pipeline:
 
     def _examine(self, items: list, cutoff: float | None, more=None) -> Iterator[Outcome]:
         workers = self.settings.workers
-        if workers <= 0 or len(items) < PARALLEL_FROM:
+        if workers <= 0 or len(items) < (PARALLEL_FROM if self.pool else START_WORKERS_FROM):
             for ref, proof, index in items:
                 yield examine(self.tree, ref, proof, index, self.examining, cutoff)
             self.tree.release()
             return
         pool = self._pool()
         try:
+            items, more = yield from self._examine_until_ready(pool, items, cutoff, more)
             yield from pool.examine(items, cutoff, more)
         finally:
             self.pool_used_at = time.monotonic()
+
+    def _examine_until_ready(self, pool: ExaminerPool, items: list, cutoff: float | None, more):
+        """Examines here, taking from the stream too, until the workers are up: their start-up
+        (~0.3 s of imports, more on a busy machine) must not hold back a burst's bans.
+        Returns the work left for them and the stream (None once it has ended)."""
+        taken = 0
+        try:
+            while not pool.ready:
+                if taken == len(items):
+                    found = more() if more is not None else None
+                    if not found:
+                        return [], None if found is None else more
+                    items, taken = found, 0
+                ref, proof, index = items[taken]
+                yield examine(self.tree, ref, proof, index, self.examining, cutoff)
+                taken += 1
+            return items[taken:], more
+        finally:
+            self.tree.release()
 
     def _pool(self) -> ExaminerPool:
         if self.pool is None:
@@ -560,7 +634,7 @@ class Pipeline:
         for found in self.scan():
             work.append(found)
             if len(work) == PARALLEL_FROM and self.settings.workers > 0:
-                self._pool().warm_up()
+                self._pool()
         return work
 
     def run_once(self, progress=None) -> Stats:
@@ -630,6 +704,24 @@ class Pipeline:
         if self.journal is not None:
             self.journal.close()
         self.removal.close()
+
+
+@dataclass(slots=True)
+class Unfinished:
+    """A batch journaled, its event lines written, waiting for the finishing thread."""
+
+    seq: int
+    batch: list[Outcome]
+    ahead: list[Sink]              # written already
+    later: list[tuple[int, Sink]]  # (position in the sinks, sink): written when finishing
+    marked: bool                   # the batch record holds the later sinks' marks
+    index: list[int] | None        # the index log's cursor once it is done
+
+    def done(self) -> dict:
+        record: dict = {"type": "done", "seq": self.seq}
+        if self.index is not None:
+            record["index"] = self.index
+        return record
 
 
 def _leaving(p: Outcome) -> Leaving:

@@ -3,8 +3,9 @@
 The journal makes ingest exactly-once across kill -9. Before a batch touches any sink, a
 ``batch`` record (its files, the sinks' sizes before it, or a ``marks`` record for those it
 could not know yet) is appended and fsync'd; once every sink has the batch, a ``done`` record
-follows, and only then are the files deleted. On start-up only the last two batches can lack
-their ``done``; their files still exist, so they are completed from them (ingest.py).
+follows, and only then are the files deleted. On start-up only the last UNFINISHED_BATCHES
+batches can lack their ``done``; their files still exist, so they are completed from them
+(ingest.py).
 
 The spool holds database rows while the database is unreachable, replayed when it returns.
 

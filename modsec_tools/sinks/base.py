@@ -83,6 +83,10 @@ class Sink(ABC):
         """Where the next batch begins (JSON), for ``recover``."""
         return None
 
+    def mark_after(self, mark: Any, pieces: list[Any]) -> Any:
+        """The mark once ``pieces`` are written from ``mark`` on (known before writing)."""
+        return mark
+
     def length(self, piece: Any) -> int | None:
         return None
 

@@ -16,6 +16,9 @@ class FileSink(Sink):
         position = self.file.position()
         return [position.inode, position.size]
 
+    def mark_after(self, mark: list[int], pieces: list[bytes]) -> list[int]:
+        return [mark[0], mark[1] + sum(map(len, pieces))]
+
     def length(self, piece: bytes) -> int:
         return len(piece)
 
