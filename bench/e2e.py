@@ -37,9 +37,14 @@ process testing the attacker every 2 ms (the stock action's ipset), stamped when
 Stages from the same observer: the audit entry's IN_CLOSE_WRITE, the event-log line (ours)
 or error-log line (stock), fail2ban's `Found` and `Ban` lines, the kernel.
 
+As on a server, where systemd runs each as a service, Apache, fail2ban and watch each run in a
+CPU control group of their own with their unit's weight (watch: packaging/modsec-tools.service's
+CPUWeight=); the bench and its attackers in another, the observer in its own (bench/cpugroups.py;
+without a CPU controller everything shares one group and the results say so).
+
 Every process runs in the namespaces except watch; all traffic stays inside them; on exit
-(also Ctrl-C / TERM) everything is killed, the namespaces deleted (with their firewalls) and
-the work directory removed (unless --keep).  Needs root, apache2 + libapache2-mod-security2 +
+(also Ctrl-C / TERM) everything is killed, the namespaces deleted (with their firewalls), the
+control groups removed and the work directory removed (unless --keep).  Needs root, apache2 + libapache2-mod-security2 +
 modsecurity-crs, fail2ban, nftables, ipset, iptables, and an interpreter with modsec-tools'
 dependencies for watch (./run-tests makes one: .venv/bin/python).
 
@@ -990,7 +995,7 @@ def section(res: dict, command: str, rates: list[float]) -> str:
         "Each pipeline in its own network namespace with its own Apache + mod_security2 + CRS"
         + (f"; Apache, fail2ban and watch each in a CPU control group of its own as systemd runs their "
            f"units ({res['groups']}: weight 100, 100 and watch's CPUWeight={WATCH_WEIGHT}), the bench and "
-           "its attackers in another (weight 100)" if res.get("groups") else
+           "its attackers in another, the observer in a third (weight 100 each)" if res.get("groups") else
            "; no CPU control group here: every process in one group, unlike systemd's services")
         + "; jails "
         f"maxretry {MAXRETRY}, pyinotify; attackers on 198.18.0.0/15, `GET /?id=1' or '1'='1` (403). "
