@@ -27,19 +27,37 @@ BATCH = 10
 COPIES = corpus.copies_for(RUN, 3 * BATCH)
 
 
-def small_batches(root) -> ih.Sandbox:
-    return ih.Sandbox(root, settings={"batch_size": str(BATCH), "workers": "0"})
+def small_batches(root, batch_size: int = BATCH) -> ih.Sandbox:
+    return ih.Sandbox(root, settings={"batch_size": str(batch_size), "workers": "0",
+                                      "settle_seconds": "0"})
 
 
-@pytest.mark.parametrize("unfinished", [ingest_module.UNFINISHED_BATCHES, 2])
-def test_next_batches_reach_the_event_log_while_the_database_commits(fast_tmp, monkeypatch,
-                                                                    unfinished):
-    """Every batch's lines while the first database commit hangs, up to ``unfinished``
-    batches (the next waits for the first to be done)."""
+#: What watch does in a flood: batches of what closed meanwhile, here BATCH entries each,
+#: far fewer than batch_size.
+DRIVE_IN_BATCHES = f"""
+found = sorted(pipeline.scan(), key=lambda item: item[0].name)
+for n in range(0, len(found), {BATCH}):
+    for ref, proof in found[n:n + {BATCH}]:
+        pipeline.offer(ref, proof)
+    pipeline.drain()
+pipeline.finish()
+"""
+
+
+def drive_in_batches(pipeline: Pipeline) -> None:
+    exec(DRIVE_IN_BATCHES, {"pipeline": pipeline})
+
+
+@pytest.mark.parametrize("how", ["ingest", "watch"])
+def test_next_batches_reach_the_event_log_while_the_database_commits(fast_tmp, monkeypatch, how):
+    """Lines of the batches after the first while its database commit hangs: those of one
+    more full batch (ingest: at most two batches' entries are unfinished), or of every
+    small batch (watch in a flood: up to UNFINISHED_BATCHES)."""
     corpus.require_corpus()
-    monkeypatch.setattr(ingest_module, "UNFINISHED_BATCHES", unfinished)
-    sb = small_batches(fast_tmp)
+    sb = small_batches(fast_tmp, BATCH if how == "ingest" else 10 * BATCH)
     made = ih.replicate(RUN, sb.storage, COPIES)
+    expected = 2 * BATCH if how == "ingest" else \
+        min(len(made), ingest_module.UNFINISHED_BATCHES * BATCH)
     release, entered = threading.Event(), threading.Event()
     real_write = DatabaseSink.write
 
@@ -53,7 +71,10 @@ def test_next_batches_reach_the_event_log_while_the_database_commits(fast_tmp, m
     def ingest() -> None:
         try:
             with Pipeline(config.load(str(sb.config))) as pipeline:
-                pipeline.run_once()
+                if how == "ingest":
+                    pipeline.run_once()
+                else:
+                    drive_in_batches(pipeline)
         except BaseException as exc:  # noqa: BLE001  (reported by the test)
             failure.append(exc)
     runner = threading.Thread(target=ingest)
@@ -61,7 +82,6 @@ def test_next_batches_reach_the_event_log_while_the_database_commits(fast_tmp, m
     try:
         assert entered.wait(30)
         deadline = time.monotonic() + 10
-        expected = min(len(made), unfinished * BATCH)
         while len(sb.lines()) < expected and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.2)                             # (and no more than that)
@@ -116,6 +136,68 @@ def test_crash_with_two_batches_unfinished_completes_both_exactly_once(fast_tmp)
     rerun = sb.run()
     for seq in (1, 2):
         assert f"completing batch {seq} interrupted by a crash ({BATCH} files)" in rerun.stderr
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+    assert len(sb.json_records()) == len(made)
+
+
+#: Batch 1's database commit waits until five batches' lines are written; batches 2-5 (at
+#: least) then make one group, whose archive write dies halfway (like kill -9): their marks
+#: records were journaled before it, each where its batch begins once those before it are
+#: written.
+CRASH_IN_GROUP = r"""
+import os, sys, threading
+from modsec_tools import config
+from modsec_tools.appendfile import AppendFile
+from modsec_tools.pipeline import ingest
+from modsec_tools.sinks.database import DatabaseSink
+settings = config.load(sys.argv[1])
+five = threading.Event()
+real_write = DatabaseSink.write
+def write(self, rows):
+    five.wait(60)
+    return real_write(self, rows)
+DatabaseSink.write = write
+real_append = AppendFile.append
+lines, archived = [], []
+def append(self, data):
+    if self.path == settings.event_log:
+        real_append(self, data)
+        lines.append(1)
+        if len(lines) == 5:
+            five.set()
+        return
+    if self.path == settings.archive:
+        archived.append(1)
+        if len(archived) == 2:
+            blob = b"".join(data) if isinstance(data, list) else data
+            real_append(self, blob[:len(blob) // 2])
+            os._exit(9)
+    real_append(self, data)
+AppendFile.append = append
+pipeline = ingest.Pipeline(settings).open()
+""" + DRIVE_IN_BATCHES
+
+
+def test_crash_while_a_group_of_batches_is_written_completes_each_exactly_once(fast_tmp):
+    corpus.require_corpus()
+    sb = small_batches(fast_tmp, 10 * BATCH)
+    made = ih.replicate(RUN, sb.storage, corpus.copies_for(RUN, 8 * BATCH))
+    done = subprocess.run([sys.executable, "-c", CRASH_IN_GROUP, str(sb.config)], cwd=ih.REPO,
+                          env=ih.cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr[-2000:]
+    journal = Journal(str(sb.state / "journal"))
+    records = journal.records
+    journal.close()
+    assert [r["seq"] for r in records if r["type"] == "done"] == [1]
+    unfinished = [r["seq"] for r in records if r["type"] == "batch"][1:]
+    late = [r["seq"] for r in records if r["type"] == "marks"]
+    assert len(unfinished) >= 4 and late[:4] == [2, 3, 4, 5], (unfinished, late)
+    assert BATCH < len(sb.archived()) < len(made)           # batch 1 and part of the group
+    rerun = sb.run()
+    for seq in unfinished:
+        assert f"completing batch {seq} interrupted by a crash" in rerun.stderr
     assert sb.left() == []
     check_nothing_lost(sb, made)
     assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)

@@ -16,8 +16,9 @@ exactly-once protocol; in short, per batch:
 
 Meanwhile the next batches go through step 1, so an entry that closes while batches are
 finishing reaches the event log without waiting for their syncs and commits; and a flood
-pays those once a group, not once a batch. At most UNFINISHED_BATCHES batches (and
-UNFINISHED_BYTES of entries) are journaled and not done: a crash leaves at most those
+pays those once a group, not once a batch. At most UNFINISHED_BATCHES batches, holding the
+entries and bytes of two full batches at most, are journaled and not done: a crash leaves
+at most those
 unfinished, with all their files still present; start-up completes them in order,
 appending only what each sink lacks.
 """
@@ -63,8 +64,8 @@ PARALLEL_SINKS_FROM = 64
 # A batch is also closed at this many bytes of entries: what it holds until its commit
 # (entries, archive copies, lines, rows) is then bounded whatever the entries' sizes.
 BATCH_BYTES = 16 << 20
-#: Batches journaled (their event lines written) but not yet done, at most; and the bytes
-#: of entries they may hold in memory, at most (those of two full batches).
+#: Batches journaled (their event lines written) but not yet done, at most; together they
+#: hold at most the entries and bytes of two full batches (the memory they take).
 UNFINISHED_BATCHES = 16
 UNFINISHED_BYTES = 2 * BATCH_BYTES
 
@@ -146,7 +147,7 @@ class Pipeline:
         # Steps 2-6 (see the module's docstring), for the batches in ``to_finish``: each
         # batch's task finishes every batch waiting then (those after it find theirs done).
         self.finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
-        self.finishing: list[tuple[Future, int]] = []   # a batch's task, its entries' bytes
+        self.finishing: list[tuple[Future, int, int]] = []  # a batch's task, entries, bytes
         self.to_finish: list[Unfinished] = []
         self.to_finish_lock = threading.Lock()
         self.finish_failed: BaseException | None = None
@@ -344,7 +345,7 @@ class Pipeline:
         if not batch:
             return
         held = sum(len(p.data) for p in batch)
-        self._await_room(held)
+        self._await_room(len(batch), held)
         self.reap()
         if self.journal.size() >= COMPACT_AT:  # nothing unfinished, no deletion under way
             self.finish()
@@ -370,7 +371,7 @@ class Pipeline:
         with self.to_finish_lock:
             self.to_finish.append(Unfinished(seq, batch, [s for _, s in ahead], later, marked,
                                              index))
-        self.finishing.append((self.finisher.submit(self._finish_waiting), held))
+        self.finishing.append((self.finisher.submit(self._finish_waiting), len(batch), held))
 
     def _finish_waiting(self) -> None:
         """Steps 2-6 of every batch waiting, as one group (in the finishing thread)."""
@@ -426,14 +427,16 @@ class Pipeline:
                 self.journal.append(record, sync=False)
         self.journal.sync()
 
-    def _await_room(self, held: int) -> None:
-        """Until a batch holding ``held`` bytes of entries may join the unfinished ones."""
-        while self.finishing and (len(self.finishing) >= UNFINISHED_BATCHES or
-                                  self._unfinished_bytes() + held > UNFINISHED_BYTES):
+    def _await_room(self, entries: int, held: int) -> None:
+        """Until a batch of ``entries`` holding ``held`` bytes may join the unfinished ones."""
+        while self.finishing and not self._room(entries, held):
             self.finishing.pop(0)[0].result()
 
-    def _unfinished_bytes(self) -> int:
-        return sum(held for _, held in self.finishing)
+    def _room(self, entries: int, held: int) -> bool:
+        """Whether that many more entries and bytes may be unfinished."""
+        return len(self.finishing) < UNFINISHED_BATCHES and \
+            sum(n for _, n, _ in self.finishing) + entries <= 2 * self.settings.batch_size and \
+            sum(b for _, _, b in self.finishing) + held <= UNFINISHED_BYTES
 
     def _await_finishing(self) -> None:
         """Until every batch is done; a failure while finishing is raised here (its batches
@@ -450,8 +453,7 @@ class Pipeline:
         """A batch committed now could wait for room. Watch then leaves what closes in the
         queue, for one larger batch once there is room."""
         self.reap()
-        return len(self.finishing) >= UNFINISHED_BATCHES or \
-            self._unfinished_bytes() > UNFINISHED_BYTES - BATCH_BYTES
+        return not self._room(self.settings.batch_size, BATCH_BYTES)
 
     def finish(self) -> None:
         """Until every batch committed so far is done and its entries deleted."""
