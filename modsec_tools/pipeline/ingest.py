@@ -18,9 +18,8 @@ Meanwhile the next batches go through step 1, so an entry that closes while batc
 finishing reaches the event log without waiting for their syncs and commits; and a flood
 pays those once a group, not once a batch. At most UNFINISHED_BATCHES batches, holding the
 entries and bytes of two full batches at most, are journaled and not done: a crash leaves
-at most those
-unfinished, with all their files still present; start-up completes them in order,
-appending only what each sink lacks.
+at most those unfinished, with all their files still present; start-up completes them in
+order, appending only what each sink lacks.
 """
 from __future__ import annotations
 
