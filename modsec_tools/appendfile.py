@@ -104,7 +104,7 @@ class AppendFile:
             written = os.pread(reader, min(present, len(expected)), start.size)
         finally:
             os.close(reader)
-        # More than expected: the next batch's bytes follow (an event log runs a batch ahead)
+        # More than expected: the next batches' bytes follow (an event log runs batches ahead)
         if expected.startswith(written):
             if present >= len(expected):
                 return "nothing"
