@@ -4,8 +4,9 @@ Every run r1..r7 is in the repository as a slice (tests/data/corpus/<run>: a few
 240 entries exactly as ModSecurity wrote them, their index lines and their truth rows; see
 tests/data/corpus/README.md). A plain run name ("r1_relevant_concurrent") is its slice.
 
-The lab's full corpus is never needed. Where $MODSEC_CORPUS names it, ``runs()`` adds each run a second time as "<run>@shared", so the tests that check
-every entry against the truth check the full runs too. MODSEC_CORPUS_FULL=1 makes the plain
+The lab's full corpus is never needed. Where $MODSEC_CORPUS names it, ``runs()`` adds each
+run a second time as "<run>@full", so the tests that check every entry against the truth
+check the full runs too. MODSEC_CORPUS_FULL=1 makes the plain
 names mean the full runs (for bench/watch.py, and to run any test over them).
 """
 from __future__ import annotations
@@ -23,15 +24,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SLICES = REPO / "tests" / "data" / "corpus"
 # only where asked for: nothing outside the repository is looked at by default
-SHARED = Path(os.environ["MODSEC_CORPUS"]) if os.environ.get("MODSEC_CORPUS") else None
-FULL = "@shared"
+FULL_CORPUS = Path(os.environ["MODSEC_CORPUS"]) if os.environ.get("MODSEC_CORPUS") else None
+FULL = "@full"
 NAMES = ("r1_relevant_concurrent", "r2_auditengine_on_concurrent", "r3_json_concurrent",
          "r4_json_serial", "r5_serial", "r6_detectiononly_concurrent",
          "r7_pl2_concurrent_noremoteip")
 
 
-def shared_present() -> bool:
-    return SHARED is not None and (SHARED / "README.md").exists()
+def full_corpus_present() -> bool:
+    return FULL_CORPUS is not None and (FULL_CORPUS / "README.md").exists()
 
 
 def _plain_is_full() -> bool:
@@ -42,7 +43,7 @@ def runs(*names: str) -> tuple[str, ...]:
     """``names`` (default: all seven), then the same runs of the full corpus when it is
     present (and the plain names do not mean it already)."""
     names = names or NAMES
-    if shared_present() and not _plain_is_full():
+    if full_corpus_present() and not _plain_is_full():
         return names + tuple(name + FULL for name in names)
     return names
 
@@ -60,9 +61,9 @@ def require_corpus() -> Path:
 def run_dir(run: str) -> Path:
     name = run.removesuffix(FULL)
     if run.endswith(FULL) or _plain_is_full():
-        if not shared_present():
-            pytest.fail(f"{run}: the full corpus is not at {SHARED}")
-        return SHARED / name
+        if not full_corpus_present():
+            pytest.fail(f"{run}: the full corpus is not at {FULL_CORPUS}")
+        return FULL_CORPUS / name
     return require_corpus() / name
 
 
