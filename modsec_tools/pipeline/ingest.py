@@ -156,6 +156,10 @@ class Pipeline:
         self.seq = 1                                # the next batch's
         self.journal: Journal | None = None
         self.sinks: list[Sink] = []
+        # (position in ``sinks``, sink): written as soon as a batch is journaled / when it
+        # is finished
+        self.ahead: list[tuple[int, Sink]] = []
+        self.later: list[tuple[int, Sink]] = []
         self.examining: ExamineSettings | None = None
         self.index: IndexFollower | None = None
         self.proven: dict[str, IndexLine] = {}      # relpath → its index line
@@ -171,6 +175,8 @@ class Pipeline:
         empty_old_trash(os.path.join(settings.state_dir, "trash"))
         self.journal = Journal(os.path.join(settings.state_dir, "journal"))
         self.sinks = open_sinks(settings)
+        self.ahead = [(n, s) for n, s in enumerate(self.sinks) if s.ahead]
+        self.later = [(n, s) for n, s in enumerate(self.sinks) if not s.ahead]
         self.examining = ExamineSettings(
             settings.node, VerdictPolicy(settings.detect_min_severity, settings.detect_min_score),
             settings.proxies, settings.max_entry_size, settings.settle_seconds,
@@ -350,8 +356,7 @@ class Pipeline:
             self.finish()
             self.journal.compact({"seq": self.seq - 1, "index": self.journal.last("index")})
         seq, self.seq = self.seq, self.seq + 1
-        ahead = [(n, s) for n, s in enumerate(self.sinks) if s.ahead]
-        later = [(n, s) for n, s in enumerate(self.sinks) if not s.ahead]
+        ahead, later = self.ahead, self.later
         # The other sinks can be marked now only if no batch is still writing to them.
         marked = not self.finishing
         record = {
@@ -368,8 +373,7 @@ class Pipeline:
         self.committing.update(p.ref.relpath for p in batch)
         self.tree.release()
         with self.to_finish_lock:
-            self.to_finish.append(Unfinished(seq, batch, [s for _, s in ahead], later, marked,
-                                             index))
+            self.to_finish.append(Unfinished(seq, batch, marked, index))
         self.finishing.append((self.finisher.submit(self._finish_waiting), len(batch), held))
 
     def _finish_waiting(self) -> None:
@@ -387,8 +391,8 @@ class Pipeline:
             raise
 
     def _finish(self, group: list["Unfinished"]) -> None:
-        ahead, later = group[0].ahead, group[0].later
-        for sink in ahead:
+        later = self.later
+        for _, sink in self.ahead:
             sink.sync()
         self._journal(*self._late_marks(group, later))
         entries = [p for unfinished in group for p in unfinished.batch]
@@ -713,8 +717,6 @@ class Unfinished:
 
     seq: int
     batch: list[Outcome]
-    ahead: list[Sink]              # written already
-    later: list[tuple[int, Sink]]  # (position in the sinks, sink): written when finishing
     marked: bool                   # the batch record holds the later sinks' marks
     index: list[int] | None        # the index log's cursor once it is done
 
