@@ -14,9 +14,10 @@ cgroup v1 (``cpu.shares``, 1024 for weight 100, as systemd maps it) or v2 (``cpu
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+
+from bench.proctree import descendants
 
 V1 = Path("/sys/fs/cgroup/cpu")
 V2 = Path("/sys/fs/cgroup")
@@ -26,24 +27,6 @@ def unit_weight(unit: Path, default: int = 100) -> int:
     """The CPUWeight= a systemd unit file sets (systemd's default when it sets none)."""
     found = re.search(r"^CPUWeight=(\d+)\s*$", unit.read_text(), re.MULTILINE)
     return int(found.group(1)) if found else default
-
-
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, ()))
-    return found
 
 
 class CpuGroups:
@@ -79,7 +62,7 @@ class CpuGroups:
                 (path / "cpu.shares").write_text(str(weight * 1024 // 100))
             else:
                 (path / "cpu.weight").write_text(str(weight))
-        for member in _descendants(pid):
+        for member in descendants(pid):
             try:
                 (path / "cgroup.procs").write_text(str(member))
             except ProcessLookupError:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("MODSEC_CORPUS_FULL", "1")
 os.environ.setdefault("MODSEC_CORPUS", str(REPO.parent / "shared" / "corpus"))
 
+from bench.proctree import children, descendants, proc_stat  # noqa: E402
 from bench.runinfo import code_version, machine, publish  # noqa: E402
 from modsec_tools.daemon.watch import WORKERS_IDLE_SECONDS  # noqa: E402
 from modsec_tools.pipeline.journal import batch_entries  # noqa: E402
@@ -234,22 +235,6 @@ def offered(closed: dict[str, float]) -> float:
     return len(closed) / span if span > 0 else float("nan")
 
 
-def proc_stat(pid: int) -> list[bytes]:
-    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(proc_stat(int(entry))[1]) == pid:
-                    out.append(int(entry))
-            except OSError:
-                continue
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU time of the daemon and its live worker processes."""
     total = 0.0
@@ -284,12 +269,7 @@ def vm_hwm(pid: int) -> int:
 
 def tree_pss_kb(pid: int) -> int:
     """The daemon, its workers and multiprocessing's helper process."""
-    tree, todo = [], [pid]
-    while todo:
-        one = todo.pop()
-        tree.append(one)
-        todo += children(one)
-    return sum(pss_kb(one) for one in tree)
+    return sum(pss_kb(one) for one in descendants(pid))
 
 
 # -- the phases -------------------------------------------------------------------------------
