@@ -202,3 +202,62 @@ def test_crash_while_a_group_of_batches_is_written_completes_each_exactly_once(f
     check_nothing_lost(sb, made)
     assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
     assert len(sb.json_records()) == len(made)
+
+
+#: Start-up after CRASH_AHEAD dies (like kill -9) right after appending batch 2's entries to
+#: the archive: batch 2 had no mark there (it was journaled while batch 1 was writing it).
+CRASH_IN_RECOVERY = r"""
+import os, sys
+from modsec_tools import config
+from modsec_tools.appendfile import AppendFile
+from modsec_tools.pipeline import ingest
+settings = config.load(sys.argv[1])
+real_append = AppendFile.append
+def append(self, data):
+    real_append(self, data)
+    if self.path == settings.archive:
+        os._exit(9)
+AppendFile.append = append
+ingest.Pipeline(settings).open()
+"""
+
+
+def test_crash_while_completing_a_batch_without_marks_completes_it_exactly_once(fast_tmp):
+    """Recovery marks such a batch's sinks in the journal before writing to them: a second
+    crash then finds the batch's entries there, and does not append them again."""
+    corpus.require_corpus()
+    sb = small_batches(fast_tmp)
+    made = ih.replicate(RUN, sb.storage, COPIES)
+    for script in (CRASH_AHEAD, CRASH_IN_RECOVERY):
+        done = subprocess.run([sys.executable, "-c", script, str(sb.config)], cwd=ih.REPO,
+                              env=ih.cli_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 9, done.stderr[-2000:]
+    assert "completing batch 2 interrupted by a crash" in done.stderr
+    assert len(sb.archived()) == 2 * BATCH
+    rerun = sb.run()
+    assert "completing batch 2 interrupted by a crash" in rerun.stderr
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+    assert len(sb.json_records()) == len(made)
+
+
+def test_a_sink_configured_after_a_crash_gets_the_unfinished_batches_once(fast_tmp):
+    """JSON lines turned on between the crash and the start-up: its file has none of the
+    unfinished batches (nor their lengths in the journal), and a crash while they are written
+    there does not make the next start-up write them again."""
+    corpus.require_corpus()
+    sb = ih.Sandbox(fast_tmp, settings={"batch_size": str(BATCH), "workers": "0",
+                                        "settle_seconds": "0", "json_log": ""})
+    made = ih.replicate(RUN, sb.storage, COPIES)
+    crash_in_json = CRASH_IN_RECOVERY.replace("settings.archive", "settings.json_log")
+    for script, json_log in ((CRASH_AHEAD, ""), (crash_in_json, str(sb.json))):
+        sb.write_config(json_log=json_log)
+        done = subprocess.run([sys.executable, "-c", script, str(sb.config)], cwd=ih.REPO,
+                              env=ih.cli_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 9, done.stderr[-2000:]
+    assert len(sb.json_records()) == BATCH                  # batch 1's, when it died
+    sb.run()
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.json_records()) == len(made) and len(sb.archived()) == len(made)

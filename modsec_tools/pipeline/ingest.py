@@ -217,7 +217,8 @@ class Pipeline:
             log.warning("completing batch %d interrupted by a crash (%d files)",
                         record["seq"], len(record["files"]))
             skipped: set[str] = set()
-            marks = {**batch_marks(record), **late_marks.get(record["seq"], {})}
+            marks = self._mark_unmarked(
+                record["seq"], {**batch_marks(record), **late_marks.get(record["seq"], {})})
             self._recover_sinks(record, marks, self._reload(record, skipped))
             # The entries left in place are named, so a crash during the deletions below
             # cannot make the next start-up delete them.
@@ -226,6 +227,16 @@ class Pipeline:
         for record in finished + unfinished:
             self._delete(record, keep=kept[record["seq"]])
         self.tree.release()
+
+    def _mark_unmarked(self, seq: int, marks: dict) -> dict:
+        """A sink the batch has no mark in was not written to for it (the crash came before
+        its ``marks`` record, or the sink is new): its mark now is journaled before recovery
+        writes there, so that a crash during recovery finds the batch begun, not missing."""
+        fresh = {sink.name: mark for sink in self.sinks
+                 if sink.name not in marks and (mark := sink.mark()) is not None}
+        if fresh:
+            self.journal.append({"type": "marks", "seq": seq, "marks": fresh})
+        return {**marks, **fresh}
 
     def _reload(self, record: dict, skipped: set[str]) -> list[Outcome]:
         """The journaled batch's entries, rendered again from the bytes that were journaled
@@ -503,8 +514,8 @@ class Pipeline:
                 self.stats.errors += errors
 
     def _recover_sinks(self, record: dict, marks: dict, batch: list[Outcome]) -> None:
-        """Each sink gets what it lacks of the interrupted batch, entry by entry; a sink
-        without a mark was not written to for it (``recover`` appends it whole)."""
+        """Each sink gets what it lacks of the interrupted batch, entry by entry, from its
+        mark on (``_mark_unmarked`` gave every sink that can be marked one)."""
         reloaded = {p.ref.relpath: p for p in batch}
         entries = batch_entries(record)
         for n, sink in enumerate(self.sinks):

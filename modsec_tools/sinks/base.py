@@ -8,7 +8,8 @@ exactly-once across kill -9 for all of them at once:
 2. ``write(pieces)`` then ``sync()``: the batch is durable in that sink;
 3. after a crash, ``recover(mark, regions)`` gets the mark and, entry by entry, the
    journaled length and the piece rendered again (None when the entry can no longer be
-   read), and adds only what the sink lacks.
+   read), and adds only what the sink lacks. A sink the batch has no mark in yet is
+   marked in the journal first, so ``recover`` always has one (unless ``mark()`` is None).
 
 A sink that is idempotent by itself (the database: its rows have a unique key) needs no
 mark and recovers by writing again.

@@ -29,12 +29,12 @@ class FileSink(Sink):
     def sync(self) -> None:
         self.file.sync()
 
-    def recover(self, mark: Any, regions: list[Region]) -> None:
-        if mark is None:  # the sink was configured after the crash: the batch is new to it
-            self.write([piece for _, piece in regions if piece is not None])
-            self.sync()
-            return
-        self.file.complete_regions(Position(*mark), regions)
+    def recover(self, mark: list[int], regions: list[Region]) -> None:
+        # A sink configured after the crash has no journaled lengths: the batch is new to
+        # it, and what it gets is the pieces rendered now.
+        self.file.complete_regions(Position(*mark), [
+            (len(piece) if length is None and piece is not None else length or 0, piece)
+            for length, piece in regions])
 
     def reopen(self) -> None:
         self.file.reopen()
