@@ -1,9 +1,9 @@
 """Append-only output files (the archive and the event log) that survive kill -9.
 
 Each batch is appended with as few write() calls as possible and fdatasync'd. The journal
-records the file's size before the batch; after a crash ``complete_batch`` compares what is
-already there with what should be and appends only the missing part, so nothing is written
-twice and fail2ban, which follows the event log, never sees a line disappear.
+records the file's size before the batch; after a crash ``lacking`` compares what is
+already there with what should be, so that only the missing part is appended: nothing is
+written twice, and fail2ban, which follows the event log, never sees a line disappear.
 """
 from __future__ import annotations
 
@@ -61,82 +61,56 @@ class AppendFile:
     def sync(self) -> None:
         os.fdatasync(self.fd)
 
-    def complete_regions(self, start: Position, regions: list[tuple[int, bytes | None]]) -> str:
-        """Like ``complete_batch``, entry by entry: ``regions`` are each entry's length and
-        bytes (None when they can no longer be produced). Entries already written whole are
-        left alone; the rest are appended, so an entry whose bytes are gone costs only itself
-        (at worst a torn fragment of it stays), never a second copy of the others."""
-        if all(data is not None for _, data in regions):
-            return self.complete_batch(start, b"".join(data for _, data in regions))
-        now = self.position()
-        written_end = now.size if now.inode == start.inode else start.size
-        cursor = start.size
-        missing: list[bytes] = []
-        for length, data in regions:
-            if cursor + length <= written_end:
-                cursor += length
-                continue
-            if data is not None:
-                missing.append(data[max(0, written_end - cursor):])
-            cursor = written_end = -1  # everything after the first gap is missing whole
-        if missing:
-            self.append(b"".join(missing))
-            self.sync()
-            return "rest"
-        return "nothing"
+    def lacking(self, start: Position, regions: list[tuple[int, bytes | None]]
+                ) -> list[tuple[int, int]]:
+        """What the file lacks of a batch written from ``start`` on, whose entries have
+        these lengths and bytes (None: they can no longer be produced, only their length
+        counts): ``(index, bytes of that entry already there)`` for each entry missing, in
+        order. Everything after the first entry missing is missing whole: a batch is
+        written in order. An entry whose bytes differ from what is there (should not
+        happen) is missing whole too: what is there is kept, never overwritten.
 
-    def complete_batch(self, start: Position, expected: bytes) -> str:
-        """Make the bytes after ``start`` equal ``expected`` by appending what is missing.
+        A file rotated since ``start`` (another inode at the path) is looked for beside it
+        by inode: what it holds counts; an entry the rotation cut is written again whole,
+        to the new file, which is what readers follow."""
+        held, rotated = self._held(start, sum(length for length, _ in regions))
+        cursor = 0
+        for index, (length, data) in enumerate(regions):
+            there = held[cursor:cursor + length]
+            if len(there) < length or (data is not None and there != data):
+                keep = 0 if rotated or data is None or not data.startswith(there) else len(there)
+                return [(index, keep)] + [(n, 0) for n in range(index + 1, len(regions))]
+            cursor += length
+        return []
 
-        Returns what was done ("whole", "rest", "nothing", "rotated"). A file rotated since
-        the batch began (other inode) means the batch was finished before the rotation.
-        """
-        now = self.position()
-        if now.inode != start.inode:
-            return self._complete_rotated(start, expected)
-        present = now.size - start.size
-        if present <= 0:
-            self.append(expected)
-            self.sync()
-            return "whole"
-        reader = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def _held(self, start: Position, length: int) -> tuple[bytes, bool]:
+        """Up to ``length`` bytes from ``start`` on, in this file or in the rotated file of
+        ``start``'s inode beside it (b"" when it is gone); and whether it was rotated."""
+        rotated = self.position().inode != start.inode
+        path = self._rotated(start.inode) if rotated else self.path
+        if path is None:
+            return b"", True
         try:
-            written = os.pread(reader, min(present, len(expected)), start.size)
+            reader = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return b"", rotated
+        try:
+            return os.pread(reader, length, start.size), rotated
         finally:
             os.close(reader)
-        # More than expected: the next batches' bytes follow (an event log runs batches ahead)
-        if expected.startswith(written):
-            if present >= len(expected):
-                return "nothing"
-            self.append(expected[present:])
-            self.sync()
-            return "rest"
-        # Not our bytes after the mark (should not happen): keep them, and add ours whole.
-        self.append(b"\n" + expected if not written.endswith(b"\n") else expected)
-        self.sync()
-        return "whole"
 
-    def _complete_rotated(self, start: Position, expected: bytes) -> str:
-        """The file was rotated since the batch began (logrotate's ``create``): if the
-        rotated file (found by its inode beside ours) already holds the whole batch, nothing
-        is missing; otherwise the batch goes to the new file, which is what readers follow."""
+    def _rotated(self, inode: int) -> str | None:
         directory = os.path.dirname(self.path) or "."
         base = os.path.basename(self.path)
         try:
             with os.scandir(directory) as listing:
                 for entry in listing:
-                    if entry.name.startswith(base) and entry.inode() == start.inode \
+                    if entry.name.startswith(base) and entry.inode() == inode \
                             and entry.is_file(follow_symlinks=False):
-                        with open(entry.path, "rb") as old:
-                            old.seek(start.size)
-                            if old.read(len(expected)) == expected:
-                                return "rotated"
-                        break
+                        return entry.path
         except OSError:
             pass
-        self.append(expected)
-        self.sync()
-        return "whole"
+        return None
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -204,22 +204,37 @@ def test_crash_while_a_group_of_batches_is_written_completes_each_exactly_once(f
     assert len(sb.json_records()) == len(made)
 
 
-#: Start-up after CRASH_AHEAD dies (like kill -9) right after appending batch 2's entries to
-#: the archive: batch 2 had no mark there (it was journaled while batch 1 was writing it).
-CRASH_IN_RECOVERY = r"""
+#: Start-up that dies (like kill -9) right after an append to the sink whose path setting
+#: is SINK that holds an entry of batch SEQ.
+CRASH_IN_RECOVERY_AT = r"""
 import os, sys
 from modsec_tools import config
 from modsec_tools.appendfile import AppendFile
 from modsec_tools.pipeline import ingest
+from modsec_tools.pipeline.journal import Journal, batch_entries
 settings = config.load(sys.argv[1])
+journal = Journal(os.path.join(settings.state_dir, "journal"))
+batch = next(r for r in journal.records if r["type"] == "batch" and r["seq"] == SEQ)
+journal.close()
+ids = [e.path.rsplit("/", 1)[-1].split("-", 2)[2].encode() for e in batch_entries(batch)]
 real_append = AppendFile.append
 def append(self, data):
     real_append(self, data)
-    if self.path == settings.archive:
+    blob = data if isinstance(data, bytes) else b"".join(data)
+    if self.path == settings.SINK and any(i in blob for i in ids):
         os._exit(9)
 AppendFile.append = append
 ingest.Pipeline(settings).open()
 """
+
+
+def crash_in_recovery_at(sink: str, seq: int) -> str:
+    return CRASH_IN_RECOVERY_AT.replace("SINK", sink).replace("SEQ", str(seq))
+
+
+#: After CRASH_AHEAD, start-up dies right after appending batch 2's entries to the archive:
+#: batch 2 had no mark there (it was journaled while batch 1 was writing it).
+CRASH_IN_RECOVERY = crash_in_recovery_at("archive", 2)
 
 
 def test_crash_while_completing_a_batch_without_marks_completes_it_exactly_once(fast_tmp):
@@ -250,13 +265,13 @@ def test_a_sink_configured_after_a_crash_gets_the_unfinished_batches_once(fast_t
     sb = ih.Sandbox(fast_tmp, settings={"batch_size": str(BATCH), "workers": "0",
                                         "settle_seconds": "0", "json_log": ""})
     made = ih.replicate(RUN, sb.storage, COPIES)
-    crash_in_json = CRASH_IN_RECOVERY.replace("settings.archive", "settings.json_log")
+    crash_in_json = crash_in_recovery_at("json_log", 2)
     for script, json_log in ((CRASH_AHEAD, ""), (crash_in_json, str(sb.json))):
         sb.write_config(json_log=json_log)
         done = subprocess.run([sys.executable, "-c", script, str(sb.config)], cwd=ih.REPO,
                               env=ih.cli_env(), capture_output=True, text=True, timeout=120)
         assert done.returncode == 9, done.stderr[-2000:]
-    assert len(sb.json_records()) == BATCH                  # batch 1's, when it died
+    assert len(sb.json_records()) == 2 * BATCH              # batches 1 and 2, when it died
     sb.run()
     assert sb.left() == []
     check_nothing_lost(sb, made)

@@ -28,9 +28,11 @@ def workers_for_hundreds(monkeypatch):
     monkeypatch.setattr(ingest, "START_WORKERS_FROM", ingest.PARALLEL_FROM)
 
 
-def _backlog(sb: ih.Sandbox) -> None:
-    """Old entries, as many as the full r1 has (the tests take hundreds at a time)."""
-    ih.replicate(R1, sb.storage, corpus.copies_for(R1, 1224))
+def _backlog(sb: ih.Sandbox, tag: str = "Cp") -> None:
+    """Old entries, as many as the full r1 has (the tests take hundreds at a time); another
+    ``tag`` gives them other unique ids (a second backlog must not reuse the names of the
+    first, which may still be held as being deleted)."""
+    ih.replicate(R1, sb.storage, corpus.copies_for(R1, 1224), tag=tag)
 
 
 def _pipeline(sb: ih.Sandbox, batch_size: int = 100) -> Pipeline:
@@ -168,7 +170,7 @@ def test_worker_processes_are_stopped_once_idle_and_started_again(fast_tmp):
         assert pipeline.pool is None
         assert not any(worker.is_alive() for worker in workers)
         assert _children() <= before                # nor the resource tracker they started
-        _backlog(sb)                                # the next backlog starts them again
+        _backlog(sb, tag="Cq")                      # the next backlog starts them again
         pipeline.rescan()
         pipeline.drain()
         assert pipeline.pool is not None

@@ -365,11 +365,12 @@ class Watcher:
         return {**self.pipeline.status(), "overflows": self.overflows}
 
     def _write_status(self) -> None:
+        status = self.status()  # outside the try: it raises what made a batch fail
         try:
-            write_status(os.path.join(self.settings.state_dir, "status.json"), self.status())
+            write_status(os.path.join(self.settings.state_dir, "status.json"), status)
         except OSError as exc:
             log.debug("status file: %s", exc)
-        self.metrics.update(self.status())
+        self.metrics.update(status)
 
     def close(self) -> None:
         self.metrics.close()

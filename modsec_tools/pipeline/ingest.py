@@ -23,6 +23,7 @@ order, appending only what each sink lacks.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -208,18 +209,21 @@ class Pipeline:
         batches = [r for r in records if r["type"] == "batch"]
         kept = {r["seq"]: set(r.get("kept", ())) for r in records if r["type"] == "done"}
         late_marks: dict[int, dict] = {}
+        plans: dict[int, dict[str, dict]] = {}     # seq → sink → what recovery wrote last
         for record in records:
             if record["type"] == "marks":
                 late_marks.setdefault(record["seq"], {}).update(record["marks"])
+            elif record["type"] == "plan":
+                plans.setdefault(record["seq"], {})[record["sink"]] = record
         finished = [r for r in batches if r["seq"] in kept][-2 * UNFINISHED_BATCHES:]
         unfinished = [r for r in batches if r["seq"] not in kept]
         for record in unfinished:
             log.warning("completing batch %d interrupted by a crash (%d files)",
                         record["seq"], len(record["files"]))
             skipped: set[str] = set()
-            marks = self._mark_unmarked(
-                record["seq"], {**batch_marks(record), **late_marks.get(record["seq"], {})})
-            self._recover_sinks(record, marks, self._reload(record, skipped))
+            marks = {**batch_marks(record), **late_marks.get(record["seq"], {})}
+            self._recover_sinks(record, marks, plans.get(record["seq"], {}),
+                                self._reload(record, skipped))
             # The entries left in place are named, so a crash during the deletions below
             # cannot make the next start-up delete them.
             self.journal.append({"type": "done", "seq": record["seq"], "kept": sorted(skipped)})
@@ -227,16 +231,6 @@ class Pipeline:
         for record in finished + unfinished:
             self._delete(record, keep=kept[record["seq"]])
         self.tree.release()
-
-    def _mark_unmarked(self, seq: int, marks: dict) -> dict:
-        """A sink the batch has no mark in was not written to for it (the crash came before
-        its ``marks`` record, or the sink is new): its mark now is journaled before recovery
-        writes there, so that a crash during recovery finds the batch begun, not missing."""
-        fresh = {sink.name: mark for sink in self.sinks
-                 if sink.name not in marks and (mark := sink.mark()) is not None}
-        if fresh:
-            self.journal.append({"type": "marks", "seq": seq, "marks": fresh})
-        return {**marks, **fresh}
 
     def _reload(self, record: dict, skipped: set[str]) -> list[Outcome]:
         """The journaled batch's entries, rendered again from the bytes that were journaled
@@ -363,6 +357,10 @@ class Pipeline:
         held = sum(len(p.data) for p in batch)
         self._await_room(len(batch), held)
         self.reap()
+        if self.finish_failed is not None:
+            # Raised already (and maybe caught: a status read waits for the finishing too),
+            # but nothing may follow it: the sinks end inside the batches it left unfinished.
+            raise self.finish_failed
         if self.journal.size() >= COMPACT_AT:  # nothing unfinished, no deletion under way
             self.finish()
             self.journal.compact({"seq": self.seq - 1, "index": self.journal.last("index")})
@@ -513,20 +511,31 @@ class Pipeline:
                 self.stats.spooled += spooled
                 self.stats.errors += errors
 
-    def _recover_sinks(self, record: dict, marks: dict, batch: list[Outcome]) -> None:
+    def _recover_sinks(self, record: dict, marks: dict, plans: dict[str, dict],
+                       batch: list[Outcome]) -> None:
         """Each sink gets what it lacks of the interrupted batch, entry by entry, from its
-        mark on (``_mark_unmarked`` gave every sink that can be marked one)."""
+        mark on; or, when an earlier recovery planned what to write there (its ``plan``
+        record), what it lacks of that."""
         reloaded = {p.ref.relpath: p for p in batch}
-        entries = batch_entries(record)
         for n, sink in enumerate(self.sinks):
-            regions = []
-            for entry in entries:
-                again = reloaded.get(entry.path)
-                regions.append((entry.lengths.get(sink.name),
-                                again.pieces[n] if again is not None else None))
+            planned = plans.get(sink.name)
+            if planned is None:  # (path, bytes of the entry before its region, length)
+                mark = marks.get(sink.name)
+                layout = [(e.path, 0, e.lengths.get(sink.name)) for e in batch_entries(record)]
+            else:
+                mark, layout = planned["mark"], [tuple(r) for r in planned["regions"]]
+            regions = [(length, _rest(reloaded.get(path), n, skip))
+                       for path, skip, length in layout]
             refused = sink.refused
-            sink.recover(marks.get(sink.name), regions)
+            sink.recover(mark, regions,
+                         functools.partial(self._journal_plan, record["seq"], sink, layout))
             self._count_errors(sink.refused - refused)
+
+    def _journal_plan(self, seq: int, sink: Sink, layout: list[tuple[str, int, int]],
+                      mark, writes: list[tuple[int, int, int]]) -> None:
+        self.journal.append({"type": "plan", "seq": seq, "sink": sink.name, "mark": mark,
+                             "regions": [[layout[i][0], layout[i][1] + skip, length]
+                                         for i, skip, length in writes]})
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         """A journaled batch's entries, now (on start-up)."""
@@ -736,6 +745,15 @@ class Unfinished:
         if self.index is not None:
             record["index"] = self.index
         return record
+
+
+def _rest(outcome: Outcome | None, sink: int, skip: int):
+    """An entry's piece for the sink at that position, without its first ``skip`` bytes
+    (None when the entry could not be rendered again)."""
+    if outcome is None:
+        return None
+    piece = outcome.pieces[sink]
+    return piece[skip:] if skip else piece
 
 
 def _leaving(p: Outcome) -> Leaving:

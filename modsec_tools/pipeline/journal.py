@@ -5,7 +5,8 @@ The journal makes ingest exactly-once across kill -9. Before a batch touches any
 could not know yet) is appended and fsync'd; once every sink has the batch, a ``done`` record
 follows, and only then are the files deleted. On start-up only the last UNFINISHED_BATCHES
 batches can lack their ``done``; their files still exist, so they are completed from them
-(ingest.py).
+(ingest.py), after a ``plan`` record for each file sink that gets something (where, which
+entries), from which a crash during start-up is completed in turn.
 
 The spool holds database rows while the database is unreachable, replayed when it returns.
 
@@ -65,8 +66,16 @@ class RecordLog:
 
     def append(self, record: dict[str, Any], sync: bool = True) -> None:
         view = memoryview(_frame(record))
-        while view:
-            view = view[os.write(self.fd, view):]
+        end = os.lseek(self.fd, 0, os.SEEK_CUR)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except BaseException:
+            # A torn record (the disk filled up) must not stay: one appended after it once
+            # there is room would be cut off with it at the next load.
+            os.ftruncate(self.fd, end)
+            os.lseek(self.fd, end, os.SEEK_SET)
+            raise
         if sync:
             os.fdatasync(self.fd)
         self.records.append(record)
@@ -97,13 +106,16 @@ class Journal(RecordLog):
             self._forget_finished()
 
     def _forget_finished(self) -> None:
-        """Keep in memory only what can still be asked of: the last batch, the one it names
-        as ``leaving`` (see removal.py), and what follows (recovery looks no further back)
+        """Keep in memory only what can still be asked of: the first batch not done (the
+        last one when all are), the one it names as ``leaving`` (see removal.py), and what
+        follows (recovery looks no further back)
         after a summary holding ``seq`` and the index cursor. Every batch's file list used
         to stay until the file was compacted, ~0.4 KB an entry: a daemon's memory grew by
         ~16 MB between compactions."""
         batches = [n for n, r in enumerate(self.records) if r["type"] == "batch"]
-        first = batches[-1] if batches else len(self.records) - 1
+        done = {r["seq"] for r in self.records if r["type"] == "done"}
+        first = next((n for n in batches if self.records[n]["seq"] not in done),
+                     batches[-1] if batches else len(self.records) - 1)
         leaving = self.records[first].get("leaving") if batches else None
         if leaving is not None:
             first = next((n for n in batches if self.records[n]["seq"] == leaving), first)
@@ -128,11 +140,11 @@ class Journal(RecordLog):
         return set()
 
     def unfinished(self) -> dict[str, Any] | None:
-        """The last batch record if no ``done`` followed it."""
+        """The last batch record without a ``done`` (the done records of a group of batches
+        follow all of their batch records)."""
+        done = {r["seq"] for r in self.records if r["type"] == "done"}
         for record in reversed(self.records):
-            if record["type"] == "done":
-                return None
-            if record["type"] == "batch":
+            if record["type"] == "batch" and record["seq"] not in done:
                 return record
         return None
 

@@ -6,10 +6,10 @@ exactly-once across kill -9 for all of them at once:
 1. ``mark()`` of each sink and each entry's ``length()`` in it go into the journal's batch
    record, before anything is written;
 2. ``write(pieces)`` then ``sync()``: the batch is durable in that sink;
-3. after a crash, ``recover(mark, regions)`` gets the mark and, entry by entry, the
+3. after a crash, ``recover(mark, regions, plan)`` gets the mark and, entry by entry, the
    journaled length and the piece rendered again (None when the entry can no longer be
-   read), and adds only what the sink lacks. A sink the batch has no mark in yet is
-   marked in the journal first, so ``recover`` always has one (unless ``mark()`` is None).
+   read), and adds only what the sink lacks; what it is about to add goes to ``plan``
+   first (the journal), and a second crash, during recovery, is completed from there.
 
 A sink that is idempotent by itself (the database: its rows have a unique key) needs no
 mark and recovers by writing again.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 from ..config import Settings
 from ..audit.event import Event
@@ -26,6 +26,10 @@ from ..audit.event import Event
 #: One entry's piece for a sink (bytes for a file, a row for a database) and its
 #: journaled length, for recovery; the piece is None when it cannot be rendered again.
 Region = tuple["int | None", Any]
+#: Called by ``recover`` before it writes: the sink's mark then, and for each region it
+#: writes, (its index, bytes of it skipped as already there, length written). Journaled,
+#: so that a crash during recovery is completed from that plan, not from the batch's.
+Plan = Callable[[Any, list[tuple[int, int, int]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +96,9 @@ class Sink(ABC):
         return None
 
     @abstractmethod
-    def recover(self, mark: Any, regions: list[Region]) -> None:
-        """Complete a batch a crash interrupted: add only what is missing."""
+    def recover(self, mark: Any, regions: list[Region], plan: Plan) -> None:
+        """Complete a batch a crash interrupted: add only what is missing, and make it
+        durable. ``mark`` is None when nothing of the batch was written here."""
 
     def flush(self) -> None:
         """A chance to deliver what was kept for later (called between batches)."""

@@ -13,7 +13,7 @@ from ..db import (Database, DatabaseError, SchemaError, UnusableError, open_data
                   parse_target)
 from ..db.rows import Row, event_row, upgraded_match
 from ..pipeline.journal import RecordLog
-from .base import Region, Rendering, Sink
+from .base import Plan, Region, Rendering, Sink
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class DatabaseSink(Sink):
             return None
         return cls(open_database(target), settings.node, os.path.join(settings.state_dir, SPOOL))
 
-    def recover(self, mark: Any, regions: list[Region]) -> None:
+    def recover(self, mark: Any, regions: list[Region], plan: Plan) -> None:
         """Inserts skip rows already stored: writing the batch again is enough."""
         self.write([row for _, row in regions if row is not None])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..appendfile import AppendFile, Position
-from .base import Region, Renderer, Sink
+from .base import Plan, Region, Renderer, Sink
 
 
 class FileSink(Sink):
@@ -29,12 +29,17 @@ class FileSink(Sink):
     def sync(self) -> None:
         self.file.sync()
 
-    def recover(self, mark: list[int], regions: list[Region]) -> None:
-        # A sink configured after the crash has no journaled lengths: the batch is new to
-        # it, and what it gets is the pieces rendered now.
-        self.file.complete_regions(Position(*mark), [
-            (len(piece) if length is None and piece is not None else length or 0, piece)
-            for length, piece in regions])
+    def recover(self, mark: list[int] | None, regions: list[Region], plan: Plan) -> None:
+        if mark is None:  # nothing of the batch was written here before the crash
+            lacking = [(n, 0) for n in range(len(regions))]
+        else:
+            lacking = self.file.lacking(Position(*mark), regions)
+        missing = [(n, skip, regions[n][1][skip:]) for n, skip in lacking
+                   if regions[n][1] is not None]
+        if missing:
+            plan(self.mark(), [(n, skip, len(piece)) for n, skip, piece in missing])
+            self.write([piece for _, _, piece in missing])
+        self.sync()  # also what was there already: its files are deleted next
 
     def reopen(self) -> None:
         self.file.reopen()
