@@ -83,6 +83,17 @@ class AppendFile:
             cursor += length
         return []
 
+    def ends_line(self) -> bool:
+        """Whether the file is empty or ends with a newline (no torn line at its end)."""
+        size = self.position().size
+        if size == 0:
+            return True
+        reader = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.pread(reader, 1, size - 1) == b"\n"
+        finally:
+            os.close(reader)
+
     def _held(self, start: Position, length: int) -> tuple[bytes, bool]:
         """Up to ``length`` bytes from ``start`` on, in this file or in the rotated file of
         ``start``'s inode beside it (b"" when it is gone); and whether it was rotated."""

@@ -13,6 +13,7 @@ import pytest
 
 from modsec_tools.appendfile import AppendFile, Position
 from modsec_tools.pipeline.journal import Journal, RecordLog, batch_entries
+from modsec_tools.sinks.eventlog import EventLine, EventLogSink
 from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
@@ -75,6 +76,63 @@ def test_an_entry_changed_then_a_crash_during_recovery(fast_tmp, which):
     assert len(sb.archived()) == 2 * BATCH - 1
     sb.run()
     check_kept_whole(sb, made, changed)
+
+
+#: Start-up whose read of one entry of batch 2 fails once (EIO, EMFILE...): it writes the
+#: others to the archive without it, and dies right after that.
+UNREADABLE_ONCE_THEN_CRASH = r"""
+import errno, os, sys
+from modsec_tools.pipeline.journal import Journal, batch_entries
+from modsec_tools.tree.storage import StorageTree
+state = sys.argv[2]
+journal = Journal(os.path.join(state, "journal"))
+batch = next(r for r in journal.records if r["type"] == "batch" and r["seq"] == 2)
+journal.close()
+victim = batch_entries(batch)[3].path
+real_read = StorageTree.read
+def read(self, ref, max_size):
+    if ref.relpath == victim:
+        raise OSError(errno.EIO, "Input/output error")
+    return real_read(self, ref, max_size)
+StorageTree.read = read
+""" + crash_in_recovery_at("archive", 2)
+
+
+def test_an_entry_unreadable_once_then_a_crash_during_recovery(fast_tmp):
+    """The plan names the entry it left out: the next start-up, which can read it again,
+    appends it after the others, instead of taking the plan as the whole batch (and
+    deleting an entry the archive never got)."""
+    corpus.require_corpus()
+    sb = small_batches(fast_tmp)
+    made = ih.replicate(RUN, sb.storage, COPIES)
+    run_script(CRASH_AHEAD, sb)
+    done = subprocess.run([sys.executable, "-c", UNREADABLE_ONCE_THEN_CRASH, str(sb.config),
+                           str(sb.state)], cwd=ih.REPO, env=ih.cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr[-3000:]
+    assert "cannot be read as it was on recovery" in done.stderr
+    plans = [r for r in journaled(sb) if r["type"] == "plan" and r["sink"] == "archive"]
+    assert len(plans[-1]["left"]) == 1
+    sb.run()
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.archived()) == len(made)
+
+
+def test_a_fragment_that_stays_is_followed_by_a_new_line(tmp_path):
+    """An entry cut by the crash whose rest cannot be produced (its file is unreadable now):
+    the next entry must still begin a line, or fail2ban would read one merged line and the
+    Serial reader would miss the next entry's boundary."""
+    lines = [b"line a\n", b"line b\n", b"line c\n"]
+    sink = EventLogSink(str(tmp_path / "events.log"), EventLine())
+    start = sink.mark()
+    sink.write([lines[0], lines[1][:2]])
+    plans = []
+    sink.recover(start, [(7, lines[0]), (7, None), (7, lines[2])],
+                 lambda *planned: plans.append(planned))
+    sink.close()
+    assert (tmp_path / "events.log").read_bytes() == b"line a\nli\nline c\n"
+    assert plans == [([start[0], 10], [(2, 0, 7)], [1])]
 
 
 #: Batch 1's database commit waits until three batches' lines are written; the process dies

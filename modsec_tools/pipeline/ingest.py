@@ -522,8 +522,9 @@ class Pipeline:
             if planned is None:  # (path, bytes of the entry before its region, length)
                 mark = marks.get(sink.name)
                 layout = [(e.path, 0, e.lengths.get(sink.name)) for e in batch_entries(record)]
-            else:
-                mark, layout = planned["mark"], [tuple(r) for r in planned["regions"]]
+            else:  # what it left out (unreadable then) comes after what it wrote
+                mark = planned["mark"]
+                layout = [tuple(r) for r in planned["regions"] + planned.get("left", [])]
             regions = [(length, _rest(reloaded.get(path), n, skip))
                        for path, skip, length in layout]
             refused = sink.refused
@@ -532,10 +533,11 @@ class Pipeline:
             self._count_errors(sink.refused - refused)
 
     def _journal_plan(self, seq: int, sink: Sink, layout: list[tuple[str, int, int]],
-                      mark, writes: list[tuple[int, int, int]]) -> None:
+                      mark, writes: list[tuple[int, int, int]], left: list[int]) -> None:
         self.journal.append({"type": "plan", "seq": seq, "sink": sink.name, "mark": mark,
                              "regions": [[layout[i][0], layout[i][1] + skip, length]
-                                         for i, skip, length in writes]})
+                                         for i, skip, length in writes],
+                             "left": [list(layout[i]) for i in left]})
 
     def _delete(self, record: dict, keep: set[str] = frozenset()) -> None:
         """A journaled batch's entries, now (on start-up)."""

@@ -26,10 +26,11 @@ from ..audit.event import Event
 #: One entry's piece for a sink (bytes for a file, a row for a database) and its
 #: journaled length, for recovery; the piece is None when it cannot be rendered again.
 Region = tuple["int | None", Any]
-#: Called by ``recover`` before it writes: the sink's mark then, and for each region it
-#: writes, (its index, bytes of it skipped as already there, length written). Journaled,
-#: so that a crash during recovery is completed from that plan, not from the batch's.
-Plan = Callable[[Any, list[tuple[int, int, int]]], None]
+#: Called by ``recover`` before it writes: the sink's mark then; for each region it
+#: writes, (its index, bytes of it skipped as already there, length written); and the
+#: regions it lacks but cannot write (no piece). Journaled, so that a crash during
+#: recovery is completed from that plan, not from the batch's.
+Plan = Callable[[Any, list[tuple[int, int, int]], list[int]], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,12 @@ class FileSink(Sink):
         missing = [(n, skip, regions[n][1][skip:]) for n, skip in lacking
                    if regions[n][1] is not None]
         if missing:
-            plan(self.mark(), [(n, skip, len(piece)) for n, skip, piece in missing])
+            if missing[0][1] == 0 and not self.file.ends_line():
+                # a fragment stays (its entry cannot be completed): what follows must begin
+                # a line, where readers (fail2ban, the Serial reader) look for it
+                self.write([b"\n"])
+            plan(self.mark(), [(n, skip, len(piece)) for n, skip, piece in missing],
+                 [n for n, _ in lacking if regions[n][1] is None])
             self.write([piece for _, _, piece in missing])
         self.sync()  # also what was there already: its files are deleted next
 
