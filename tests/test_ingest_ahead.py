@@ -143,10 +143,10 @@ def test_crash_with_two_batches_unfinished_completes_both_exactly_once(fast_tmp)
 
 
 #: Batch 1's database commit waits until five batches' lines are written; batches 2-5 (at
-#: least) then make one group, whose archive write dies halfway (like kill -9): their marks
-#: records were journaled before it, each where its batch begins once those before it are
-#: written.
-CRASH_IN_GROUP = r"""
+#: least) then make one group, whose archive write dies after writing FRACTION of it (like
+#: kill -9): their marks records were journaled before it, each where its batch begins once
+#: those before it are written.
+CRASH_IN_GROUP_AT = r"""
 import os, sys, threading
 from modsec_tools import config
 from modsec_tools.appendfile import AppendFile
@@ -172,12 +172,19 @@ def append(self, data):
         archived.append(1)
         if len(archived) == 2:
             blob = b"".join(data) if isinstance(data, list) else data
-            real_append(self, blob[:len(blob) // 2])
+            real_append(self, blob[:int(len(blob) * FRACTION)])
             os._exit(9)
     real_append(self, data)
 AppendFile.append = append
 pipeline = ingest.Pipeline(settings).open()
 """ + DRIVE_IN_BATCHES
+
+
+def crash_in_group(fraction: float) -> str:
+    return CRASH_IN_GROUP_AT.replace("FRACTION", repr(fraction))
+
+
+CRASH_IN_GROUP = crash_in_group(0.5)
 
 
 def test_crash_while_a_group_of_batches_is_written_completes_each_exactly_once(fast_tmp):
