@@ -196,3 +196,40 @@ def test_server_down_from_the_first_run(fast_tmp, mariadb_private):
     assert f"database: replayed {len(want)} spooled events" in back.stderr, back.stderr
     ih.check_database(_db(server), want, (run,))
     _no_secret(server, down.stderr + back.stderr)
+
+
+BUSY = "database busy (it kept giving the transaction up), spooling events to "
+
+
+def test_a_transaction_the_server_keeps_giving_up_is_spooled_not_rejected(fast_tmp,
+                                                                          mariadb_private):
+    """Another session holds the rollup rows a batch adds to (as another server of a fleet
+    can, or a report's recount): each attempt ends in a lock wait timeout. That says nothing
+    against the rows: they wait in the spool, as in an outage, and are stored once the
+    lock is gone; none goes to db-rejected."""
+    corpus.require_corpus()
+    server = mariadb_private
+    server.sql("SET GLOBAL innodb_lock_wait_timeout = 1")
+    sb = ih.Sandbox(fast_tmp, db=server.url)
+    first = ih.replicate("r3_json_concurrent", sb.storage, 1, tag="Ca")
+    sb.run()
+    second = ih.replicate("r3_json_concurrent", sb.storage, 1, tag="Cb")  # the same hours
+    blocker = server.connect()
+    try:
+        with blocker.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT * FROM rollup_hours FOR UPDATE")
+            assert cursor.fetchall()
+            held = sb.run()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert held.stderr.count(BUSY) == 1, held.stderr
+    assert f"{len(second)} spooled for the database" in held.stderr
+    assert "refused" not in held.stderr
+    assert set(ih.spool_ids(sb.state / "db-spool")) == set(second)
+    assert not (sb.state / "db-rejected").exists() or \
+        (sb.state / "db-rejected").stat().st_size == 0
+    back = sb.run()
+    assert f"database: replayed {len(second)} spooled events" in back.stderr, back.stderr
+    assert sorted(_stored(server)) == sorted({**first, **second})

@@ -8,14 +8,14 @@ sqlite.py, mysql.py   one class per dialect
 """
 from __future__ import annotations
 
-from .base import Database, DatabaseError, SchemaError, UnusableError
+from .base import Database, DatabaseError, SchemaError, TransientError, UnusableError
 from .mysql import MysqlDatabase
 from .schema import SCHEMA_VERSION
 from .sqlite import SqliteDatabase
 from .target import Target, parse_target, redact
 
-__all__ = ["Database", "DatabaseError", "SchemaError", "UnusableError", "SCHEMA_VERSION",
-           "Target", "open_database", "parse_target", "redact"]
+__all__ = ["Database", "DatabaseError", "SchemaError", "TransientError", "UnusableError",
+           "SCHEMA_VERSION", "Target", "open_database", "parse_target", "redact"]
 
 DIALECTS: dict[str, type[Database]] = {"sqlite": SqliteDatabase, "mysql": MysqlDatabase}
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..db import (Database, DatabaseError, SchemaError, UnusableError, open_database,
-                  parse_target)
+from ..db import (Database, DatabaseError, SchemaError, TransientError, UnusableError,
+                  open_database, parse_target)
 from ..db.rows import Row, event_row, upgraded_match
 from ..pipeline.journal import RecordLog
 from .base import Plan, Region, Rendering, Sink
@@ -117,8 +117,11 @@ class DatabaseSink(Sink):
     def _insert(self, rows: list[Row]) -> None:
         try:
             self.db.insert(self.node, rows)
-        except (SchemaError, UnusableError):
-            raise  # no row can be stored until it is usable: the rows wait in the spool
+        except (SchemaError, UnusableError, TransientError):
+            # No row can be stored until it is usable, or the server keeps giving the
+            # transaction up (other writers hold the rollup rows; a Galera conflict): that
+            # says nothing against the rows, which wait in the spool.
+            raise
         except DatabaseError as batch_error:
             try:
                 self.db.ping()
@@ -127,6 +130,8 @@ class DatabaseSink(Sink):
             for row in rows:
                 try:
                     self.db.insert(self.node, [row])
+                except TransientError:
+                    raise
                 except DatabaseError as exc:
                     self._reject(row, exc)
 
@@ -173,7 +178,9 @@ class DatabaseSink(Sink):
                           "it is repaired or replaced", exc, self.spool.path)
             self.unusable = str(exc)
         elif not self.down:
-            what = "schema not usable now" if isinstance(exc, SchemaError) else "unreachable"
+            what = "schema not usable now" if isinstance(exc, SchemaError) else \
+                "busy (it kept giving the transaction up)" if isinstance(exc, TransientError) \
+                else "unreachable"
             log.error("database %s, spooling events to %s: %s", what, self.spool.path, exc)
         self.down = True
         self.retry_at = time.monotonic() + self.backoff
