@@ -86,29 +86,17 @@ class AppendFile:
     def ends_line(self) -> bool:
         """Whether the file is empty or ends with a newline (no torn line at its end)."""
         size = self.position().size
-        if size == 0:
-            return True
-        reader = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            return os.pread(reader, 1, size - 1) == b"\n"
-        finally:
-            os.close(reader)
+        return size == 0 or _read(self.path, 1, size - 1) == b"\n"
 
     def _held(self, start: Position, length: int) -> tuple[bytes, bool]:
         """Up to ``length`` bytes from ``start`` on, in this file or in the rotated file of
         ``start``'s inode beside it (b"" when it is gone); and whether it was rotated."""
         rotated = self.position().inode != start.inode
         path = self._rotated(start.inode) if rotated else self.path
-        if path is None:
-            return b"", True
         try:
-            reader = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return (_read(path, length, start.size) if path else b""), rotated
         except OSError:
             return b"", rotated
-        try:
-            return os.pread(reader, length, start.size), rotated
-        finally:
-            os.close(reader)
 
     def _rotated(self, inode: int) -> str | None:
         directory = os.path.dirname(self.path) or "."
@@ -128,3 +116,11 @@ class AppendFile:
             os.close(self.fd)
             self.fd = -1
 
+
+def _read(path: str, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (the descriptor written to is append-only)."""
+    reader = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return os.pread(reader, length, offset)
+    finally:
+        os.close(reader)

@@ -32,6 +32,32 @@ def small_batches(root, batch_size: int = BATCH) -> ih.Sandbox:
                                       "settle_seconds": "0"})
 
 
+def run_script(script: str, sb: ih.Sandbox, *args: str,
+               code: int = 9) -> subprocess.CompletedProcess:
+    """Run a crash script (``python -c``) on the sandbox's configuration; it must exit
+    ``code`` (9: it died like kill -9)."""
+    done = subprocess.run([sys.executable, "-c", script, str(sb.config), *args], cwd=ih.REPO,
+                          env=ih.cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-3000:]
+    return done
+
+
+def journaled(sb: ih.Sandbox) -> list[dict]:
+    journal = Journal(str(sb.state / "journal"))
+    try:
+        return journal.records
+    finally:
+        journal.close()
+
+
+def every_sink_once(sb: ih.Sandbox, made: dict[str, ih.Copy]) -> None:
+    """Nothing left in the tree, and every entry once in every sink."""
+    assert sb.left() == []
+    check_nothing_lost(sb, made)
+    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
+    assert len(sb.json_records()) == len(made)
+
+
 #: What watch does in a flood: batches of what closed meanwhile, here BATCH entries each,
 #: far fewer than batch_size.
 DRIVE_IN_BATCHES = f"""
@@ -125,21 +151,13 @@ def test_crash_with_two_batches_unfinished_completes_both_exactly_once(fast_tmp)
     corpus.require_corpus()
     sb = small_batches(fast_tmp)
     made = ih.replicate(RUN, sb.storage, COPIES)
-    done = subprocess.run([sys.executable, "-c", CRASH_AHEAD, str(sb.config)], cwd=ih.REPO,
-                          env=ih.cli_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 9, done.stderr[-2000:]
+    run_script(CRASH_AHEAD, sb)
     assert len(sb.left()) == len(made) and len(sb.lines()) == 2 * BATCH
-    journal = Journal(str(sb.state / "journal"))
-    records = journal.records
-    journal.close()
-    assert [(r["type"], r["seq"]) for r in records] == [("batch", 1), ("batch", 2)]
+    assert [(r["type"], r["seq"]) for r in journaled(sb)] == [("batch", 1), ("batch", 2)]
     rerun = sb.run()
     for seq in (1, 2):
         assert f"completing batch {seq} interrupted by a crash ({BATCH} files)" in rerun.stderr
-    assert sb.left() == []
-    check_nothing_lost(sb, made)
-    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
-    assert len(sb.json_records()) == len(made)
+    every_sink_once(sb, made)
 
 
 #: Batch 1's database commit waits until five batches' lines are written; batches 2-5 (at
@@ -191,12 +209,8 @@ def test_crash_while_a_group_of_batches_is_written_completes_each_exactly_once(f
     corpus.require_corpus()
     sb = small_batches(fast_tmp, 10 * BATCH)
     made = ih.replicate(RUN, sb.storage, corpus.copies_for(RUN, 8 * BATCH))
-    done = subprocess.run([sys.executable, "-c", CRASH_IN_GROUP, str(sb.config)], cwd=ih.REPO,
-                          env=ih.cli_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 9, done.stderr[-2000:]
-    journal = Journal(str(sb.state / "journal"))
-    records = journal.records
-    journal.close()
+    run_script(CRASH_IN_GROUP, sb)
+    records = journaled(sb)
     assert [r["seq"] for r in records if r["type"] == "done"] == [1]
     unfinished = [r["seq"] for r in records if r["type"] == "batch"][1:]
     late = [r["seq"] for r in records if r["type"] == "marks"]
@@ -205,10 +219,7 @@ def test_crash_while_a_group_of_batches_is_written_completes_each_exactly_once(f
     rerun = sb.run()
     for seq in unfinished:
         assert f"completing batch {seq} interrupted by a crash" in rerun.stderr
-    assert sb.left() == []
-    check_nothing_lost(sb, made)
-    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
-    assert len(sb.json_records()) == len(made)
+    every_sink_once(sb, made)
 
 
 #: Start-up that dies (like kill -9) right after an append to the sink whose path setting
@@ -245,23 +256,19 @@ CRASH_IN_RECOVERY = crash_in_recovery_at("archive", 2)
 
 
 def test_crash_while_completing_a_batch_without_marks_completes_it_exactly_once(fast_tmp):
-    """Recovery marks such a batch's sinks in the journal before writing to them: a second
-    crash then finds the batch's entries there, and does not append them again."""
+    """Recovery journals what it is about to write to such a batch's sinks (a plan) before
+    writing: a second crash then finds the batch's entries there, and does not append them
+    again."""
     corpus.require_corpus()
     sb = small_batches(fast_tmp)
     made = ih.replicate(RUN, sb.storage, COPIES)
-    for script in (CRASH_AHEAD, CRASH_IN_RECOVERY):
-        done = subprocess.run([sys.executable, "-c", script, str(sb.config)], cwd=ih.REPO,
-                              env=ih.cli_env(), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 9, done.stderr[-2000:]
+    run_script(CRASH_AHEAD, sb)
+    done = run_script(CRASH_IN_RECOVERY, sb)
     assert "completing batch 2 interrupted by a crash" in done.stderr
     assert len(sb.archived()) == 2 * BATCH
     rerun = sb.run()
     assert "completing batch 2 interrupted by a crash" in rerun.stderr
-    assert sb.left() == []
-    check_nothing_lost(sb, made)
-    assert len(sb.lines()) == len(made) and len(sb.archived()) == len(made)
-    assert len(sb.json_records()) == len(made)
+    every_sink_once(sb, made)
 
 
 def test_a_sink_configured_after_a_crash_gets_the_unfinished_batches_once(fast_tmp):
@@ -275,11 +282,7 @@ def test_a_sink_configured_after_a_crash_gets_the_unfinished_batches_once(fast_t
     crash_in_json = crash_in_recovery_at("json_log", 2)
     for script, json_log in ((CRASH_AHEAD, ""), (crash_in_json, str(sb.json))):
         sb.write_config(json_log=json_log)
-        done = subprocess.run([sys.executable, "-c", script, str(sb.config)], cwd=ih.REPO,
-                              env=ih.cli_env(), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 9, done.stderr[-2000:]
+        run_script(script, sb)
     assert len(sb.json_records()) == 2 * BATCH              # batches 1 and 2, when it died
     sb.run()
-    assert sb.left() == []
-    check_nothing_lost(sb, made)
-    assert len(sb.json_records()) == len(made) and len(sb.archived()) == len(made)
+    every_sink_once(sb, made)

@@ -6,8 +6,6 @@ once in every sink."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -18,23 +16,9 @@ from tests import corpus
 from tests import ingest_helpers as ih
 from tests.ingest_helpers import fast_tmp  # noqa: F401  (fixture)
 from tests.test_ingest_ahead import (BATCH, COPIES, CRASH_AHEAD, CRASH_IN_RECOVERY,
-                                     crash_in_group, crash_in_recovery_at, small_batches)
+                                     crash_in_group, crash_in_recovery_at, journaled,
+                                     run_script, small_batches)
 from tests.test_ingest_recovery import RUN, check_nothing_lost
-
-
-def run_script(script: str, sb: ih.Sandbox, code: int = 9) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-c", script, str(sb.config)], cwd=ih.REPO,
-                          env=ih.cli_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == code, done.stderr[-3000:]
-    return done
-
-
-def journaled(sb: ih.Sandbox) -> list[dict]:
-    journal = Journal(str(sb.state / "journal"))
-    try:
-        return journal.records
-    finally:
-        journal.close()
 
 
 def change_entry(sb: ih.Sandbox, seq: int, which: int) -> str:
@@ -106,10 +90,7 @@ def test_an_entry_unreadable_once_then_a_crash_during_recovery(fast_tmp):
     sb = small_batches(fast_tmp)
     made = ih.replicate(RUN, sb.storage, COPIES)
     run_script(CRASH_AHEAD, sb)
-    done = subprocess.run([sys.executable, "-c", UNREADABLE_ONCE_THEN_CRASH, str(sb.config),
-                           str(sb.state)], cwd=ih.REPO, env=ih.cli_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 9, done.stderr[-3000:]
+    done = run_script(UNREADABLE_ONCE_THEN_CRASH, sb, str(sb.state))
     assert "cannot be read as it was on recovery" in done.stderr
     plans = [r for r in journaled(sb) if r["type"] == "plan" and r["sink"] == "archive"]
     assert len(plans[-1]["left"]) == 1

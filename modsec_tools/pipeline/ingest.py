@@ -529,12 +529,12 @@ class Pipeline:
                        for path, skip, length in layout]
             refused = sink.refused
             sink.recover(mark, regions,
-                         functools.partial(self._journal_plan, record["seq"], sink, layout))
+                         functools.partial(self._journal_plan, record["seq"], sink.name, layout))
             self._count_errors(sink.refused - refused)
 
-    def _journal_plan(self, seq: int, sink: Sink, layout: list[tuple[str, int, int]],
+    def _journal_plan(self, seq: int, sink: str, layout: list[tuple[str, int, int]],
                       mark, writes: list[tuple[int, int, int]], left: list[int]) -> None:
-        self.journal.append({"type": "plan", "seq": seq, "sink": sink.name, "mark": mark,
+        self.journal.append({"type": "plan", "seq": seq, "sink": sink, "mark": mark,
                              "regions": [[layout[i][0], layout[i][1] + skip, length]
                                          for i, skip, length in writes],
                              "left": [list(layout[i]) for i in left]})

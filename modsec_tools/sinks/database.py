@@ -178,10 +178,8 @@ class DatabaseSink(Sink):
                           "it is repaired or replaced", exc, self.spool.path)
             self.unusable = str(exc)
         elif not self.down:
-            what = "schema not usable now" if isinstance(exc, SchemaError) else \
-                "busy (it kept giving the transaction up)" if isinstance(exc, TransientError) \
-                else "unreachable"
-            log.error("database %s, spooling events to %s: %s", what, self.spool.path, exc)
+            log.error("database %s, spooling events to %s: %s", _why_down(exc),
+                      self.spool.path, exc)
         self.down = True
         self.retry_at = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, 60.0)
@@ -190,6 +188,14 @@ class DatabaseSink(Sink):
         self.db.close()
         self.spool.close()
         self.rejected.close()
+
+
+def _why_down(exc: DatabaseError) -> str:
+    if isinstance(exc, SchemaError):
+        return "schema not usable now"
+    if isinstance(exc, TransientError):
+        return "busy (it kept giving the transaction up)"
+    return "unreachable"
 
 
 @dataclass(slots=True)
